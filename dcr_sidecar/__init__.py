@@ -1,0 +1,3 @@
+"""dcr-sidecar: OAuth 2 Dynamic Client Registration as a sidecar."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""Discovery I/O (DESIGN §3.1): probe candidates, apply the pure rules, record every answer.
+
+``serve`` takes the first valid document to arrive and cancels the other probes (but awaits them
+when the winner lacks ``registration_endpoint`` and DCR is needed); ``doctor`` awaits all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+from dcr_sidecar import errors
+from dcr_sidecar.config import Upstream
+from dcr_sidecar.net import Outbound, Response, authority
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.metadata import (
+    IssuerMismatch,
+    Metadata,
+    cache_lifetime,
+    issuer_candidates,
+    issuer_from_discovery_url,
+    validate_metadata,
+)
+from dcr_sidecar.oauth.retry import parse_retry_after
+from dcr_sidecar.oauth.text import clean_text, safe_url
+
+MAX_REDIRECTS = 5
+
+
+@dataclass
+class Attempt:
+    """One candidate URL and what became of it (shown by `doctor` and in error messages)."""
+
+    url: str
+    outcome: str = "pending"  # used | valid | skipped | failed | cancelled
+    status: int | None = None
+    detail: str = ""
+    transient: bool = False
+    retry_after: float | None = None
+
+    def line(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no answer"
+        return f"{safe_url(self.url)} -> {self.outcome} ({status}{': ' if self.detail else ''}" \
+               f"{self.detail})"
+
+
+@dataclass
+class DiscoveryResult:
+    metadata: Metadata
+    source_url: str | None
+    ttl: float
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class Discoverer:
+    def __init__(self, outbound: Outbound) -> None:
+        self.outbound = outbound
+
+    async def discover(self, upstream: Upstream, *, need_registration: bool,
+                       await_all: bool = False) -> DiscoveryResult:
+        if upstream.endpoints is not None:
+            assert upstream.issuer is not None  # config validation guarantees it
+            meta = Metadata(upstream.issuer, upstream.endpoints.as_metadata(upstream.issuer))
+            return DiscoveryResult(meta, None, float("inf"))
+        if upstream.discovery_url is not None:
+            expected = upstream.issuer or issuer_from_discovery_url(upstream.discovery_url)
+            return await self._probe_all(upstream, [upstream.discovery_url], expected,
+                                         need_registration, await_all=True)
+        assert upstream.issuer is not None
+        return await self._probe_all(upstream, issuer_candidates(upstream.issuer),
+                                     upstream.issuer, need_registration, await_all)
+
+    async def _probe_all(self, upstream: Upstream, urls: list[str], expected: str,
+                         need_registration: bool, await_all: bool) -> DiscoveryResult:
+        attempts = [Attempt(url) for url in urls]
+        tasks = [asyncio.create_task(self._probe(upstream, a, expected)) for a in attempts]
+        winner: tuple[Attempt, Metadata, float] | None = None
+        fallback: tuple[Attempt, Metadata, float] | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                found = await next_done
+                if found is None:
+                    continue
+                if not need_registration or found[1].registration_endpoint:
+                    # serve: the first to arrive; doctor (await_all): the first in order.
+                    if winner is None or urls.index(found[0].url) < urls.index(winner[0].url):
+                        winner = found
+                    if not await_all:
+                        break
+                elif fallback is None or urls.index(found[0].url) < urls.index(fallback[0].url):
+                    fallback = found
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for attempt in attempts:
+                if attempt.outcome == "pending":
+                    attempt.outcome = "cancelled"
+        chosen = winner or fallback
+        if chosen is None:
+            raise self._failure(upstream, attempts, expected)
+        chosen[0].outcome = "used"
+        return DiscoveryResult(chosen[1], chosen[0].url, chosen[2], attempts)
+
+    async def _probe(self, upstream: Upstream, attempt: Attempt,
+                     expected: str) -> tuple[Attempt, Metadata, float] | None:
+        try:
+            response = await self._get_following(upstream, attempt)
+        except errors.PolicyRefused as exc:
+            attempt.outcome, attempt.detail = "failed", exc.description
+            return None
+        except errors.UpstreamError as exc:
+            attempt.outcome, attempt.detail, attempt.transient = "failed", exc.description, True
+            return None
+        attempt.status = response.status
+        if response.status != 200:
+            attempt.outcome = "skipped"
+            attempt.transient = response.status in (408, 425, 429) or response.status >= 500
+            attempt.retry_after = parse_retry_after(response.headers.get("Retry-After"),
+                                                    time.time())
+            return None
+        try:
+            meta = validate_metadata(response.json(), expected)
+        except IssuerMismatch as exc:
+            attempt.outcome, attempt.detail = "skipped", exc.reason
+            return None
+        except ProtocolError as exc:
+            attempt.outcome, attempt.detail = "skipped", exc.reason
+            return None
+        attempt.outcome = "valid"
+        settings = self.outbound.settings.discovery
+        ttl = cache_lifetime(response.headers.get("Cache-Control"), min_ttl=settings.min_ttl,
+                             max_ttl=settings.cache_ttl)
+        return attempt, meta, ttl
+
+    async def _get_following(self, upstream: Upstream, attempt: Attempt) -> Response:
+        """GET with discovery's redirect rules: same origin, at most 5, never https->http."""
+        url = attempt.url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self.outbound.request(
+                "GET", url, step="discover", upstream=upstream.name,
+                headers={"Accept": "application/json"})
+            if response.status not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("Location")
+            if not location:
+                return response
+            target = urljoin(url, location)
+            if authority(target) != authority(url):
+                raise errors.PolicyRefused(
+                    f"discovery redirect from {safe_url(url)} to another origin "
+                    f"({safe_url(target)}) refused", step="discover", upstream=upstream.name)
+            url = target
+        raise errors.DiscoveryFailed(f"more than {MAX_REDIRECTS} redirects from "
+                                     f"{safe_url(attempt.url)}", step="discover",
+                                     upstream=upstream.name)
+
+    def _failure(self, upstream: Upstream, attempts: list[Attempt],
+                 expected: str) -> errors.UpstreamError:
+        summary = "; ".join(a.line() for a in attempts)
+        if any(a.transient for a in attempts):
+            waits = [a.retry_after for a in attempts if a.retry_after is not None]
+            return errors.Unavailable(
+                f"discovery for issuer {clean_text(expected)!r} failed: {summary}",
+                step="discover", upstream=upstream.name, retry_after=max(waits, default=None))
+        return errors.DiscoveryFailed(
+            f"no usable metadata for issuer {clean_text(expected)!r}: {summary}",
+            step="discover", upstream=upstream.name)
+

@@ -1,0 +1,38 @@
+"""The management listener: /healthz, /readyz (DESIGN §2.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from dcr_sidecar.proxy.runtime import RUNTIME
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready when every `required` upstream has usable credentials (cached ones count)."""
+    runtime = request.app[RUNTIME]
+    upstreams: dict[str, Any] = {}
+    ready = True
+    for upstream in runtime.settings.upstreams:
+        state = runtime.resolver.state(upstream.name)
+        has = state.credentials is not None
+        upstreams[upstream.name] = {
+            "required": upstream.required,
+            "credentials": has,
+            "last_error": state.last_error,
+            "last_error_step": state.last_error_step,
+        }
+        if upstream.required and not has:
+            ready = False
+    return web.json_response({"ready": ready, "upstreams": upstreams},
+                             status=200 if ready else 503,
+                             headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]

@@ -1,0 +1,102 @@
+"""Client authentication (RFC 6749 §2.3): a table from method name to a pure encoder.
+
+Each encoder turns a client's credentials into the parts of a request that carry them: headers
+to set and form parameters to add. The proxy strips whatever the app sent first, so exactly one
+method reaches the AS (RFC 6749 §2.3: a client MUST NOT use more than one method per request).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote_plus
+
+from dcr_sidecar.oauth.secret import Secret
+
+# Form parameters that authenticate a client; the app's are always removed (RFC 6749 §2.3,
+# RFC 7521 §4.2).
+CLIENT_AUTH_PARAMS = frozenset(
+    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
+)
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    client_id: str
+    client_secret: Secret | None
+    method: str
+
+
+@dataclass(frozen=True)
+class AuthParts:
+    """What a request must carry to authenticate; `form` pairs are appended to the body."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    form: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:  # the parts hold secrets
+        return f"AuthParts(headers={sorted(self.headers)}, form={[k for k, _ in self.form]})"
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """HTTP Basic value with id and secret form-urlencoded first (RFC 6749 §2.3.1)."""
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def _secret(creds: ClientCredentials) -> str:
+    if creds.client_secret is None:
+        raise ValueError(f"{creds.method} needs a client secret")
+    return creds.client_secret.reveal()
+
+
+def _basic(creds: ClientCredentials) -> AuthParts:
+    return AuthParts(
+        headers={"Authorization": basic_authorization(creds.client_id, _secret(creds))}
+    )
+
+
+def _post(creds: ClientCredentials) -> AuthParts:
+    return AuthParts(form=(("client_id", creds.client_id), ("client_secret", _secret(creds))))
+
+
+def _none(creds: ClientCredentials) -> AuthParts:
+    return AuthParts(form=(("client_id", creds.client_id),))
+
+
+ENCODERS: Mapping[str, Callable[[ClientCredentials], AuthParts]] = {
+    "client_secret_basic": _basic,
+    "client_secret_post": _post,
+    "none": _none,
+}
+
+
+def auth_parts(creds: ClientCredentials) -> AuthParts:
+    try:
+        encoder = ENCODERS[creds.method]
+    except KeyError:
+        raise ValueError(f"unsupported client authentication method {creds.method!r}") from None
+    return encoder(creds)
+
+
+def strip_client_auth(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The form without any client-authentication parameter the app sent."""
+    return [(k, v) for k, v in pairs if k not in CLIENT_AUTH_PARAMS]
+
+
+def parse_basic(header: str) -> tuple[str, str] | None:
+    """Decode an RFC 6749 §2.3.1 Basic value into (client_id, secret), or None if malformed."""
+    from urllib.parse import unquote_plus
+
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return unquote_plus(user), unquote_plus(password)

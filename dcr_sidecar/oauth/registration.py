@@ -1,0 +1,263 @@
+"""RFC 7591 registration: the request derived from config, its fingerprint, and the response
+rules of RFC 7591 §3.2.1 as pass/fail decisions (DESIGN §3.2)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.oauth.text import clean_text
+
+SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+# Methods the sidecar can perform once registered, given what it holds.
+PERFORMABLE = frozenset({"client_secret_basic", "client_secret_post", "none"})
+
+
+class InsufficientResponse(ProtocolError):
+    """A 2xx registration answer the sidecar cannot use (RFC 7591 §3.2.1)."""
+
+
+class RegistrationErrorResponse(ProtocolError):
+    """An RFC 7591 §3.2.2 error answer."""
+
+    def __init__(self, status: int, error: str | None, description: str | None) -> None:
+        shown = f"{error}: {description}" if description else (error or f"HTTP {status}")
+        super().__init__(f"the AS refused the registration (HTTP {status}, {shown})")
+        self.status = status
+        self.error = error
+        self.error_description = description
+
+
+@dataclass(frozen=True)
+class RegistrationProfile:
+    """Everything in config that shapes a registration request."""
+
+    redirect_uris: tuple[str, ...]
+    grant_types: tuple[str, ...]
+    response_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    auth_methods: tuple[str, ...]
+    client_profile: str = "auto"
+    application_type: str | None = None
+    client_metadata: Mapping[str, Any] = field(default_factory=dict)
+    software_statement: Secret | None = None
+
+    @property
+    def scope(self) -> str | None:
+        """Sorted, de-duplicated; None when no scope is configured (never "everything")."""
+        return " ".join(sorted(set(self.scopes))) or None
+
+    @property
+    def effective_application_type(self) -> str:
+        return self.application_type or derive_application_type(self.redirect_uris)
+
+
+def derive_application_type(redirect_uris: Sequence[str]) -> str:
+    """`native` for loopback or custom-scheme redirects, else `web` (OIDC Registration §2)."""
+    for uri in redirect_uris:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https"):
+            return "native"
+        host = parts.hostname or ""
+        if host == "localhost" or _is_loopback(host):
+            return "native"
+    return "web"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fingerprint(profile: RegistrationProfile) -> str:
+    """sha256 of the canonical request derived from config (DESIGN §3.4), never the jwks."""
+    canonical = {
+        "scope": "\n".join(sorted(set(profile.scopes))),
+        "redirect_uris": sorted(set(profile.redirect_uris)),
+        "grant_types": sorted(set(profile.grant_types)),
+        "response_types": sorted(set(profile.response_types)),
+        "auth_methods": list(profile.auth_methods),
+        "client_profile": profile.client_profile,
+        "application_type": profile.effective_application_type,
+        "client_metadata": profile.client_metadata,
+        "software_statement": (
+            profile.software_statement.reveal() if profile.software_statement else None
+        ),
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def build_request(profile: RegistrationProfile, auth_method: str) -> dict[str, Any]:
+    """The RFC 7591 §2 JSON body. Operator metadata first, so owned keys always win."""
+    body: dict[str, Any] = dict(profile.client_metadata)
+    body.update(
+        {
+            "redirect_uris": list(profile.redirect_uris),
+            "grant_types": list(profile.grant_types),
+            "response_types": list(profile.response_types),
+            "token_endpoint_auth_method": auth_method,
+            "application_type": profile.effective_application_type,
+        }
+    )
+    if profile.scope:
+        body["scope"] = profile.scope
+    if profile.software_statement:
+        body["software_statement"] = profile.software_statement.reveal()
+    return body
+
+
+@dataclass(frozen=True)
+class RegisteredClient:
+    """A registration answer that passed the rules. Secrets are :class:`Secret`."""
+
+    client_id: str
+    client_secret: Secret | None
+    token_endpoint_auth_method: str
+    client_secret_expires_at: int
+    client_id_issued_at: int | None
+    registration_access_token: Secret | None
+    registration_client_uri: str | None
+    warnings: tuple[str, ...] = ()
+
+
+def _str_or_none(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InsufficientResponse(f"{key} in the registration answer is not a string")
+    return value
+
+
+def _int_or_none(doc: Mapping[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InsufficientResponse(f"{key} in the registration answer is not a number")
+    return int(value)
+
+
+def check_response(
+    document: object,
+    request: Mapping[str, Any],
+    *,
+    registration_endpoint: str,
+    allow_http_hosts: Sequence[str] = (),
+) -> RegisteredClient:
+    """Apply RFC 7591 §3.2.1 to a 2xx answer; raise InsufficientResponse on a failing rule."""
+    if not isinstance(document, dict):
+        raise InsufficientResponse("the registration answer is not a JSON object")
+    warnings: list[str] = []
+    client_id = _str_or_none(document, "client_id")
+    if not client_id:
+        raise InsufficientResponse("the registration answer has no client_id")
+    method = _checked_method(document, request)
+    secret = _str_or_none(document, "client_secret")
+    if method in SECRET_METHODS and not secret:
+        raise InsufficientResponse(f"the AS chose {method} but returned no client_secret")
+    _check_echoes(document, request, warnings)
+    expires_at = _int_or_none(document, "client_secret_expires_at")
+    if secret and expires_at is None:
+        warnings.append("client_secret_expires_at missing with a secret: treated as 0 (never)")
+    rat = _str_or_none(document, "registration_access_token")
+    uri = _str_or_none(document, "registration_client_uri")
+    if (rat or uri) and not _management_uri_ok(uri, registration_endpoint, allow_http_hosts):
+        warnings.append(
+            "registration_client_uri is not https on the registration endpoint's "
+            "origin: RFC 7592 management disabled for this client"
+        )
+        rat = uri = None
+    return RegisteredClient(
+        client_id=client_id,
+        client_secret=Secret(secret) if secret else None,
+        token_endpoint_auth_method=method,
+        client_secret_expires_at=expires_at or 0,
+        client_id_issued_at=_int_or_none(document, "client_id_issued_at"),
+        registration_access_token=Secret(rat) if rat and uri else None,
+        registration_client_uri=uri if rat and uri else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _checked_method(document: Mapping[str, Any], request: Mapping[str, Any]) -> str:
+    # RFC 7591 §2: an omitted token_endpoint_auth_method means client_secret_basic.
+    method = _str_or_none(document, "token_endpoint_auth_method") or "client_secret_basic"
+    if method not in PERFORMABLE:
+        raise InsufficientResponse(
+            f"the AS registered token_endpoint_auth_method {clean_text(method)!r}, which the "
+            f"sidecar cannot perform (it asked for {request.get('token_endpoint_auth_method')})"
+        )
+    return method
+
+
+def _check_echoes(
+    document: Mapping[str, Any], request: Mapping[str, Any], warnings: list[str]
+) -> None:
+    echoed_uris = document.get("redirect_uris")
+    wanted_uris = request.get("redirect_uris") or []
+    if wanted_uris:
+        missing = [
+            u for u in wanted_uris if not isinstance(echoed_uris, list) or u not in echoed_uris
+        ]
+        if missing:
+            raise InsufficientResponse(
+                f"the AS did not register the redirect URIs {', '.join(map(clean_text, missing))}"
+            )
+    echoed_grants = document.get("grant_types")
+    if echoed_grants is not None:
+        if not isinstance(echoed_grants, list):
+            raise InsufficientResponse("grant_types in the registration answer is not a list")
+        missing = [g for g in request.get("grant_types") or [] if g not in echoed_grants]
+        if missing:
+            raise InsufficientResponse(f"the AS did not grant the grant types {', '.join(missing)}")
+    for key, wanted in request.items():
+        if key in (
+            "redirect_uris",
+            "grant_types",
+            "software_statement",
+            "token_endpoint_auth_method",
+        ):
+            continue
+        if key not in document:
+            warnings.append(f"the AS dropped the requested field {key}")
+        elif key == "scope" and _scope_set(document[key]) != _scope_set(wanted):
+            warnings.append("the AS registered a different scope than requested")
+
+
+def _scope_set(value: object) -> frozenset[str]:
+    return frozenset(value.split()) if isinstance(value, str) else frozenset()
+
+
+def _management_uri_ok(
+    uri: str | None, registration_endpoint: str, allow_http_hosts: Sequence[str]
+) -> bool:
+    if not uri:
+        return False
+    try:
+        got, ref = urlsplit(uri), urlsplit(registration_endpoint)
+        same_origin = (got.scheme, got.hostname, got.port) == (ref.scheme, ref.hostname, ref.port)
+    except ValueError:
+        return False
+    secure = got.scheme == "https" or (got.scheme == "http" and got.hostname in allow_http_hosts)
+    return same_origin and secure
+
+
+def parse_error_response(status: int, document: object) -> RegistrationErrorResponse:
+    """RFC 7591 §3.2.2: `error` and `error_description`, cleaned for display."""
+    error = description = None
+    if isinstance(document, dict):
+        raw_error, raw_desc = document.get("error"), document.get("error_description")
+        error = clean_text(raw_error, 64) if isinstance(raw_error, str) else None
+        description = clean_text(raw_desc) if isinstance(raw_desc, str) else None
+    return RegistrationErrorResponse(status, error, description)

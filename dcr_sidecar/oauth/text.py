@@ -1,0 +1,31 @@
+"""Sanitising text that came from a remote server before it reaches a log or a message."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value: object, limit: int = 200) -> str:
+    """Control and bidi characters removed, length capped (DESIGN §3.8)."""
+    text = _CONTROL.sub("", str(value))
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for logs: no userinfo, no query, no fragment (DESIGN §3.9)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return clean_text(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 300)

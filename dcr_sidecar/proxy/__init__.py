@@ -1,0 +1,1 @@
+"""HTTP handlers: token-like routes, authorize, metadata, client; and the error boundary."""

@@ -1,0 +1,81 @@
+"""The one boundary where sidecar errors become HTTP answers (DESIGN §2.4), plus request ids,
+header limits and one canonical log line per request."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from dcr_sidecar import errors
+from dcr_sidecar.proxy.runtime import RUNTIME
+
+log = structlog.get_logger("dcr_sidecar.request")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+REQUEST_ID = "X-Request-Id"
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID, "")
+    return given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+def error_response(exc: errors.SidecarError) -> web.Response:
+    body = {"error": exc.error, "error_description": exc.description}
+    headers = {"Cache-Control": "no-store", **exc.headers()}
+    return web.json_response(body, status=exc.status, headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> errors.SidecarError:
+    if exc.status == 404:
+        return errors.NotFound("no such route")
+    if exc.status == 405:
+        return errors.BadRequest(f"method not allowed here: {exc.reason}")
+    if exc.status == 413:
+        return errors.PayloadTooLarge("the request body is too large")
+    return errors.BadRequest(exc.reason)
+
+
+def _check_headers(request: web.Request, limit: int) -> None:
+    size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+    if size > limit:
+        raise errors.HeadersTooLarge(f"request headers exceed {limit} bytes")
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unknown"
+
+
+@web.middleware
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    request_id = request_id_of(request)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    runtime = request.app.get(RUNTIME)
+    try:
+        if runtime is not None:
+            _check_headers(request, runtime.settings.limits.max_header_bytes)
+        response = await handler(request)
+    except errors.SidecarError as exc:
+        response = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(_from_http_exception(exc))
+    except Exception:
+        log.exception("request_crashed", path=request.path)
+        response = error_response(errors.SidecarError("internal error; see the sidecar's log "
+                                                      f"for request id {request_id}"))
+    response.headers[REQUEST_ID] = request_id
+    name = request.match_info.get("name")
+    known = runtime is not None and name is not None and runtime.settings.upstream(name)
+    log.info("request_handled", method=request.method, route=_route_label(request),
+             upstream=name if known else None, status=response.status,
+             duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    return response

@@ -1,0 +1,79 @@
+"""AS metadata as served to the app (DESIGN §2.3), and GET /{name}/client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from dcr_sidecar.config import Inbound
+from dcr_sidecar.proxy.runtime import RUNTIME
+from dcr_sidecar.proxy.token import ROUTES
+
+# Members naming client-authentication signing algorithms, DPoP, mTLS aliases and CIBA: the
+# app authenticates to the sidecar, not to the AS, so none of these describe what it can use.
+REMOVED_MEMBERS = frozenset({
+    "registration_endpoint",
+    "token_endpoint_auth_signing_alg_values_supported",
+    "revocation_endpoint_auth_signing_alg_values_supported",
+    "introspection_endpoint_auth_signing_alg_values_supported",
+    "dpop_signing_alg_values_supported",
+    "mtls_endpoint_aliases",
+    "tls_client_certificate_bound_access_tokens",
+    "backchannel_authentication_endpoint",
+    "backchannel_token_delivery_modes_supported",
+    "backchannel_authentication_request_signing_alg_values_supported",
+    "backchannel_user_code_parameter_supported",
+})
+AUTH_METHOD_LISTS = {
+    "token_endpoint": "token_endpoint_auth_methods_supported",
+    "revocation_endpoint": "revocation_endpoint_auth_methods_supported",
+    "introspection_endpoint": "introspection_endpoint_auth_methods_supported",
+}
+
+
+def inbound_methods(inbound: Inbound) -> list[str]:
+    methods = ["client_secret_basic", "client_secret_post"]
+    return methods if inbound.client_secret is not None else [*methods, "none"]
+
+
+def rewrite(document: Mapping[str, Any], *, name: str, public_base: str, backchannel_base: str,
+            inbound: Inbound) -> dict[str, Any]:
+    """The AS document with the sidecar's endpoints and auth methods in place of the AS's."""
+    doc = {k: v for k, v in document.items() if k not in REMOVED_MEMBERS}
+    if "authorization_endpoint" in doc:
+        doc["authorization_endpoint"] = f"{public_base}/{name}/authorize"
+    for route, member in ROUTES.items():
+        if member in doc:
+            doc[member] = f"{backchannel_base}/{name}/{route}"
+    for endpoint, methods_member in AUTH_METHOD_LISTS.items():
+        if endpoint in doc:
+            doc[methods_member] = inbound_methods(inbound)
+    return doc
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["name"]
+    runtime.upstream(name)
+    meta = await runtime.resolver.metadata(name)
+    doc = rewrite(meta.document, name=name, public_base=runtime.public_base,
+                  backchannel_base=runtime.backchannel_base, inbound=runtime.settings.inbound)
+    return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
+
+
+async def client(request: web.Request) -> web.StreamResponse:
+    """The client_id and its facts, never a secret (for OIDC apps validating `aud`)."""
+    runtime = request.app[RUNTIME]
+    name = request.match_info["name"]
+    runtime.upstream(name)
+    creds = await runtime.resolver.credentials(name)
+    body = {
+        "client_id": creds.client_id,
+        "generation": creds.generation,
+        "token_endpoint_auth_method": creds.method,
+        "issuer": creds.issuer,
+        "client_secret_expires_at": creds.expires_at,
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,30 @@
+"""What every handler shares, behind one typed app key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from dcr_sidecar import errors
+from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.net import Outbound
+from dcr_sidecar.resolver import Resolver
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    resolver: Resolver
+    outbound: Outbound
+    public_base: str
+    backchannel_base: str
+
+    def upstream(self, name: str) -> Upstream:
+        upstream = self.settings.upstream(name)
+        if upstream is None:
+            raise errors.NotFound(f"no upstream named {name!r} is configured")
+        return upstream
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

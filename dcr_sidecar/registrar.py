@@ -1,0 +1,166 @@
+"""Registration I/O (RFC 7591, DESIGN §3.2): choose the endpoint and method, POST, judge the
+answer with the pure rules, and turn every failure into a typed error.
+
+The initial access token goes only to a registration endpoint on a configured authority
+(DESIGN §3.8); no request carrying a credential follows a redirect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from dcr_sidecar import errors
+from dcr_sidecar.config import Upstream, read_secret
+from dcr_sidecar.net import Outbound, authority
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
+from dcr_sidecar.oauth.metadata import Metadata, synthesized_registration_endpoint
+from dcr_sidecar.oauth.registration import (
+    InsufficientResponse,
+    RegisteredClient,
+    RegistrationProfile,
+    build_request,
+    check_response,
+    parse_error_response,
+)
+from dcr_sidecar.oauth.retry import parse_retry_after
+from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.observability import remember_secret
+
+log = structlog.get_logger(__name__)
+Provenance = Literal["configured", "metadata", "guessed"]
+
+
+def profile_of(upstream: Upstream) -> RegistrationProfile:
+    return RegistrationProfile(
+        redirect_uris=tuple(upstream.redirect_uris),
+        grant_types=tuple(upstream.grant_types),
+        response_types=tuple(upstream.response_types),
+        scopes=tuple(upstream.scopes),
+        auth_methods=tuple(upstream.token_endpoint_auth_methods),
+        client_profile=upstream.client_profile,
+        application_type=upstream.application_type,
+        client_metadata=upstream.client_metadata,
+        software_statement=upstream.software_statement,
+    )
+
+
+def configured_authorities(upstream: Upstream) -> set[tuple[str, str, int]]:
+    return {authority(url) for url in upstream.configured_urls()}
+
+
+def registration_endpoint(upstream: Upstream, metadata: Metadata) -> tuple[str, Provenance]:
+    """Where to register, and where that URL came from."""
+    if upstream.registration_endpoint:
+        return upstream.registration_endpoint, "configured"
+    if metadata.registration_endpoint:
+        return metadata.registration_endpoint, "metadata"
+    if upstream.issuer is not None or upstream.resource is None:
+        # Only an operator-configured issuer may have its /register guessed.
+        return synthesized_registration_endpoint(metadata.issuer), "guessed"
+    raise errors.NoDynamicRegistration(
+        "the AS metadata has no registration_endpoint; configure a static client or "
+        "registration_endpoint", step="register", upstream=upstream.name)
+
+
+@dataclass(frozen=True)
+class Registration:
+    client: RegisteredClient
+    endpoint: str
+    provenance: Provenance
+
+
+class Registrar:
+    def __init__(self, outbound: Outbound) -> None:
+        self.outbound = outbound
+
+    def choose_method(self, upstream: Upstream, metadata: Metadata) -> str:
+        try:
+            return select_auth_method(
+                upstream.token_endpoint_auth_methods,
+                metadata.get_list("token_endpoint_auth_methods_supported"),
+                metadata.get_list("code_challenge_methods_supported"),
+                upstream.client_profile,
+            )
+        except NoCommonMethod as exc:
+            raise errors.NoAuthMethod(exc.reason, step="select_auth_method",
+                                      upstream=upstream.name) from exc
+
+    async def register(self, upstream: Upstream, metadata: Metadata) -> Registration:
+        method = self.choose_method(upstream, metadata)
+        endpoint, provenance = registration_endpoint(upstream, metadata)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        iat = read_secret(upstream.initial_access_token)
+        if iat:
+            if authority(endpoint) not in configured_authorities(upstream):
+                raise errors.PolicyRefused(
+                    "an initial access token is configured but the registration endpoint "
+                    f"{safe_url(endpoint)} is on {_authority_text(endpoint)}, which the metadata "
+                    f"named, not a configured authority ({_configured_text(upstream)}); pin it "
+                    "with registration_endpoint if it is intended", step="register",
+                    upstream=upstream.name)
+            remember_secret(iat)
+            headers["Authorization"] = f"Bearer {iat.reveal()}"
+        body = build_request(profile_of(upstream), method)
+        response = await self.outbound.request(
+            "POST", endpoint, step="register", upstream=upstream.name, headers=headers,
+            data=json.dumps(body).encode())
+        client = self._judge(upstream, response.status, response, body, endpoint)
+        for secret in (client.client_secret, client.registration_access_token):
+            remember_secret(secret)
+        for warning in client.warnings:
+            log.warning("registration_warning", upstream=upstream.name, detail=warning)
+        return Registration(client, endpoint, provenance)
+
+    def _judge(self, upstream: Upstream, status: int, response: Any, body: dict[str, Any],
+               endpoint: str) -> RegisteredClient:
+        name = upstream.name
+        if status in (200, 201):
+            try:
+                return check_response(
+                    response.json(), body, registration_endpoint=endpoint,
+                    allow_http_hosts=self.outbound.settings.security.allow_http)
+            except InsufficientResponse as exc:
+                raise errors.InsufficientRegistration(
+                    f"registration answer unusable: {exc.reason}", step="register",
+                    upstream=name) from exc
+            except ProtocolError as exc:
+                raise errors.InsufficientRegistration(exc.reason, step="register",
+                                                      upstream=name) from exc
+        if status in (404, 405, 501):
+            raise errors.NoDynamicRegistration(
+                f"{safe_url(endpoint)} answered HTTP {status}: this AS offers no dynamic client "
+                "registration; configure a static client (client_id/client_secret)",
+                step="register", upstream=name)
+        if status in (301, 302, 303, 307, 308):
+            raise errors.PolicyRefused(
+                f"{safe_url(endpoint)} answered a redirect to the registration request; "
+                "requests carrying credentials never follow redirects", step="register",
+                upstream=name)
+        if status == 429 or status >= 500:
+            raise errors.Unavailable(
+                f"{safe_url(endpoint)} answered HTTP {status} to the registration",
+                step="register", upstream=name,
+                retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()))
+        try:
+            document = response.json()
+        except ProtocolError:
+            document = None
+        rejected = parse_error_response(status, document)
+        raise errors.RegistrationRejected(
+            rejected.reason, step="register", upstream=name, as_error=rejected.error,
+            as_error_description=rejected.error_description)
+
+
+def _authority_text(url: str) -> str:
+    scheme, host, port = authority(url)
+    return f"{scheme}://{host}:{port}"
+
+
+def _configured_text(upstream: Upstream) -> str:
+    return ", ".join(sorted(f"{s}://{h}:{p}" for s, h, p in configured_authorities(upstream)))

@@ -1,0 +1,141 @@
+"""File store: one JSON document (mode 0600, atomic replace), locks that span processes.
+
+Invariants:
+- The document is replaced atomically (write a temporary file in the same directory, fsync,
+  ``os.replace``), so a reader never sees half a file and a crash never loses the old one.
+- ``lock(key)`` takes an exclusive ``flock`` on a per-key lock file, off the event loop, and holds
+  it across the whole resolution: ``serve`` and ``doctor --register`` on one file never both
+  register. Keys have separate lock files so one slow upstream never delays another.
+- Each ``put`` is a read-modify-write of one key under a short lock on the document itself.
+- A document that cannot be parsed is never overwritten: reads and writes fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from dcr_sidecar.store.records import SCHEMA, Record, RecordKey, record_from_json, record_to_json
+
+
+class StoreCorrupt(Exception):
+    pass
+
+
+class FileStore:
+    name = "file"
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._locks: dict[RecordKey, asyncio.Lock] = {}
+
+    # -- reading and writing (blocking parts run in a thread)
+
+    def _read_document(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"schema": SCHEMA, "records": {}}
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise StoreCorrupt(f"{self.path} is not valid JSON; it is left untouched") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("records"), dict):
+            raise StoreCorrupt(f"{self.path} is not a dcr-sidecar credential store")
+        if doc.get("schema", SCHEMA) > SCHEMA:
+            raise StoreCorrupt(f"{self.path} was written by a newer store schema "
+                               f"({doc.get('schema')}); this version reads up to {SCHEMA}")
+        return doc
+
+    def _write_document(self, doc: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(doc, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _get_sync(self, key: RecordKey) -> Record | None:
+        data = self._read_document()["records"].get(_doc_key(key))
+        return record_from_json(data) if data is not None else None
+
+    def _put_sync(self, record: Record) -> None:
+        with _flock(self._lock_path("document")):
+            doc = self._read_document()
+            doc["schema"] = SCHEMA
+            doc["records"][_doc_key(record.key)] = record_to_json(record)
+            self._write_document(doc)
+
+    def _lock_path(self, name: str) -> Path:
+        return self.path.with_name(f".{self.path.name}.{name}.lock")
+
+    # -- the store protocol
+
+    async def get(self, key: RecordKey) -> Record | None:
+        return await asyncio.to_thread(self._get_sync, key)
+
+    async def put(self, record: Record) -> None:
+        await asyncio.to_thread(self._put_sync, record)
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: RecordKey) -> AsyncIterator[None]:
+        lock_path = self._lock_path(hashlib.sha256(str(key).encode()).hexdigest()[:16])
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            fd = await asyncio.to_thread(_acquire, lock_path)
+            try:
+                yield
+            finally:
+                _release(fd)
+
+    async def close(self) -> None:
+        return None
+
+
+def _doc_key(key: RecordKey) -> str:
+    return f"{key.upstream} {key.issuer}"
+
+
+def _acquire(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Any:
+    fd = _acquire(path)
+    try:
+        yield
+    finally:
+        _release(fd)
