@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -49,7 +50,7 @@ def create_management_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def _handler_args(settings: Settings) -> dict[str, int]:
+def _handler_args(settings: Settings) -> dict[str, Any]:
     # aiohttp's own parser limits sit above ours so the sidecar's JSON 431 answers first.
     size = settings.limits.max_header_bytes + 1024
     return {"max_line_size": size, "max_field_size": size, "max_headers": 256}
@@ -105,10 +106,11 @@ class Sidecar:
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> Bound:
-        runner = web.AppRunner(app, access_log=None, **_handler_args(self.settings))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown.grace,
+                               **_handler_args(self.settings))
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, shutdown_timeout=self.settings.shutdown.grace)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []

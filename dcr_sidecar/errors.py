@@ -108,6 +108,8 @@ class UpstreamError(SidecarError):
         super().__init__(description)
         self.step: Step = step
         self.upstream = upstream
+        # Set once the resolver has counted this failure toward backoff (nested flights).
+        self.accounted = False
 
 
 class Unavailable(UpstreamError):

@@ -141,7 +141,9 @@ class Resolver:
         try:
             result = await work(state)
         except errors.UpstreamError as exc:
-            self._failed(state, exc)
+            # Nested flights (credentials awaiting metadata) see one failure once.
+            if not exc.accounted:
+                self._failed(state, exc)
             raise
         except Exception as exc:  # parsers and bugs: typed, never a crash (DESIGN §3.7)
             typed = errors.BadUpstream(f"unexpected failure during {state.step}: "
@@ -162,6 +164,7 @@ class Resolver:
             delay = max(delay, min(float(hinted), backoff.max_retry_after))
         state.backoff_until = time.monotonic() + delay
         state.last_error, state.last_error_step = exc.description, exc.step
+        exc.accounted = True
         log.warning("resolution_failed", upstream=state.config.name, step=exc.step,
                     error=exc.error, detail=exc.description, failures=state.failures,
                     backoff_s=round(delay, 3))
@@ -208,7 +211,7 @@ class Resolver:
     # ------------------------------------------------------------------ credentials
 
     async def _resolve(self, state: UpstreamState) -> Credentials:
-        metadata = await self._metadata(state) if (
+        metadata = await self._shared(state, "metadata", self._metadata) if (
             state.discovery is None or time.monotonic() >= state.metadata_expires
         ) else state.discovery.metadata
         config = state.config

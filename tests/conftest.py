@@ -1,0 +1,132 @@
+"""Shared fixtures: the real OpenID provider, in-process sidecars, and the leak guard.
+
+The leak guard is autouse: every test's structlog output (rendered through the production
+processors, redaction included) and any subprocess output the test hands it are searched for
+every secret the test created and every secret the sidecar handled. A hit fails the test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dcr_sidecar import observability
+from dcr_sidecar.app import Sidecar
+from dcr_sidecar.config import parse_settings
+from tests.support.oidc import OidcProvider
+
+
+class LeakGuard:
+    """Collects secrets and extra log text; checked when the test ends."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+        self.secrets: set[str] = set()
+        self.texts: list[str] = []
+
+    def add(self, *values: object) -> None:
+        for value in values:
+            if isinstance(value, str) and len(value) >= 8:
+                self.secrets.add(value)
+
+    def add_token_response(self, body: dict[str, Any]) -> None:
+        self.add(*(body.get(k) for k in ("access_token", "refresh_token", "id_token")))
+
+    def add_store(self, path: Path) -> list[str]:
+        """Every secret in a file store; returns them."""
+        found: list[str] = []
+        for record in json.loads(path.read_text())["records"].values():
+            for gen in record["generations"]:
+                found += [gen[k] for k in ("client_secret", "registration_access_token")
+                          if gen.get(k)]
+        self.add(*found)
+        return found
+
+    def add_text(self, text: str) -> None:
+        self.texts.append(text)
+
+    def log_text(self) -> str:
+        return self.stream.getvalue()
+
+    def leaks(self) -> list[str]:
+        text = self.stream.getvalue() + "".join(self.texts)
+        secrets = self.secrets | observability._known_secrets
+        return sorted(s[:6] + "…" for s in secrets if s in text)
+
+
+@pytest.fixture(autouse=True)
+def leak_guard() -> Iterator[LeakGuard]:
+    stream = io.StringIO()
+    observability.configure_logging("json", "debug", stream)
+    observability._known_secrets.clear()
+    guard = LeakGuard(stream)
+    yield guard
+    leaks = guard.leaks()
+    observability._known_secrets.clear()
+    assert not leaks, f"secrets found in logs: {leaks}"
+
+
+ProviderFactory = Callable[..., Awaitable[OidcProvider]]
+SidecarFactory = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def oidc() -> AsyncIterator[ProviderFactory]:
+    """Start real oidc-provider instances (stopped at teardown)."""
+    started: list[OidcProvider] = []
+
+    async def start(**kwargs: Any) -> OidcProvider:
+        provider = OidcProvider(**kwargs)
+        await provider.start()
+        started.append(provider)
+        return provider
+
+    yield start
+    for provider in started:
+        await provider.stop()
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def sidecar_config(tmp_path: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "version": 1,
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "management": {"host": "127.0.0.1", "port": 0},
+        "security": {"allow_http": ["127.0.0.1"], "allow_private_networks": ["127.0.0.1/32"]},
+        "store": {"backend": "file", "path": str(tmp_path / "credentials.json")},
+        "shutdown": {"delay": 0, "grace": 2},
+        "timeouts": {"connect": 2, "read": 5, "total": 8},
+    }
+    return deep_merge(base, extra)
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
+    """Start in-process sidecars from a config dict merged over test defaults."""
+    running: list[Sidecar] = []
+
+    async def start(extra: dict[str, Any]) -> Sidecar:
+        text = yaml.safe_dump(sidecar_config(tmp_path, extra))
+        instance = Sidecar(parse_settings(text, "test.yaml"))
+        await instance.start()
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in reversed(running):
+        await instance.stop()

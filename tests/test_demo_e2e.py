@@ -1,0 +1,82 @@
+"""`make demo` end to end, driven the way a person would: the home page, "Log in", the
+provider's login and consent form posts, and the claims page — with config/dev.yaml."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from dcr_sidecar.app import Sidecar
+from dcr_sidecar.config import parse_settings
+from dcr_sidecar.demo_app import create_demo_app
+from tests.conftest import LeakGuard, ProviderFactory
+from tests.support.oidc import login_and_consent, new_browser_session
+
+DEV_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dev.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_settings(issuer: str, demo_url: str, tmp_path: Path) -> dict[str, Any]:
+    """config/dev.yaml as shipped, with the test's ports and paths."""
+    raw = yaml.safe_load(DEV_CONFIG.read_text())
+    raw["listen"]["port"] = 0
+    raw["management"]["port"] = 0
+    raw["store"]["path"] = str(tmp_path / "demo-credentials.json")
+    upstream = raw["upstreams"][0]
+    upstream["redirect_uris"] = [f"{demo_url}/callback"]
+    upstream["client_id_file"] = str(tmp_path / "demo-client-id")
+    assert upstream["issuer"] == "${DEMO_ISSUER:-http://127.0.0.1:9400}"
+    return dict(raw)
+
+
+@pytest.fixture
+async def demo(oidc: ProviderFactory, tmp_path: Path) -> Any:
+    provider = await oidc()
+    demo_url = f"http://127.0.0.1:{free_port()}"
+    text = yaml.safe_dump(dev_settings(provider.issuer, demo_url, tmp_path))
+    settings = parse_settings(text, str(DEV_CONFIG), env={"DEMO_ISSUER": provider.issuer})
+    side = Sidecar(settings)
+    await side.start()
+    app = create_demo_app(side.listen.url, "demo", demo_url)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(demo_url.rsplit(":", 1)[1])).start()
+    yield provider, side, demo_url, tmp_path
+    await runner.cleanup()
+    await side.stop()
+
+
+async def test_person_logs_in_through_the_demo_app(demo: Any, leak_guard: LeakGuard) -> None:
+    """Home page shows the client_id; the login ends on a page of validated ID-token claims."""
+    provider, _side, demo_url, tmp_path = demo
+    async with new_browser_session() as browser:
+        async with browser.get(f"{demo_url}/") as resp:
+            home = await resp.text()
+        assert resp.status == 200
+        client_id = (tmp_path / "demo-client-id").read_text().strip()
+        assert client_id in home
+        assert "Log in" in home
+        callback = await login_and_consent(browser, f"{demo_url}/login", f"{demo_url}/callback",
+                                           login="bob")
+        async with browser.get(callback) as resp:
+            page = await resp.text()
+        assert resp.status == 200, page
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "ID token valid" in text
+    assert re.search(r"\bsub\s+bob\b", text)
+    assert (await provider.stats())["registrations"] == 1
+    secrets = leak_guard.add_store(tmp_path / "demo-credentials.json")
+    assert secrets
+    for secret in secrets:
+        assert secret not in page
