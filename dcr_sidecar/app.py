@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 
 from dcr_sidecar.config import Settings
 from dcr_sidecar.management import routes as management_routes
@@ -70,9 +71,11 @@ class Bound:
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
-    def __init__(self, settings: Settings, store: CredentialStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: CredentialStore | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
+        """`resolver` is for tests only: the name resolver under the address policy."""
         self.settings = settings
-        self.outbound = Outbound(settings)
+        self.outbound = Outbound(settings, resolver)
         self.store = store or open_store(settings.store)
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.runtime = Runtime(settings, self.resolver, self.outbound,

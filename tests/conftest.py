@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp.abc import AbstractResolver
 
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
+from tests.support.fakes import FakeServers
 from tests.support.oidc import OidcProvider
 
 
@@ -120,9 +122,10 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     """Start in-process sidecars from a config dict merged over test defaults."""
     running: list[Sidecar] = []
 
-    async def start(extra: dict[str, Any]) -> Sidecar:
+    async def start(extra: dict[str, Any], *, resolver: AbstractResolver | None = None
+                    ) -> Sidecar:
         text = yaml.safe_dump(sidecar_config(tmp_path, extra))
-        instance = Sidecar(parse_settings(text, "test.yaml"))
+        instance = Sidecar(parse_settings(text, "test.yaml"), resolver=resolver)
         await instance.start()
         running.append(instance)
         return instance
@@ -130,3 +133,11 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     yield start
     for instance in reversed(running):
         await instance.stop()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[FakeServers]:
+    """In-process aiohttp servers on loopback addresses (tests/support/fakes.py)."""
+    started = FakeServers()
+    yield started
+    await started.stop()
