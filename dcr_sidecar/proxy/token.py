@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
 from dcr_sidecar.oauth.client_auth import strip_client_auth
+from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
@@ -56,7 +57,7 @@ def handler(route: str) -> Handler:
     async def forward(request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
         name = request.match_info["name"]
-        runtime.upstream(name)
+        upstream = runtime.upstream(name)
         if "DPoP" in request.headers:
             raise errors.BadRequest("DPoP is not supported by dcr-sidecar version 1")
         if request.content_type != FORM_TYPE:
@@ -68,6 +69,7 @@ def handler(route: str) -> Handler:
         url = creds.metadata.get_url(member)
         if url is None:
             raise errors.NotFound(f"the authorization server of {name!r} has no {member}")
+        check_secret_destination(upstream, creds.metadata, creds.method, url)
         response = await runtime.outbound.request(
             "POST", url, step="forward", upstream=name,
             headers=outbound_headers(request.headers, creds), data=outbound_form(pairs, creds),
