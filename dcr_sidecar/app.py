@@ -19,7 +19,7 @@ from dcr_sidecar.config import Settings
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.proxy import authorize, metadata, token
-from dcr_sidecar.proxy.boundary import boundary
+from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
@@ -52,9 +52,11 @@ def create_management_app(runtime: Runtime) -> web.Application:
 
 
 def _handler_args(settings: Settings) -> dict[str, Any]:
-    # aiohttp's own parser limits sit above ours so the sidecar's JSON 431 answers first.
+    """aiohttp's own parser limits sit above the sidecar's (boundary._check_headers), so the
+    sidecar's JSON 431 answers first; beyond these, aiohttp's plain 400 (DESIGN §2.4)."""
     size = settings.limits.max_header_bytes + 1024
-    return {"max_line_size": size, "max_field_size": size, "max_headers": 256}
+    return {"max_line_size": size, "max_field_size": size,
+            "max_headers": 2 * MAX_HEADER_COUNT}
 
 
 @dataclass

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from dcr_sidecar import errors
+from dcr_sidecar.proxy.forms import parse_query
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]
     upstream = runtime.upstream(name)
-    pairs = list(request.query.items())
+    pairs = parse_query(request)
     redirect_uris = [v for k, v in pairs if k == "redirect_uri"]
     if len(redirect_uris) > 1:
         raise errors.BadRequest("redirect_uri is repeated")

@@ -17,6 +17,7 @@ from dcr_sidecar.proxy.runtime import RUNTIME
 log = structlog.get_logger("dcr_sidecar.request")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID = "X-Request-Id"
+MAX_HEADER_COUNT = 100
 
 
 def request_id_of(request: web.Request) -> str:
@@ -41,6 +42,10 @@ def _from_http_exception(exc: web.HTTPException) -> errors.SidecarError:
 
 
 def _check_headers(request: web.Request, limit: int) -> None:
+    """`limits.max_header_bytes` over all fields, and at most MAX_HEADER_COUNT fields. aiohttp's
+    parser limits (app.py) sit above both, so these JSON 431s answer first."""
+    if len(request.raw_headers) > MAX_HEADER_COUNT:
+        raise errors.HeadersTooLarge(f"more than {MAX_HEADER_COUNT} request header fields")
     size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
     if size > limit:
         raise errors.HeadersTooLarge(f"request headers exceed {limit} bytes")
