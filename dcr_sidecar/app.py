@@ -18,6 +18,7 @@ from aiohttp.abc import AbstractResolver
 from dcr_sidecar.config import Settings
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, metadata, token
 from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -76,6 +77,7 @@ class Sidecar:
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
                  resolver: AbstractResolver | None = None) -> None:
         """`resolver` is for tests only: the name resolver under the address policy."""
+        remember_settings_secrets(settings)
         self.settings = settings
         self.outbound = Outbound(settings, resolver)
         self.store = store or open_store(settings.store)

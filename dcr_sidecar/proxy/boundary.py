@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
+from dcr_sidecar.observability import scrub
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 log = structlog.get_logger("dcr_sidecar.request")
@@ -26,7 +27,9 @@ def request_id_of(request: web.Request) -> str:
 
 
 def error_response(exc: errors.SidecarError) -> web.Response:
-    body = {"error": exc.error, "error_description": exc.description}
+    # Descriptions are written without secrets; scrub() is the backstop for anything an AS
+    # echoed (a secret it was sent, a URL with a query) inside one.
+    body = {"error": exc.error, "error_description": scrub(exc.description)}
     headers = {"Cache-Control": "no-store", **exc.headers()}
     return web.json_response(body, status=exc.status, headers=headers)
 
