@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -37,6 +38,7 @@ Authority = tuple[str, str, int]
 _DESTINATION: ContextVar[Authority | None] = ContextVar("dcr_sidecar_destination", default=None)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; every forwarded request asks for the same few URLs
 def authority(url: str) -> Authority:
     """(scheme, host, port) of an http(s) URL as aiohttp will dial it: the host lower-cased and
     IDNA-encoded, the port made explicit. Raises ValueError for a URL without a host."""

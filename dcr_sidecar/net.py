@@ -161,12 +161,20 @@ class Outbound:
         with self.translate(step=step, upstream=upstream, url=url), destination(dest):
             async with asyncio.timeout(self.settings.timeouts.total), \
                     self._slot(upstream or authority_text(dest)), \
-                    self.session.request(method, url, headers=headers, data=data,
-                                         json=json_body, allow_redirects=False) as resp:
+                    self._open_session(step, upstream).request(
+                        method, url, headers=headers, data=data, json=json_body,
+                        allow_redirects=False) as resp:
                 cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
                     error_limit or limits.max_error_body_bytes)
                 body = await read_capped(resp, cap, url, step=step, upstream=upstream)
                 return Response(resp.status, resp.headers, body, url)
+
+    def _open_session(self, step: errors.Step, upstream: str | None) -> aiohttp.ClientSession:
+        """The session, or 503 when it closed while this request waited for a slot (shutdown)."""
+        if self._session is None or self._session.closed:
+            raise errors.Unavailable("the sidecar is shutting down", step=step,
+                                     upstream=upstream)
+        return self._session
 
     @contextlib.asynccontextmanager
     async def _slot(self, key: str) -> AsyncIterator[None]:

@@ -383,3 +383,22 @@ async def test_a_stalled_upstream_exhausts_only_its_own_connections(
     assert [status for status, _ in fast] == [200] * 20
     assert max(elapsed for _, elapsed in fast) < 0.5, fast
     assert [status for status, _ in slow] == [504] * 6
+
+
+async def test_requests_waiting_for_a_slot_at_shutdown_get_503_not_a_crash(
+        outbound: OutboundFactory, servers: FakeServers) -> None:
+    arrived = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        return await never_answer(request)
+
+    server = await servers.start([("GET", "/silent", silent)])
+    client = await outbound([upstream(server.base)], limits={"connections_per_upstream": 1})
+    calls = [asyncio.create_task(client.request("GET", f"{server.base}/silent",
+                                                step="discover", upstream="acme"))
+             for _ in range(2)]
+    await arrived.wait()  # one on the wire, one waiting for the slot
+    await client.close()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, errors.Unavailable) for o in outcomes), outcomes

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator, Sequence
 
@@ -135,6 +136,7 @@ def _range_category(address: IPAddress) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and the same few addresses are dialled again and again
 def classify(address: IPAddress) -> str | None:
     """The reason `address` is blocked by default, or None for a public address."""
     if address in _METADATA:
