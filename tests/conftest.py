@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractResolver
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
-from tests.support.fakes import FakeServers
+from tests.support.fakes import TOKEN_RESPONSE, FakeServers
 from tests.support.oidc import OidcProvider
 
 
@@ -136,8 +136,10 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
 
 
 @pytest.fixture
-async def servers() -> AsyncIterator[FakeServers]:
-    """In-process aiohttp servers on loopback addresses (tests/support/fakes.py)."""
+async def servers(leak_guard: LeakGuard) -> AsyncIterator[FakeServers]:
+    """In-process aiohttp servers on loopback addresses (tests/support/fakes.py); the fake
+    AS's access token is watched for in the logs like any other secret."""
+    leak_guard.add(TOKEN_RESPONSE["access_token"])
     started = FakeServers()
     yield started
     await started.stop()
