@@ -82,6 +82,11 @@ class Sidecar:
         self.listen = Bound(settings.listen.host, settings.listen.port)
         self.management = Bound(settings.management.host, settings.management.port)
 
+    @property
+    def ephemeral(self) -> bool:
+        """Storage that dies with the process: delete our own clients on clean shutdown."""
+        return self.settings.store.ephemeral or self.settings.store.backend == "memory"
+
     async def start(self) -> None:
         await self.outbound.start()
         try:
@@ -102,6 +107,7 @@ class Sidecar:
         for upstream in self.settings.upstreams:
             if upstream.prefetch or upstream.required:
                 self._background.append(asyncio.create_task(self._prefetch(upstream.name)))
+            self._background.append(asyncio.create_task(self.resolver.maintain(upstream.name)))
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
 
@@ -134,6 +140,8 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.ephemeral:
+            await self.resolver.delete_own_clients()
         await self.resolver.close()
         await self.outbound.close()
         with contextlib.suppress(Exception):

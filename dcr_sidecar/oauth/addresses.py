@@ -60,17 +60,22 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 
 def classify(address: IPAddress) -> str | None:
     """The reason `address` is blocked by default, or None for a public address."""
-    if address in _METADATA:
+    if address in _METADATA or (
+        isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped in _METADATA
+    ):
         return "cloud metadata"
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             reason = classify(embedded)
             return f"NAT64 of {reason}" if reason else None
-    for network, why in _BLOCKED:
-        if address.version == network.version and address in network:
-            return why
-    return None
+    # The most specific range names the reason (255.255.255.255 is "broadcast", not "reserved").
+    matches = [
+        (network, why)
+        for network, why in _BLOCKED
+        if address.version == network.version and address in network
+    ]
+    return max(matches, key=lambda match: match[0].prefixlen)[1] if matches else None
 
 
 def refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
