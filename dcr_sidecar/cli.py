@@ -93,8 +93,11 @@ async def _serve(settings: Settings) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dcr_sidecar.doctor import run_doctor
+    from dcr_sidecar.observability import configure_logging
 
     settings = _load(args)
+    # The report goes to stdout; the sidecar's own log lines (warnings and up) to stderr.
+    configure_logging("console", "warning")
     return asyncio.run(run_doctor(settings, args.upstream, register=args.register,
                                   as_json=args.json))
 

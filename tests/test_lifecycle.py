@@ -78,12 +78,15 @@ async def test_renewal_by_rfc7592_put_keeps_the_client(
 
 
 async def test_renewal_without_extension_registers_a_new_generation(
-        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard,
+        tmp_path: Path) -> None:
     """PUT leaves the expiry unchanged: a new generation before expiry, requests keep
     succeeding, the client_id switch is an audit event."""
     provider = await oidc(iat=IAT, secret_expires_in=12, put_extends_expiry=False)
     leak_guard.add(IAT)
-    side = await sidecar({"upstreams": [cc_upstream(provider.issuer)]})
+    id_file = tmp_path / "shared" / "acme-client-id"
+    side = await sidecar({"upstreams": [cc_upstream(provider.issuer,
+                                                    client_id_file=str(id_file))]})
     first = await get_json(f"{side.listen.url}/acme/client")
     expires = first["client_secret_expires_at"]
     await run_across_expiry(side.listen.url, expires + 3, leak_guard)
@@ -97,6 +100,8 @@ async def test_renewal_without_extension_registers_a_new_generation(
     switches = audit_events(leak_guard, "client_id_changed")
     assert switches
     assert switches[0]["previous_client_id"] == first["client_id"]
+    assert id_file.read_text() == after["client_id"] + "\n"
+    assert id_file.stat().st_mode & 0o777 == 0o644
 
 
 async def register_static(issuer: str) -> dict[str, Any]:
