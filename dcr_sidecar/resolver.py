@@ -241,12 +241,9 @@ class Resolver:
                 upstream=state.config.name, retry_after=remaining)
 
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
-        if time.monotonic() >= state.metadata_expires:
-            return True
-        if _expired(creds):
-            return True
-        return state.current is not None and self._renewal_due(state, state.current,
-                                                                time.time())
+        """Must this request wait for a resolution? Renewal before expiry never makes it wait:
+        the maintenance loop renews in the background while the current secret stays valid."""
+        return time.monotonic() >= state.metadata_expires or _expired(creds)
 
     def _renewal_due(self, state: UpstreamState, gen: Generation, now: float) -> bool:
         when = renew_at(gen.client_secret_expires_at, gen.received_at)
