@@ -29,6 +29,7 @@ import structlog
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.client_auth import AuthParts, ClientCredentials, auth_parts
 from dcr_sidecar.oauth.metadata import Metadata
@@ -81,6 +82,8 @@ class UpstreamState:
 
 
 class Resolver:
+    metrics: Metrics = Metrics(None)  # the sidecar sets its own (app.Sidecar)
+
     def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore) -> None:
         self.settings = settings
         self.outbound = outbound
@@ -168,6 +171,7 @@ class Resolver:
         log.warning("resolution_failed", upstream=state.config.name, step=exc.step,
                     error=exc.error, detail=exc.description, failures=state.failures,
                     backoff_s=round(delay, 3))
+        self.metrics.resolution_failed(state.config.name, exc.step)
 
     def _check_backoff(self, state: UpstreamState) -> None:
         remaining = state.backoff_until - time.monotonic()
@@ -200,12 +204,14 @@ class Resolver:
                 # A failed refresh keeps serving the stale document (DESIGN §2.2 discovery).
                 state.metadata_expires = time.monotonic() + self.settings.discovery.min_ttl
                 log.warning("metadata_refresh_failed", upstream=state.config.name)
+                self.metrics.discovery(state.config.name, "failure")
                 return state.discovery.metadata
         state.discovery = result
         state.metadata_expires = time.monotonic() + result.ttl
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")
+        self.metrics.discovery(state.config.name, "success")
         return result.metadata
 
     # ------------------------------------------------------------------ credentials
@@ -222,6 +228,7 @@ class Resolver:
         previous = state.credentials
         state.credentials = creds
         if previous is None or previous.client_id != creds.client_id:
+            self.metrics.client_id_seen(config.name, previous, creds)
             self._write_client_id_file(config, creds.client_id)
         return creds
 
@@ -283,6 +290,7 @@ class Resolver:
                  generation=generation.generation, method=client.token_endpoint_auth_method,
                  expires_at=client.client_secret_expires_at, endpoint=registration.endpoint,
                  endpoint_source=registration.provenance)
+        self.metrics.registration(config.name, "success")
         return generation, updated
 
     @contextlib.asynccontextmanager
@@ -294,6 +302,7 @@ class Resolver:
         except errors.SidecarError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.metrics.store_error(step)
             raise errors.StoreUnavailable(
                 f"the credential store failed ({step}): {type(exc).__name__}: {exc}",
                 step=step, upstream=state.config.name, retry_after=5) from exc
@@ -309,6 +318,105 @@ class Resolver:
             return
         log.info("client_id_file_written", upstream=config.name, path=config.client_id_file,
                  client_id=client_id)
+
+
+    # ------------------------------------------------------------------ reload and admin
+    # Added for issue #7 (reload, admin API); everything above is unchanged.
+
+    def reload(self, settings: Settings) -> None:
+        """Apply a reloaded configuration (DESIGN §3.10).
+
+        Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or
+        changed ones start afresh (they resolve from the store, so a changed upstream whose
+        registration is unaffected does not register again); removed ones are dropped from
+        memory only: their credentials stay in the store.
+        """
+        states: dict[str, UpstreamState] = {}
+        for upstream in settings.upstreams:
+            old = self._states.get(upstream.name)
+            states[upstream.name] = old if old is not None and old.config == upstream else (
+                UpstreamState(upstream))
+        self.settings = settings
+        self._states = states
+
+    async def rotate(self, name: str) -> Credentials:
+        """Register a new client generation now, superseding the current one (admin API)."""
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to rotate")
+
+        async def work(state: UpstreamState) -> None:
+            metadata = await self.metadata(name)
+            key = RecordKey(metadata.issuer, name)
+            wanted = fingerprint(profile_of(state.config))
+            async with self._store_errors(state, "lease"), self.store.lock(key):
+                async with self._store_errors(state, "store_read"):
+                    record = await self.store.get(key)
+                await self._register(state, metadata, key, record, wanted)
+
+        await self._guarded(state, work)
+        # The store now holds the new generation as current: resolve it the ordinary way
+        # (bypassing the cache, so the client_id switch is seen and counted).
+        return await self._shared(state, "credentials", self._resolve)
+
+    async def delete_registration(self, name: str) -> int:
+        """RFC 7592 §2.3 DELETE of the current generation, then forget it (admin API).
+
+        Returns the deleted generation's number. The next request registers anew.
+        """
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to delete")
+        metadata = await self.metadata(name)
+        key = RecordKey(metadata.issuer, name)
+        wanted = fingerprint(profile_of(state.config))
+        with _admin_errors(state):
+            async with self._store_errors(state, "lease"), self.store.lock(key):
+                async with self._store_errors(state, "store_read"):
+                    record = await self.store.get(key)
+                current = record.current(wanted, time.time()) if record else None
+                if record is None or current is None:
+                    raise errors.Conflict(f"upstream {name!r} has no registered client to delete")
+                await self._delete_at_as(state, current)
+                kept = tuple(g for g in record.generations if g is not current)
+                async with self._store_errors(state, "store_write"):
+                    await self.store.put(Record(key, kept))
+        state.credentials = None
+        log.info("client_deleted", upstream=name, client_id=current.client_id,
+                 generation=current.generation)
+        return current.generation
+
+    async def _delete_at_as(self, state: UpstreamState, current: Generation) -> None:
+        name = state.config.name
+        uri, token = current.registration_client_uri, current.registration_access_token
+        if uri is None or token is None:
+            raise errors.Conflict(
+                f"generation {current.generation} of {name!r} has no RFC 7592 management "
+                "fields (registration_client_uri and registration_access_token): the AS "
+                "offers no way to delete it")
+        with self._step(state, "register"):
+            response = await self.outbound.request(
+                "DELETE", uri, step="register", upstream=name,
+                headers={"Authorization": f"Bearer {token.reveal()}"})
+        # 404/410: already gone at the AS, which is what the operator asked for.
+        if response.status not in (200, 204, 404, 410):
+            raise errors.BadUpstream(
+                f"the AS refused to delete client {current.client_id!r}: RFC 7592 DELETE "
+                f"answered HTTP {response.status}", step="register", upstream=name)
+
+@contextlib.contextmanager
+def _admin_errors(state: UpstreamState) -> Iterator[None]:
+    """Admin actions: typed errors pass, anything else is typed (DESIGN §3.7), no backoff."""
+    try:
+        yield
+    except errors.SidecarError:
+        raise
+    except Exception as exc:
+        log.error("admin_action_crashed", upstream=state.config.name, step=state.step,
+                  exc_info=exc)
+        raise errors.BadUpstream(f"unexpected failure during {state.step}: "
+                                 f"{type(exc).__name__}", step=state.step,
+                                 upstream=state.config.name) from exc
 
 
 def write_atomic(path: Path, content: str, *, mode: int) -> None:
