@@ -248,6 +248,24 @@ class Sidecar:
         self._start_prefetch([u for u in applied.upstreams if u.name in result.added])
         return result
 
+    async def _delete_own_clients(self) -> None:
+        """Ephemeral storage dies with the pod: delete the dynamic clients it held (RFC 7592)
+        so restarts leave no orphans at the AS (DESIGN §2.2 store.ephemeral, §3.10)."""
+        store = self.settings.store
+        if not (store.ephemeral or store.backend == "memory"):
+            return
+        for name in self.resolver.names():
+            creds = self.resolver.cached(name)
+            if creds is None or creds.static:
+                continue
+            try:
+                await asyncio.wait_for(self.resolver.delete_registration(name),
+                                       self.settings.timeouts.total)
+            except Exception as exc:  # best effort: shutdown goes on
+                log.warning("ephemeral_client_not_deleted", upstream=name,
+                            client_id=creds.client_id, detail=getattr(exc, "description",
+                                                                        type(exc).__name__))
+
     async def stop(self) -> None:
         for task in self._background:
             task.cancel()
@@ -264,6 +282,7 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self._delete_own_clients()
         await self.resolver.close()
         await self.outbound.close()
         with contextlib.suppress(Exception):

@@ -22,7 +22,7 @@ from aiohttp import web
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import load_settings
 from dcr_sidecar.lifecycle import ConfigWatcher
-from tests.conftest import LeakGuard, ProviderFactory, sidecar_config
+from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory, sidecar_config
 from tests.test_cli import wait_http
 from tests.test_demo_e2e import free_port
 from tests.test_metrics import cc_upstream, token
@@ -313,3 +313,30 @@ async def test_sighup_reloads_the_running_process(
     leak_guard.add_text(err.decode() + out.decode())
     leak_guard.add_store(tmp_path / "credentials.json")
     assert '"trigger": "sighup"' in err.decode()
+
+
+@pytest.mark.parametrize("store", [{"backend": "memory"}, {"backend": "file", "ephemeral": True}],
+                         ids=["memory", "file-ephemeral"])
+async def test_ephemeral_store_deletes_its_clients_on_shutdown(
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard,
+        store: dict[str, Any]) -> None:
+    """Storage that dies with the pod: a clean stop deletes the registered client at the AS."""
+    provider = await oidc()
+    side = await sidecar({"store": store, "upstreams": [cc_upstream(provider.issuer)]})
+    leak_guard.add_token_response(await token(side))
+    creds = side.resolver.cached("acme")
+    assert creds is not None
+    client_id = creds.client_id
+    await side.stop()
+    stats = await provider.stats()
+    assert stats["deleted"] == [client_id]
+    assert client_id not in stats["clients"]
+
+
+async def test_durable_store_keeps_its_clients_on_shutdown(
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    provider = await oidc()
+    side = await sidecar({"upstreams": [cc_upstream(provider.issuer)]})
+    leak_guard.add_token_response(await token(side))
+    await side.stop()
+    assert (await provider.stats())["deleted"] == []
