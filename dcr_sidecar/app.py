@@ -118,6 +118,7 @@ class ReloadResult:
     changed: list[str] = field(default_factory=list)  # top-level keys applied
     restart_required: list[str] = field(default_factory=list)  # changed, kept until restart
     added: list[str] = field(default_factory=list)  # upstream names
+    updated: list[str] = field(default_factory=list)  # configuration changed: state afresh
     removed: list[str] = field(default_factory=list)
 
 
@@ -235,6 +236,8 @@ class Sidecar:
                      if k not in RESTART_KEYS and getattr(old, k) != getattr(applied, k)],
             restart_required=restart_only_changes(old, new),
             added=[u.name for u in applied.upstreams if old.upstream(u.name) is None],
+            updated=[u.name for u in applied.upstreams
+                     if old.upstream(u.name) not in (None, u)],
             removed=[u.name for u in old.upstreams if applied.upstream(u.name) is None])
         self.metrics.set_upstreams(u.name for u in applied.upstreams)
         self.outbound.update(applied)
@@ -245,7 +248,10 @@ class Sidecar:
             set_level(applied.log.level)
         self.settings = applied
         self.runtime.settings = applied  # one assignment: handlers see old or new, never a mix
-        self._start_prefetch([u for u in applied.upstreams if u.name in result.added])
+        # New and changed upstreams start afresh: resolve those marked prefetch/required now
+        # (from the store when their registration is unaffected), so readiness recovers.
+        fresh = {*result.added, *result.updated}
+        self._start_prefetch([u for u in applied.upstreams if u.name in fresh])
         return result
 
     async def _delete_own_clients(self) -> None:

@@ -65,5 +65,6 @@ class ConfigWatcher:
                         keys=result.restart_required,
                         detail="these keys changed but apply only after a restart")
         log.info("config_reloaded", path=self.path, trigger=trigger, changed=result.changed,
-                 upstreams_added=result.added, upstreams_removed=result.removed)
+                 upstreams_added=result.added, upstreams_updated=result.updated,
+                 upstreams_removed=result.removed)
         return True

@@ -340,3 +340,42 @@ async def test_durable_store_keeps_its_clients_on_shutdown(
     leak_guard.add_token_response(await token(side))
     await side.stop()
     assert (await provider.stats())["deleted"] == []
+
+
+async def test_changed_required_upstream_is_resolved_again_from_the_store(
+        oidc: ProviderFactory, watched: Any, tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """A reload that changes a required upstream without touching its registration (here: a new
+    client_id_file) re-resolves it at once, from the store: readiness comes
+    back and nothing is registered again."""
+    provider = await oidc()
+    upstream = cc_upstream(provider.issuer, name="a", required=True)
+    side, watcher, path = await watched({"upstreams": [upstream]})
+    await wait_for(lambda: side.resolver.cached("a") is not None, "the prefetch")
+    first = side.resolver.cached("a")
+    changed = {**upstream, "client_id_file": str(tmp_path / "a-client-id")}
+    write_configmap(path.parent, sidecar_config(tmp_path, {"upstreams": [changed]}), 2)
+    assert watcher.reload("test")
+    assert events(leak_guard, "config_reloaded")[-1]["upstreams_updated"] == ["a"]
+    await wait_for(lambda: side.resolver.cached("a") is not None, "the re-resolution")
+    again = side.resolver.cached("a")
+    assert again is not None
+    assert first is not None
+    assert again.client_id == first.client_id
+    assert (await provider.stats())["registrations"] == 1
+    assert (tmp_path / "a-client-id").read_text().strip() == first.client_id
+    leak_guard.add_store(tmp_path / "credentials.json")
+
+
+def test_reload_that_breaks_a_kept_restart_only_key_is_rejected() -> None:
+    """`listen` is kept from the running config; a new file without inbound credentials would
+    leave a non-loopback listener open to anyone: rejected, nothing changes."""
+    from dcr_sidecar.app import combine
+    from dcr_sidecar.config import parse_settings
+    from dcr_sidecar.errors import ConfigError
+
+    old = parse_settings(yaml.safe_dump({
+        "version": 1, "listen": {"host": "10.1.2.3", "port": 8080},
+        "inbound": {"client_secret": "inbound-secret-value"}}), "old.yaml")
+    new = parse_settings(yaml.safe_dump({"version": 1}), "new.yaml")
+    with pytest.raises(ConfigError, match=r"inbound\.client_secret is not set"):
+        combine(old, new)
