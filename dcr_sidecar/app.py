@@ -126,6 +126,11 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     keys = [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]
     if old.log.format != new.log.format:
         keys.append("log.format")
+    # Applied for what the sidecar checks itself, but sized into aiohttp at start:
+    if old.limits.connections_per_upstream != new.limits.connections_per_upstream:
+        keys.append("limits.connections_per_upstream")  # the connection pool
+    if new.limits.max_header_bytes > old.limits.max_header_bytes:
+        keys.append("limits.max_header_bytes")  # the HTTP parser's own limit (only raising)
     return keys
 
 

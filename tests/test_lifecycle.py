@@ -262,12 +262,13 @@ async def test_restart_only_keys_are_logged_and_not_applied(
     bound = side.management.port
     changed = sidecar_config(tmp_path, {"management": {"port": free_port()},
                                         "timeouts": {"total": 3},
+                                        "limits": {"connections_per_upstream": 5},
                                         "shutdown": {"delay": 0, "grace": 7},
                                         "log": {"format": "console", "level": "debug"}})
     write_configmap(path.parent, changed, 2)
     assert watcher.reload("test")  # also the SIGHUP path: reload now, without waiting
     warning = events(leak_guard, "config_reload_restart_required")[-1]
-    assert warning["keys"] == ["management", "log.format"]
+    assert warning["keys"] == ["management", "log.format", "limits.connections_per_upstream"]
     applied = side.runtime.settings
     assert applied.management.port == 0
     assert applied.log.format == "json"
