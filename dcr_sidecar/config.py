@@ -535,9 +535,6 @@ class Settings(_Model):
             raise _keyed(
                 "front", "host is not loopback: set public_base_url to the address browsers use"
             )
-        if self.admin.token is not None:
-            raise _keyed("admin", "the admin API is not available in this build yet; "
-                                  "leave admin.token unset")
         if self.front is not None:
             raise _keyed(
                 "front", "a separate browser-facing listener is not available in this build yet"

@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import json
 import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from multidict import CIMultiDictProxy
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.addresses import IPNetwork, refusal
 from dcr_sidecar.oauth.text import safe_url
@@ -114,8 +116,9 @@ class Response:
 class Outbound:
     """The process's outbound client. Create with :meth:`start`, close with :meth:`close`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,13 +131,11 @@ class Outbound:
             ttl_dns_cache=10,
             enable_cleanup_closed=False,
         )
-        timeouts = self.settings.timeouts
         self._session = aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
             auto_decompress=True,
-            timeout=aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read),
+            timeout=self._timeout(),
             headers={"User-Agent": "dcr-sidecar"},
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -145,8 +146,14 @@ class Outbound:
             await self._session.close()
             self._session = None
 
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        timeouts = self.settings.timeouts
+        return aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
+
     def update(self, settings: Settings) -> None:
-        """Apply a reloaded configuration's security settings to new connections."""
+        """Apply a reloaded configuration: timeouts, limits on reads and the address policy
+        take effect for the next request (the connection pool size needs a restart)."""
         self.settings = settings
         fresh = AddressPolicy.from_settings(settings)
         self.policy.allowed, self.policy.configured = fresh.allowed, fresh.configured
@@ -194,14 +201,19 @@ class Outbound:
         4xx/5xx answers) and the request fails beyond it."""
         self.check_url(url, step=step, upstream=upstream)
         limits = self.settings.limits
-        with self.translate(step=step, upstream=upstream, url=url):
-            async with self.session.request(
-                method, url, headers=headers, data=data, json=json_body, allow_redirects=False,
-            ) as resp:
-                cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
-                    error_limit or limits.max_error_body_bytes)
-                body = await read_capped(resp, cap, url, step=step, upstream=upstream)
-                return Response(resp.status, resp.headers, body, url)
+        started = time.perf_counter()
+        try:
+            with self.translate(step=step, upstream=upstream, url=url):
+                async with self.session.request(
+                    method, url, headers=headers, data=data, json=json_body,
+                    allow_redirects=False, timeout=self._timeout(),
+                ) as resp:
+                    cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
+                        error_limit or limits.max_error_body_bytes)
+                    body = await read_capped(resp, cap, url, step=step, upstream=upstream)
+                    return Response(resp.status, resp.headers, body, url)
+        finally:
+            self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
 
     @contextlib.contextmanager
     def translate(self, *, step: errors.Step, upstream: str | None, url: str) -> Iterator[None]:

@@ -34,6 +34,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
 from dcr_sidecar.management7592 import Rfc7592
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.client_auth import AuthParts, ClientCredentials, auth_parts
 from dcr_sidecar.oauth.lifetime import management_fields, renew_at, renewal_margin
@@ -98,6 +99,8 @@ class UpstreamState:
 
 
 class Resolver:
+    metrics: Metrics = Metrics(None)  # the sidecar sets its own (app.Sidecar)
+
     def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore) -> None:
         self.settings = settings
         self.outbound = outbound
@@ -165,7 +168,7 @@ class Resolver:
         """Background upkeep of one upstream: renew before expiry, refresh metadata before it
         expires, delete superseded clients after their grace. Runs until cancelled."""
         state = self.state(name)
-        while True:
+        while self._states.get(name) is state:  # a reload that replaces the state ends it
             delay = max(0.05, min(self._next_due(state) - time.time(), MAINTENANCE_IDLE))
             state.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -206,6 +209,8 @@ class Resolver:
             if not exc.accounted:
                 self._failed(state, exc)
             raise
+        except errors.SidecarError:
+            raise  # a conflict or a not-found is an answer, not an upstream failure
         except Exception as exc:  # parsers and bugs: typed, never a crash (DESIGN §3.7)
             typed = errors.BadUpstream(f"unexpected failure during {state.step}: "
                                        f"{type(exc).__name__}", step=state.step, upstream=name)
@@ -231,6 +236,7 @@ class Resolver:
         log.warning("resolution_failed", upstream=state.config.name, step=exc.step,
                     error=exc.error, detail=exc.description, failures=state.failures,
                     backoff_s=round(delay, 3))
+        self.metrics.resolution_failed(state.config.name, exc.step)
 
     def _check_backoff(self, state: UpstreamState) -> None:
         remaining = state.backoff_until - time.monotonic()
@@ -263,6 +269,7 @@ class Resolver:
         except errors.SidecarError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.metrics.store_error(step)
             raise errors.StoreUnavailable(
                 f"the credential store failed ({step}): {type(exc).__name__}: {exc}",
                 step=step, upstream=state.config.name, retry_after=5) from exc
@@ -293,12 +300,14 @@ class Resolver:
             # A failed refresh keeps serving the stale document (DESIGN §2.2 discovery).
             state.metadata_expires = time.monotonic() + self.settings.discovery.min_ttl
             log.warning("metadata_refresh_failed", upstream=state.config.name)
+            self.metrics.discovery(state.config.name, "failure")
             return state.discovery.metadata
         state.discovery = result
         state.metadata_expires = time.monotonic() + result.ttl
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")
+        self.metrics.discovery(state.config.name, "success")
         return result.metadata
 
     async def _fresh_metadata(self, state: UpstreamState) -> Metadata:
@@ -365,6 +374,7 @@ class Resolver:
                        generation=creds.generation, previous_client_id=old.client_id,
                        previous_generation=old.generation)
         if old is None or old.client_id != creds.client_id:
+            self.metrics.client_id_seen(creds.upstream, old, creds)
             self._write_client_id_file(state.config, creds.client_id)
 
     async def _register(self, state: UpstreamState, metadata: Metadata, record: Record,
@@ -392,6 +402,7 @@ class Resolver:
                    expires_at=client.client_secret_expires_at, endpoint=registration.endpoint,
                    endpoint_source=registration.provenance,
                    manageable=Rfc7592.manageable(generation))
+        self.metrics.registration(config.name, "success")
         return generation, updated
 
     # ------------------------------------------------------------------ renewal (§3.5)
@@ -573,6 +584,77 @@ class Resolver:
                    upstream=state.config.name, client_id=gen.client_id,
                    generation=gen.generation, reason=why)
         return record
+
+    # ------------------------------------------------------------------ reload and admin
+
+    def reload(self, settings: Settings) -> list[str]:
+        """Apply a reloaded configuration (DESIGN §3.10); returns the upstreams whose state is
+        new (added or changed), which need their own maintenance.
+
+        Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or
+        changed ones start afresh (they resolve from the store, so a changed upstream whose
+        registration is unaffected does not register again); removed ones are dropped from
+        memory only: their credentials stay in the store.
+        """
+        states: dict[str, UpstreamState] = {}
+        fresh: list[str] = []
+        for upstream in settings.upstreams:
+            old = self._states.get(upstream.name)
+            if old is not None and old.config == upstream:
+                states[upstream.name] = old
+            else:
+                states[upstream.name] = UpstreamState(upstream)
+                fresh.append(upstream.name)
+        self.settings = settings
+        self._states = states
+        for old_state in self._states.values():
+            old_state.wake.set()
+        return fresh
+
+    async def rotate(self, name: str) -> Credentials:
+        """Register a new client generation now, superseding the current one (admin API)."""
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to rotate")
+
+        async def work(state: UpstreamState) -> Credentials:
+            metadata = await self._fresh_metadata(state)
+            key = RecordKey(metadata.issuer, name)
+            wanted = fingerprint(profile_of(state.config))
+            async with self._locked(state, key):
+                record = await self._read(state, key)
+                current, record = await self._register(state, metadata, record, wanted)
+            audit.info("client_rotated", upstream=name, client_id=current.client_id,
+                       generation=current.generation)
+            self._adopt(state, metadata, key, record, current)
+            assert state.credentials is not None
+            return state.credentials
+
+        return await self._shared(state, "credentials", work)
+
+    async def delete_registration(self, name: str) -> int:
+        """RFC 7592 §2.3 DELETE of the current generation, then forget it (admin API).
+
+        Returns the deleted generation's number. The next request registers anew.
+        """
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to delete")
+
+        async def work(state: UpstreamState) -> int:
+            metadata = await self._fresh_metadata(state)
+            key = RecordKey(metadata.issuer, name)
+            async with self._locked(state, key):
+                record = await self._read(state, key)
+                current = record.current(fingerprint(profile_of(state.config)), time.time())
+                if current is None:
+                    raise errors.Conflict(f"upstream {name!r} has no registered client to "
+                                          "delete")
+                await self._delete_generation(state, record, current, "admin request")
+            state.credentials = state.current = None
+            return current.generation
+
+        return await self._shared(state, "delete", work)
 
     def _write_client_id_file(self, config: Upstream, client_id: str) -> None:
         if not config.client_id_file:
