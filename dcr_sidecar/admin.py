@@ -18,6 +18,7 @@ from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
+from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import UpstreamState
 
@@ -52,6 +53,12 @@ def _wall_clock(monotonic_deadline: float) -> str | None:
     return datetime.fromtimestamp(time.time() + remaining, UTC).isoformat(timespec="seconds")
 
 
+def _next_renewal(state: UpstreamState) -> str | None:
+    gen = state.current
+    when = renew_at(gen.client_secret_expires_at, gen.received_at) if gen else None
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None
+
+
 def describe(state: UpstreamState) -> dict[str, Any]:
     """One upstream as the admin API shows it (never a secret)."""
     config, creds = state.config, state.credentials
@@ -65,6 +72,10 @@ def describe(state: UpstreamState) -> dict[str, Any]:
         "token_endpoint_auth_method": creds.method if creds else None,
         "generation": creds.generation if creds else None,
         "client_secret_expires_at": creds.expires_at if creds else None,
+        "next_renewal": _next_renewal(state),
+        "previous_generation_until": (
+            datetime.fromtimestamp(state.previous_until, UTC).isoformat(timespec="seconds")
+            if state.previous is not None and state.previous_until else None),
         "backoff_until": _wall_clock(state.backoff_until),
         "last_error": state.last_error,
         "last_error_step": state.last_error_step,
