@@ -1,22 +1,34 @@
 """Assembling the service: the back-channel app, the management app, and their lifetime.
 
-:class:`Sidecar` owns the process's resources — the outbound session, the store, the resolver —
-and tears them down in reverse order. Tests start it in-process on port 0.
+:class:`Sidecar` owns the process's resources — the metrics registry, the outbound session, the
+store, the resolver — and tears them down in reverse order. Tests start it in-process on port 0.
+
+Invariants (DESIGN §3.10):
+- ``stop()`` first stops accepting on every listener, then waits for in-flight requests up to
+  ``shutdown.grace`` (the value in force at that moment), then closes.
+- ``reload()`` swaps ``Runtime.settings`` in one assignment, to a complete validated object in
+  which the restart-only keys keep their running values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
+from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
-from dcr_sidecar.config import Settings
+from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.management import routes as management_routes
+from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, metadata, token
@@ -27,11 +39,43 @@ from dcr_sidecar.store import CredentialStore, open_store
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
+# DESIGN §2.2: these need a restart; everything else is applied by a reload.
+RESTART_KEYS = ("listen", "front", "management", "store", "public_base_url",
+                "backchannel_base_url")
 
 
-def create_app(runtime: Runtime) -> web.Application:
+class InFlight:
+    """Counts requests being handled, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, deadline_s: float) -> bool:
+        """True when no request is in flight, False when `deadline_s` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def create_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Application:
     """The back-channel (and, without `front`, front-channel) application."""
-    app = web.Application(middlewares=[boundary],
+    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
+    app = web.Application(middlewares=middlewares,
                           client_max_size=runtime.settings.limits.max_request_bytes)
     app[RUNTIME] = runtime
     app.add_routes([
@@ -45,8 +89,10 @@ def create_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def create_management_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[boundary])
+def create_management_app(runtime: Runtime,
+                          in_flight: InFlight | None = None) -> web.Application:
+    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
+    app = web.Application(middlewares=middlewares)
     app[RUNTIME] = runtime
     app.add_routes(management_routes())
     return app
@@ -71,6 +117,40 @@ class Bound:
         return f"http://{host}:{self.port}"
 
 
+@dataclass
+class ReloadResult:
+    changed: list[str] = field(default_factory=list)  # top-level keys applied
+    restart_required: list[str] = field(default_factory=list)  # changed, kept until restart
+    added: list[str] = field(default_factory=list)  # upstream names
+    updated: list[str] = field(default_factory=list)  # configuration changed: state afresh
+    removed: list[str] = field(default_factory=list)
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    keys = [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]
+    if old.log.format != new.log.format:
+        keys.append("log.format")
+    # Applied for what the sidecar checks itself, but sized into aiohttp at start:
+    if new.limits.max_header_bytes > old.limits.max_header_bytes:
+        keys.append("limits.max_header_bytes")  # the HTTP parser's own limit (only raising)
+    return keys
+
+
+def combine(old: Settings, new: Settings) -> Settings:
+    """`new` with the restart-only keys of the running `old`, validated as a whole (so e.g.
+    a kept non-loopback listener still demands inbound credentials)."""
+    fields = dict(new)  # shallow: nested models and Secret values stay as they are
+    fields.update({key: getattr(old, key) for key in RESTART_KEYS})
+    fields["log"] = new.log.model_copy(update={"format": old.log.format})
+    try:
+        return Settings.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ").split(">>")[-1]
+                             for e in exc.errors(include_url=False))
+        raise ConfigError("the new configuration does not fit the settings that need a "
+                          f"restart (kept from the running one): {problems}") from None
+
+
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
@@ -79,11 +159,16 @@ class Sidecar:
         """`resolver` is for tests only: the name resolver under the address policy."""
         remember_settings_secrets(settings)
         self.settings = settings
-        self.outbound = Outbound(settings, resolver)
+        self.metrics = Metrics.create()
+        self.metrics.set_upstreams(u.name for u in settings.upstreams)
+        self.outbound = Outbound(settings, self.metrics, resolver)
         self.store = store or open_store(settings.store)
         self.resolver = Resolver(settings, self.outbound, self.store)
+        self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               settings.public_base, settings.backchannel_base)
+                               settings.public_base, settings.backchannel_base, self.metrics)
+        self.metrics.watch(self._gauges)
+        self.in_flight = InFlight()
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
         self.listen = Bound(settings.listen.host, settings.listen.port)
@@ -92,9 +177,10 @@ class Sidecar:
     async def start(self) -> None:
         await self.outbound.start()
         try:
-            self.listen = await self._serve(create_app(self.runtime), self.settings.listen.host,
-                                            self.settings.listen.port)
-            self.management = await self._serve(create_management_app(self.runtime),
+            self.listen = await self._serve(create_app(self.runtime, self.in_flight),
+                                            self.settings.listen.host, self.settings.listen.port)
+            self.management = await self._serve(create_management_app(self.runtime,
+                                                                      self.in_flight),
                                                 self.settings.management.host,
                                                 self.settings.management.port)
         except BaseException:
@@ -106,14 +192,31 @@ class Sidecar:
                 self.runtime.public_base = f"http://127.0.0.1:{self.listen.port}"
             if not self.settings.backchannel_base_url:
                 self.runtime.backchannel_base = f"http://127.0.0.1:{self.listen.port}"
-        for upstream in self.settings.upstreams:
-            if upstream.prefetch or upstream.required:
-                self._background.append(asyncio.create_task(self._prefetch(upstream.name)))
+        self._start_prefetch(self.settings.upstreams)
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
 
+    def _start_prefetch(self, upstreams: Iterable[Upstream]) -> None:
+        """Prefetch (for `prefetch`/`required`) and background maintenance per upstream."""
+        for upstream in upstreams:
+            if upstream.prefetch or upstream.required:
+                self._background.append(asyncio.create_task(self._prefetch(upstream.name)))
+            self._background.append(asyncio.create_task(self.resolver.maintain(upstream.name)))
+
+    def _gauges(self) -> Iterator[UpstreamGauges]:
+        now = time.monotonic()
+        for name in self.resolver.names():
+            state = self.resolver.state(name)
+            creds = state.credentials
+            yield UpstreamGauges(
+                name=name,
+                secret_expires_at=creds.expires_at if creds and not creds.static else None,
+                backoff_active=state.backoff_until > now)
+
     async def _serve(self, app: web.Application, host: str, port: int) -> Bound:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown.grace,
+        # In-flight requests are awaited by stop() itself (with the grace in force then);
+        # the runner's own timeout only bounds the cancellation of what is left after that.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
                                **_handler_args(self.settings))
         await runner.setup()
         self._runners.append(runner)
@@ -125,22 +228,66 @@ class Sidecar:
         return Bound(host, bound_port)
 
     async def _prefetch(self, name: str) -> None:
-        """Resolve at start-up; on failure, retry when the backoff ends (never crash)."""
-        while True:
+        """Resolve at start-up; on failure, retry when the backoff ends (never crash); stop
+        when a reload removed the upstream."""
+        while name in self.resolver.names():
             try:
                 await self.resolver.credentials(name)
                 return
             except Exception:  # the resolver logged and typed it already
-                await wait_backoff(self.resolver.state(name))
+                if name in self.resolver.names():
+                    await wait_backoff(self.resolver.state(name))
+
+    def reload(self, new: Settings) -> ReloadResult:
+        """Apply what DESIGN §2.2 lists as reloadable; raise ConfigError (and change
+        nothing) when `new` cannot be combined with the running restart-only settings."""
+        old = self.settings
+        applied = combine(old, new)
+        result = ReloadResult(
+            changed=[k for k in Settings.model_fields
+                     if k not in RESTART_KEYS and getattr(old, k) != getattr(applied, k)],
+            restart_required=restart_only_changes(old, new),
+            added=[u.name for u in applied.upstreams if old.upstream(u.name) is None],
+            updated=[u.name for u in applied.upstreams
+                     if old.upstream(u.name) not in (None, u)],
+            removed=[u.name for u in old.upstreams if applied.upstream(u.name) is None])
+        self.metrics.set_upstreams(u.name for u in applied.upstreams)
+        self.outbound.update(applied)
+        fresh = set(self.resolver.reload(applied))
+        if applied.log.level != old.log.level:
+            from dcr_sidecar.observability import set_level
+
+            set_level(applied.log.level)
+        self.settings = applied
+        self.runtime.settings = applied  # one assignment: handlers see old or new, never a mix
+        # New and changed upstreams start afresh: resolve those marked prefetch/required now
+        # (from the store when their registration is unaffected), so readiness recovers.
+        self._start_prefetch([u for u in applied.upstreams if u.name in fresh])
+        return result
+
+    @property
+    def ephemeral(self) -> bool:
+        """Storage that dies with the process: delete our own clients on clean shutdown."""
+        return self.settings.store.ephemeral or self.settings.store.backend == "memory"
 
     async def stop(self) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
+        # Stop accepting everywhere first, then drain what is in flight (DESIGN §3.10).
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        grace = self.settings.shutdown.grace
+        log.info("shutdown_draining", in_flight=self.in_flight.count, grace_s=grace)
+        if not await self.in_flight.wait_idle(grace):
+            log.warning("shutdown_grace_expired", grace_s=grace, in_flight=self.in_flight.count)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.ephemeral:
+            await self.resolver.delete_own_clients()
         await self.resolver.close()
         await self.outbound.close()
         with contextlib.suppress(Exception):

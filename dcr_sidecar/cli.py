@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -16,6 +17,8 @@ from dcr_sidecar.config import Settings, config_path, json_schema, load_settings
 from dcr_sidecar.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+# Internal (tests): how often `serve` checks the config file's content; 10 s otherwise.
+POLL_ENV = "DCR_SIDECAR_CONFIG_POLL_INTERVAL"
 log = structlog.get_logger("dcr_sidecar.cli")
 
 
@@ -45,12 +48,17 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    from dcr_sidecar.lifecycle import POLL_INTERVAL_S, content_digest
+
+    path = config_path(args.config)
+    digest = content_digest(path)  # before loading: a change in between is seen by the poll
+    settings = load_settings(path)
     from dcr_sidecar.observability import configure_logging
 
     configure_logging(settings.log.format, settings.log.level)
     _use_uvloop()
-    return asyncio.run(_serve(settings))
+    interval = float(os.environ.get(POLL_ENV) or POLL_INTERVAL_S)
+    return asyncio.run(_serve(settings, path, digest, interval))
 
 
 def _use_uvloop() -> None:
@@ -61,8 +69,9 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, path: str, digest: str | None, poll_s: float) -> int:
     from dcr_sidecar.app import Sidecar
+    from dcr_sidecar.lifecycle import ConfigWatcher
 
     sidecar = Sidecar(settings)
     try:
@@ -70,14 +79,21 @@ async def _serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("startup_failed", detail=f"{type(exc).__name__}: {exc.strerror or exc}")
         return EXIT_FAILURE
+    watcher = ConfigWatcher(sidecar, path, digest=digest, interval_s=poll_s)
+    polling = asyncio.create_task(watcher.run())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
-        "reload_unsupported", detail="configuration reload arrives in a later version; "
-                                     "restart to apply changes"))
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload, "sighup")
     await stopping.wait()
+    # No reloads once stopping; the values in force now (perhaps reloaded) govern shutdown.
+    polling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await polling
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload_ignored",
+                                                            detail="shutting down"))
+    settings = sidecar.settings
     delay = settings.shutdown.delay
     log.info("shutdown_started", delay_s=delay, grace_s=settings.shutdown.grace)
     # Keep serving while the app finishes its own work; a second signal skips the delay.
@@ -93,8 +109,11 @@ async def _serve(settings: Settings) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dcr_sidecar.doctor import run_doctor
+    from dcr_sidecar.observability import configure_logging
 
     settings = _load(args)
+    # The report goes to stdout; the sidecar's own log lines (warnings and up) to stderr.
+    configure_logging("console", "warning")
     return asyncio.run(run_doctor(settings, args.upstream, register=args.register,
                                   as_json=args.json))
 

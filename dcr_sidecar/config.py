@@ -131,17 +131,16 @@ def _source(value: Any) -> EnvSecret | FileSecret | Any:
     return value
 
 
-def _environment(info: ValidationInfo) -> Mapping[str, str]:
-    """The environment `parse_settings` was given (the process's by default)."""
-    context = info.context
-    env = context.get("env") if isinstance(context, dict) else None
-    return env if isinstance(env, Mapping) else os.environ
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    """The environment parse_settings was given (validation context), else os.environ."""
+    given = info.context.get("env") if isinstance(info.context, Mapping) else None
+    return given if isinstance(given, Mapping) else os.environ
 
 
 def _load_secret(value: Any, info: ValidationInfo) -> Any:
     source = _source(value)
     if isinstance(source, EnvSecret):
-        found = _environment(info).get(source.env)
+        found = _environ(info).get(source.env)
         if found is None and not source.optional:
             raise ValueError(f"environment variable {source.env} is not set")
         return None if found is None else Secret(found)
@@ -342,7 +341,7 @@ class Upstream(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):  # match() and $ would accept "name\n"
             raise ValueError("must match ^[a-z0-9][a-z0-9-]{0,62}$")
         if value in RESERVED_NAMES:
             raise ValueError(f"is reserved (one of {', '.join(sorted(RESERVED_NAMES))})")
@@ -378,6 +377,13 @@ class Upstream(_Model):
                 f"{', '.join(owned)} are set by the sidecar from their own keys "
                 "and cannot appear in client_metadata"
             )
+        try:  # sent as JSON and fingerprinted: YAML dates and the like must be quoted
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "values must be JSON (strings, numbers, booleans, lists, mappings); "
+                "quote dates and times"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -395,8 +401,8 @@ class Upstream(_Model):
             raise ValueError("one source is required: issuer, discovery_url, resource or endpoints")
         if self.endpoints is not None and not self.issuer:
             raise _keyed("endpoints", "needs issuer beside it (the issuer the AS uses)")
-        if self.resource is not None:
-            raise _keyed("resource", "RFC 9728 discovery is not available in this build yet")
+        if self.resource is not None and urlsplit(self.resource).fragment:
+            raise _keyed("resource", "must not have a fragment (RFC 8707 §2)")
 
     def _check_registration(self) -> None:
         if self.registration == "cimd":
@@ -507,16 +513,20 @@ class Settings(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         names = [u.name for u in self.upstreams]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise _keyed("upstreams", f"upstream names must be unique: {', '.join(dupes)} repeated")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _keyed(
+                    f"upstreams[{index}].name",
+                    f"upstream names must be unique: already used by "
+                    f"upstreams[{names.index(name)}]",
+                )
         if (
             not _is_loopback_host(self.listen.host)
             and self.inbound.client_secret is None
             and not self.inbound.allow_unauthenticated
         ):
             raise _keyed(
-                "listen",
+                "listen.host",
                 f"host {self.listen.host!r} is not loopback and inbound.client_secret is "
                 "not set: anyone who can reach the back channel could spend the app's "
                 "credentials. Set inbound.client_secret, or inbound.allow_unauthenticated: true",
@@ -586,18 +596,22 @@ def _url_host(host: str) -> str:
 
 # ---------------------------------------------------------------------------- loading
 
-_VAR_RE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-fallback}``; ``$${`` stays a literal ``${``."""
+    """Expand ``${VAR}`` and ``${VAR:-fallback}``; ``$${`` stays a literal ``${``.
+
+    As in the shell, the fallback also replaces a variable that is set but empty.
+    """
 
     def sub(match: re.Match[str]) -> str:
-        escaped, name, fallback = match.groups()
-        if escaped:
-            return match.group(0)[1:]
-        if name in env:
-            return env[name]
+        name, fallback = match.groups()
+        if name is None:  # the $${ escape
+            return "${"
+        value = env.get(name)
+        if value is not None and (value or fallback is None):
+            return value
         if fallback is not None:
             return fallback
         raise KeyError(name)
@@ -715,14 +729,13 @@ def parse_settings(text: str, source: str, env: Mapping[str, str] | None = None)
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with version: 1")
+    environ = os.environ if env is None else env
     try:
-        environment = os.environ if env is None else env
-        expanded = _expand_tree(raw, environment, ())
+        expanded = _expand_tree(raw, environ, ())
     except _PathError as exc:
         raise ConfigError(f"{source}: {format_path(exc.path)}: {exc.message}") from None
     try:
-        # {env: NAME} secrets read the same environment as ${VAR} expansion.
-        return Settings.model_validate(expanded, context={"env": environment})
+        return Settings.model_validate(expanded, context={"env": environ})
     except ValidationError as exc:
         lines = _errors_of(exc, expanded)
         head = f"{source}: invalid configuration ({len(lines)} error{'s' * (len(lines) > 1)})"

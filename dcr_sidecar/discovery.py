@@ -23,8 +23,14 @@ from dcr_sidecar.oauth.metadata import (
     issuer_from_discovery_url,
     validate_metadata,
 )
+from dcr_sidecar.oauth.resource import (
+    ResourceMetadata,
+    resource_candidates,
+    validate_resource_metadata,
+)
 from dcr_sidecar.oauth.retry import parse_retry_after
 from dcr_sidecar.oauth.text import clean_text, safe_url
+from dcr_sidecar.oauth.www_authenticate import parse_www_authenticate, resource_metadata_url
 
 MAX_REDIRECTS = 5
 
@@ -38,6 +44,7 @@ class Attempt:
     status: int | None = None
     detail: str = ""
     transient: bool = False
+    timed_out: bool = False
     retry_after: float | None = None
 
     def line(self) -> str:
@@ -68,9 +75,101 @@ class Discoverer:
             expected = upstream.issuer or issuer_from_discovery_url(upstream.discovery_url)
             return await self._probe_all(upstream, [upstream.discovery_url], expected,
                                          need_registration, await_all=True)
+        if upstream.resource is not None:
+            return await self._via_resource(upstream, upstream.resource, need_registration,
+                                            await_all)
         assert upstream.issuer is not None
         return await self._probe_all(upstream, issuer_candidates(upstream.issuer),
                                      upstream.issuer, need_registration, await_all)
+
+    # ------------------------------------------------------------------ RFC 9728
+
+    async def _via_resource(self, upstream: Upstream, resource: str, need_registration: bool,
+                            await_all: bool) -> DiscoveryResult:
+        """The resource names its AS (RFC 9728); the first AS whose metadata validates wins."""
+        attempts: list[Attempt] = []
+        prm = await self._resource_metadata(upstream, resource, attempts)
+        if upstream.issuer is not None:
+            if upstream.issuer not in prm.authorization_servers:
+                named = ", ".join(map(clean_text, prm.authorization_servers))
+                raise errors.DiscoveryFailed(
+                    f"the pinned issuer {upstream.issuer!r} is not among the resource's "
+                    f"authorization_servers ({named})", step="discover", upstream=upstream.name)
+            issuers = [upstream.issuer]
+        else:
+            issuers = list(prm.authorization_servers)
+        failures: list[str] = []
+        for issuer in issuers[:5]:
+            try:
+                result = await self._probe_all(upstream, issuer_candidates(issuer), issuer,
+                                               need_registration, await_all)
+            except errors.UpstreamError as exc:
+                failures.append(exc.description)
+                continue
+            result.attempts[:0] = attempts
+            return result
+        raise errors.DiscoveryFailed(
+            f"no authorization server named by {safe_url(resource)} validated: "
+            f"{' | '.join(failures)}", step="discover", upstream=upstream.name)
+
+    async def _resource_metadata(self, upstream: Upstream, resource: str,
+                                 attempts: list[Attempt]) -> ResourceMetadata:
+        candidates: list[tuple[str, bool]] = []
+        header_url = await self._challenge_url(upstream, resource, attempts)
+        if header_url is not None:
+            candidates.append((header_url, True))
+        else:
+            wanted = resource_candidates(resource)
+            # The path-inserted document must name the resource exactly (RFC 9728 §3.3); the
+            # root document may name a parent (the MCP-compatible relaxation, documented).
+            candidates += [(url, index == 0 and len(wanted) > 1) for index, url in
+                           enumerate(wanted)]
+        for url, exact in candidates:
+            attempt = Attempt(url)
+            attempts.append(attempt)
+            try:
+                response = await self._get_following(upstream, attempt)
+            except errors.UpstreamError as exc:
+                attempt.outcome, attempt.detail = "failed", exc.description
+                attempt.transient = not isinstance(exc, errors.PolicyRefused)
+                continue
+            attempt.status = response.status
+            if response.status != 200:
+                attempt.outcome = "skipped"
+                continue
+            try:
+                prm = validate_resource_metadata(response.json(), resource, exact=exact)
+            except ProtocolError as exc:
+                attempt.outcome, attempt.detail = "skipped", exc.reason
+                continue
+            attempt.outcome = "used"
+            return prm
+        raise self._failure(upstream, attempts, f"protected resource {resource}")
+
+    async def _challenge_url(self, upstream: Upstream, resource: str,
+                             attempts: list[Attempt]) -> str | None:
+        """GET the resource; a 401 may name its metadata in WWW-Authenticate (RFC 9728 §5.1)."""
+        attempt = Attempt(resource)
+        attempts.append(attempt)
+        try:
+            response = await self.outbound.request("GET", resource, step="discover",
+                                                   upstream=upstream.name)
+        except errors.UpstreamError as exc:
+            attempt.outcome, attempt.detail = "failed", exc.description
+            return None
+        attempt.status = response.status
+        challenges = []
+        for value in response.headers.getall("WWW-Authenticate", []):
+            try:
+                challenges += parse_www_authenticate(value)
+            except ProtocolError as exc:
+                attempt.detail = exc.reason
+        url = resource_metadata_url(challenges) if response.status == 401 else None
+        attempt.outcome = "used" if url else "skipped"
+        if url:
+            attempt.detail = f"WWW-Authenticate names {safe_url(url)}"
+            return urljoin(resource, url)
+        return None
 
     async def _probe_all(self, upstream: Upstream, urls: list[str], expected: str,
                          need_registration: bool, await_all: bool) -> DiscoveryResult:
@@ -113,7 +212,9 @@ class Discoverer:
             attempt.outcome, attempt.detail = "failed", exc.description
             return None
         except errors.UpstreamError as exc:
-            attempt.outcome, attempt.detail, attempt.transient = "failed", exc.description, True
+            attempt.outcome, attempt.detail = "failed", exc.description
+            attempt.transient = isinstance(exc, errors.Unavailable)
+            attempt.timed_out = isinstance(exc, errors.UpstreamTimeout)
             return None
         attempt.status = response.status
         if response.status != 200:
@@ -161,6 +262,10 @@ class Discoverer:
     def _failure(self, upstream: Upstream, attempts: list[Attempt],
                  expected: str) -> errors.UpstreamError:
         summary = "; ".join(a.line() for a in attempts)
+        if attempts and all(a.timed_out for a in attempts):
+            return errors.UpstreamTimeout(
+                f"discovery for {clean_text(expected)!r} timed out: {summary}",
+                step="discover", upstream=upstream.name)
         if any(a.transient for a in attempts):
             waits = [a.retry_after for a in attempts if a.retry_after is not None]
             return errors.Unavailable(

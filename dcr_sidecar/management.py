@@ -1,4 +1,4 @@
-"""The management listener: /healthz, /readyz (DESIGN §2.3)."""
+"""The management listener: /healthz, /readyz, /metrics and the admin API (DESIGN §2.3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
+from dcr_sidecar import admin
+from dcr_sidecar.metrics import CONTENT_TYPE
 from dcr_sidecar.proxy.runtime import RUNTIME
+
+NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -34,5 +38,13 @@ async def readyz(request: web.Request) -> web.StreamResponse:
                              headers={"Cache-Control": "no-store"})
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text exposition of this sidecar's own registry."""
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
+                                            "Cache-Control": "no-store"})
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz),
+            web.get("/metrics", metrics), *admin.routes(NAME)]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from dcr_sidecar.dial import (
     destination,
     guarded_socket_factory,
 )
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import safe_url
 
@@ -67,8 +69,10 @@ class Outbound:
     map names onto loopback addresses). The policy applies to its answers like to any other.
     """
 
-    def __init__(self, settings: Settings, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
@@ -83,13 +87,11 @@ class Outbound:
             limit_per_host=0,
             enable_cleanup_closed=False,
         )
-        timeouts = self.settings.timeouts
         self._session = aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
             auto_decompress=True,  # decompressed bytes are what read_capped counts
-            timeout=aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read),
+            timeout=self._timeout(),
             headers={"User-Agent": "dcr-sidecar"},
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -100,8 +102,14 @@ class Outbound:
             await self._session.close()
             self._session = None
 
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        timeouts = self.settings.timeouts
+        return aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
+
     def update(self, settings: Settings) -> None:
-        """Apply a reloaded configuration's security settings and limits to new requests."""
+        """Apply a reloaded configuration to the next request: timeouts, read limits,
+        connections_per_upstream (fresh slots) and the address policy."""
         if settings.limits.connections_per_upstream != (
                 self.settings.limits.connections_per_upstream):
             self._slots = {}  # requests holding an old slot release it into the old semaphore
@@ -158,16 +166,20 @@ class Outbound:
         self.check_url(url, step=step, upstream=upstream)
         limits = self.settings.limits
         dest = authority(url)
-        with self.translate(step=step, upstream=upstream, url=url), destination(dest):
-            async with asyncio.timeout(self.settings.timeouts.total), \
-                    self._slot(upstream or authority_text(dest)), \
-                    self._open_session(step, upstream).request(
-                        method, url, headers=headers, data=data, json=json_body,
-                        allow_redirects=False) as resp:
-                cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
-                    error_limit or limits.max_error_body_bytes)
-                body = await read_capped(resp, cap, url, step=step, upstream=upstream)
-                return Response(resp.status, resp.headers, body, url)
+        started = time.perf_counter()
+        try:
+            with self.translate(step=step, upstream=upstream, url=url), destination(dest):
+                async with asyncio.timeout(self.settings.timeouts.total), \
+                        self._slot(upstream or authority_text(dest)), \
+                        self._open_session(step, upstream).request(
+                            method, url, headers=headers, data=data, json=json_body,
+                            allow_redirects=False, timeout=self._timeout()) as resp:
+                    cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
+                        error_limit or limits.max_error_body_bytes)
+                    body = await read_capped(resp, cap, url, step=step, upstream=upstream)
+                    return Response(resp.status, resp.headers, body, url)
+        finally:
+            self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
 
     def _open_session(self, step: errors.Step, upstream: str | None) -> aiohttp.ClientSession:
         """The session, or 503 when it closed while this request waited for a slot (shutdown)."""

@@ -115,7 +115,8 @@ class Registrar:
             try:
                 return check_response(
                     response.json(), body, registration_endpoint=endpoint,
-                    allow_http_hosts=self.outbound.settings.security.allow_http)
+                    allow_http_hosts=self.outbound.settings.security.allow_http,
+                    now=time.time())
             except InsufficientResponse as exc:
                 raise errors.InsufficientRegistration(
                     f"registration answer unusable: {exc.reason}", step="register",

@@ -1,12 +1,16 @@
-"""The stateful resolver: per upstream, metadata and credentials, obtained once and kept.
+"""The stateful resolver: per upstream, metadata and credentials, obtained once and kept right.
 
 Guarantees:
 - In one process, at most one resolution per upstream is in flight (:class:`SingleFlight`):
   N concurrent first contacts cause one discovery and one registration, and every waiter gets
-  the same result or the same typed error.
-- With the file store, the store's per-key lock is held across read-register-write and the
-  store is re-read after taking it, so processes sharing the file register at most once per key.
-- Credentials are persisted before they are used.
+  the same result or the same typed error; a cancelled waiter never cancels the shared work.
+- The store's per-key lock is held across read-(renew|register)-write and the store is re-read
+  after taking it, so processes sharing a file store register at most once per key.
+- Credentials are persisted before they are used; a new client_secret or registration access
+  token from RFC 7592 replaces the old one in the store at once.
+- Client generations (DESIGN §3.4): a new generation supersedes the previous one, which stays
+  usable for `generation_grace` (one-time fallback on invalid_grant) and is deleted (RFC 7592
+  DELETE) after it. Static clients are never registered, renewed, invalidated or deleted.
 - Every failure is typed and names its step; unexpected exceptions become ``BadUpstream``.
   A failed resolution backs off (full jitter, Retry-After honoured); callers during backoff get
   ``BackingOff`` (503 + Retry-After) at once. One upstream never delays another.
@@ -19,8 +23,8 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,11 +33,15 @@ import structlog
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
+from dcr_sidecar.management7592 import Rfc7592
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.client_auth import AuthParts, ClientCredentials, auth_parts
+from dcr_sidecar.oauth.lifetime import management_fields, renew_at, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import fingerprint
 from dcr_sidecar.oauth.retry import backoff_delay
+from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.singleflight import SingleFlight
@@ -41,7 +49,9 @@ from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store.records import Generation, Record, RecordKey
 
 log = structlog.get_logger(__name__)
+audit = structlog.get_logger("dcr_sidecar.audit")
 T = TypeVar("T")
+MAINTENANCE_IDLE = 300.0
 
 
 @dataclass(frozen=True)
@@ -69,24 +79,35 @@ class Credentials:
 class UpstreamState:
     config: Upstream
     discovery: DiscoveryResult | None = None
-    metadata_expires: float = 0.0
+    metadata_expires: float = 0.0  # monotonic
     credentials: Credentials | None = None
+    previous: Credentials | None = None
+    previous_until: float = 0.0  # wall clock
+    current: Generation | None = None
+    key: RecordKey | None = None
     failures: int = 0
-    backoff_until: float = 0.0
+    backoff_until: float = 0.0  # monotonic
     last_error: str | None = None
     last_error_step: str | None = None
     step: errors.Step = "discover"
-    stats: dict[str, int] = field(default_factory=lambda: {"registrations": 0,
-                                                           "discoveries": 0})
+    last_renewal: float | None = None  # monotonic
+    recover_until: float = 0.0  # monotonic
+    registered_here: set[int] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: dict[str, int] = field(default_factory=lambda: {
+        "registrations": 0, "discoveries": 0, "renewals": 0, "recoveries": 0, "deletions": 0})
 
 
 class Resolver:
+    metrics: Metrics = Metrics(None)  # the sidecar sets its own (app.Sidecar)
+
     def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore) -> None:
         self.settings = settings
         self.outbound = outbound
         self.store = store
         self.discoverer = Discoverer(outbound)
         self.registrar = Registrar(outbound)
+        self.rfc7592 = Rfc7592(outbound)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
 
@@ -118,8 +139,51 @@ class Resolver:
         creds = state.credentials
         if creds is not None and not self._stale(state, creds):
             return creds
+        if creds is not None and time.monotonic() < state.backoff_until and not _expired(creds):
+            return creds  # renewal or refresh is failing; what we hold is still valid
         self._check_backoff(state)
         return await self._shared(state, "credentials", self._resolve)
+
+    def previous(self, name: str) -> Credentials | None:
+        """The superseded generation still within its grace (for the invalid_grant retry)."""
+        state = self.state(name)
+        if state.previous is not None and time.time() < state.previous_until:
+            return state.previous
+        return None
+
+    async def recover(self, name: str, failed: Credentials) -> Credentials | None:
+        """The AS said invalid_client to `failed`: find out why and, if the client is gone or
+        its secret expired, register a new generation. None: nothing to retry with."""
+        state = self.state(name)
+        if failed.static:
+            return None
+        held = state.credentials
+        if held is not None and held.generation != failed.generation:
+            return held  # already recovered (by another request or another process)
+        if time.monotonic() < state.recover_until:
+            return None
+        return await self._shared(state, "recover", lambda st: self._recover(st, failed))
+
+    async def maintain(self, name: str) -> None:
+        """Background upkeep of one upstream: renew before expiry, refresh metadata before it
+        expires, delete superseded clients after their grace. Runs until cancelled."""
+        state = self.state(name)
+        while self._states.get(name) is state:  # a reload that replaces the state ends it
+            delay = max(0.05, min(self._next_due(state) - time.time(), MAINTENANCE_IDLE))
+            state.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), timeout=delay)
+            try:
+                await self._maintenance_pass(state)
+            except errors.SidecarError:
+                await asyncio.sleep(max(0.05, state.backoff_until - time.monotonic()))
+
+    async def delete_own_clients(self) -> None:
+        """Ephemeral stores: on clean shutdown delete the clients this process registered."""
+        for state in self._states.values():
+            if state.registered_here and state.key is not None:
+                with contextlib.suppress(errors.SidecarError):
+                    await self._guarded(state, self._delete_own)
 
     async def close(self) -> None:
         await self._flight.cancel_all()
@@ -145,6 +209,8 @@ class Resolver:
             if not exc.accounted:
                 self._failed(state, exc)
             raise
+        except errors.SidecarError:
+            raise  # a conflict or a not-found is an answer, not an upstream failure
         except Exception as exc:  # parsers and bugs: typed, never a crash (DESIGN §3.7)
             typed = errors.BadUpstream(f"unexpected failure during {state.step}: "
                                        f"{type(exc).__name__}", step=state.step, upstream=name)
@@ -163,11 +229,14 @@ class Resolver:
         if hinted is not None:
             delay = max(delay, min(float(hinted), backoff.max_retry_after))
         state.backoff_until = time.monotonic() + delay
+        if isinstance(exc, errors.Unavailable):
+            exc.retry_hint = delay  # the first caller hears the same wait as the others
         state.last_error, state.last_error_step = exc.description, exc.step
         exc.accounted = True
         log.warning("resolution_failed", upstream=state.config.name, step=exc.step,
                     error=exc.error, detail=exc.description, failures=state.failures,
                     backoff_s=round(delay, 3))
+        self.metrics.resolution_failed(state.config.name, exc.step)
 
     def _check_backoff(self, state: UpstreamState) -> None:
         remaining = state.backoff_until - time.monotonic()
@@ -178,112 +247,18 @@ class Resolver:
                 upstream=state.config.name, retry_after=remaining)
 
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
-        if time.monotonic() >= state.metadata_expires:
+        """Must this request wait for a resolution? Renewal before expiry never makes it wait:
+        the maintenance loop renews in the background while the current secret stays valid."""
+        return time.monotonic() >= state.metadata_expires or _expired(creds)
+
+    def _renewal_due(self, state: UpstreamState, gen: Generation, now: float) -> bool:
+        when = renew_at(gen.client_secret_expires_at, gen.received_at)
+        if when is None or now < when:
+            return False
+        if state.last_renewal is None:
             return True
-        return creds.expires_at != 0 and creds.expires_at <= time.time()
-
-    @contextlib.contextmanager
-    def _step(self, state: UpstreamState, step: errors.Step) -> Iterator[None]:
-        state.step = step
-        yield
-
-    # ------------------------------------------------------------------ discovery
-
-    async def _metadata(self, state: UpstreamState) -> Metadata:
-        with self._step(state, "discover"):
-            try:
-                result = await self.discoverer.discover(
-                    state.config, need_registration=state.config.strategy == "dcr")
-            except errors.UpstreamError:
-                if state.discovery is None:
-                    raise
-                # A failed refresh keeps serving the stale document (DESIGN §2.2 discovery).
-                state.metadata_expires = time.monotonic() + self.settings.discovery.min_ttl
-                log.warning("metadata_refresh_failed", upstream=state.config.name)
-                return state.discovery.metadata
-        state.discovery = result
-        state.metadata_expires = time.monotonic() + result.ttl
-        state.stats["discoveries"] += 1
-        log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
-                 url=result.source_url or "(endpoints from config)")
-        return result.metadata
-
-    # ------------------------------------------------------------------ credentials
-
-    async def _resolve(self, state: UpstreamState) -> Credentials:
-        metadata = await self._shared(state, "metadata", self._metadata) if (
-            state.discovery is None or time.monotonic() >= state.metadata_expires
-        ) else state.discovery.metadata
-        config = state.config
-        if config.strategy == "static":
-            creds = self._static(config, metadata)
-        else:
-            creds = await self._dynamic(state, metadata)
-        previous = state.credentials
-        state.credentials = creds
-        if previous is None or previous.client_id != creds.client_id:
-            self._write_client_id_file(config, creds.client_id)
-        return creds
-
-    def _static(self, config: Upstream, metadata: Metadata) -> Credentials:
-        assert config.client_id is not None
-        remember_secret(config.client_secret)
-        method = config.static_auth_method
-        return Credentials(
-            upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
-            generation=0, expires_at=0, static=True,
-            auth=auth_parts(ClientCredentials(config.client_id, config.client_secret, method)))
-
-    async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> Credentials:
-        config = state.config
-        key = RecordKey(metadata.issuer, config.name)
-        wanted = fingerprint(profile_of(config))
-        with self._step(state, "lease"):
-            lock = self.store.lock(key)
-        async with self._store_errors(state, "lease"), lock:
-            async with self._store_errors(state, "store_read"):
-                record = await self.store.get(key)
-            now = time.time()
-            current = record.current(wanted, now) if record else None
-            if current is None:
-                current, record = await self._register(state, metadata, key, record, wanted)
-            else:
-                log.info("credentials_loaded", upstream=config.name, client_id=current.client_id,
-                         generation=current.generation)
-        remember_secret(current.client_secret)
-        return Credentials(
-            upstream=config.name, metadata=metadata, client_id=current.client_id,
-            method=current.token_endpoint_auth_method, generation=current.generation,
-            expires_at=current.client_secret_expires_at, static=False,
-            auth=auth_parts(ClientCredentials(current.client_id, current.client_secret,
-                                              current.token_endpoint_auth_method)))
-
-    async def _register(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
-                        record: Record | None, wanted: str) -> tuple[Generation, Record]:
-        config = state.config
-        with self._step(state, "register"):
-            registration = await self.registrar.register(config, metadata)
-        client = registration.client
-        now = time.time()
-        base = record or Record(key)
-        generation = Generation(
-            generation=base.next_number(), fingerprint=wanted, client_id=client.client_id,
-            client_secret=client.client_secret,
-            token_endpoint_auth_method=client.token_endpoint_auth_method,
-            client_secret_expires_at=client.client_secret_expires_at,
-            client_id_issued_at=client.client_id_issued_at,
-            registration_access_token=client.registration_access_token,
-            registration_client_uri=client.registration_client_uri,
-            registration_endpoint=registration.endpoint, received_at=now)
-        updated = base.with_generation(generation, now)
-        async with self._store_errors(state, "store_write"):
-            await self.store.put(updated)
-        state.stats["registrations"] += 1
-        log.info("client_registered", upstream=config.name, client_id=client.client_id,
-                 generation=generation.generation, method=client.token_endpoint_auth_method,
-                 expires_at=client.client_secret_expires_at, endpoint=registration.endpoint,
-                 endpoint_source=registration.provenance)
-        return generation, updated
+        margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
+        return time.monotonic() - state.last_renewal >= margin  # one renewal per margin
 
     @contextlib.asynccontextmanager
     async def _store_errors(self, state: UpstreamState,
@@ -294,9 +269,392 @@ class Resolver:
         except errors.SidecarError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.metrics.store_error(step)
             raise errors.StoreUnavailable(
                 f"the credential store failed ({step}): {type(exc).__name__}: {exc}",
                 step=step, upstream=state.config.name, retry_after=5) from exc
+
+    async def _read(self, state: UpstreamState, key: RecordKey) -> Record:
+        async with self._store_errors(state, "store_read"):
+            return await self.store.get(key) or Record(key)
+
+    async def _write(self, state: UpstreamState, record: Record) -> None:
+        async with self._store_errors(state, "store_write"):
+            await self.store.put(record)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, state: UpstreamState, key: RecordKey) -> AsyncIterator[None]:
+        async with self._store_errors(state, "lease"), self.store.lock(key):
+            yield
+
+    # ------------------------------------------------------------------ discovery
+
+    async def _metadata(self, state: UpstreamState) -> Metadata:
+        state.step = "discover"
+        try:
+            result = await self.discoverer.discover(
+                state.config, need_registration=state.config.strategy == "dcr")
+        except errors.UpstreamError:
+            if state.discovery is None:
+                raise
+            # A failed refresh keeps serving the stale document (DESIGN §2.2 discovery).
+            state.metadata_expires = time.monotonic() + self.settings.discovery.min_ttl
+            log.warning("metadata_refresh_failed", upstream=state.config.name)
+            self.metrics.discovery(state.config.name, "failure")
+            return state.discovery.metadata
+        state.discovery = result
+        state.metadata_expires = time.monotonic() + result.ttl
+        state.stats["discoveries"] += 1
+        log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
+                 url=result.source_url or "(endpoints from config)")
+        self.metrics.discovery(state.config.name, "success")
+        return result.metadata
+
+    async def _fresh_metadata(self, state: UpstreamState) -> Metadata:
+        if state.discovery is None or time.monotonic() >= state.metadata_expires:
+            return await self._shared(state, "metadata", self._metadata)
+        return state.discovery.metadata
+
+    # ------------------------------------------------------------------ credentials
+
+    async def _resolve(self, state: UpstreamState) -> Credentials:
+        metadata = await self._fresh_metadata(state)
+        config = state.config
+        if config.strategy == "static":
+            self._adopt_static(state, metadata)
+        else:
+            await self._dynamic(state, metadata)
+        assert state.credentials is not None
+        return state.credentials
+
+    def _adopt_static(self, state: UpstreamState, metadata: Metadata) -> None:
+        config = state.config
+        assert config.client_id is not None
+        remember_secret(config.client_secret)
+        method = config.static_auth_method
+        creds = Credentials(
+            upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
+            generation=0, expires_at=0, static=True,
+            auth=auth_parts(ClientCredentials(config.client_id, config.client_secret, method)))
+        self._switch(state, creds)
+
+    async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:
+        config = state.config
+        key = RecordKey(metadata.issuer, config.name)
+        wanted = fingerprint(profile_of(config))
+        async with self._locked(state, key):
+            record = await self._read(state, key)
+            now = time.time()
+            current = record.current(wanted, now)
+            if current is not None and self._renewal_due(state, current, now):
+                current, record = await self._renew(state, record, current)
+            if current is None:
+                current, record = await self._register(state, metadata, record, wanted)
+            elif state.current is None or state.current.generation != current.generation:
+                log.info("credentials_loaded", upstream=config.name,
+                         client_id=current.client_id, generation=current.generation)
+        self._adopt(state, metadata, key, record, current)
+
+    def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
+               current: Generation) -> None:
+        now = time.time()
+        previous = record.previous(current, state.config.generation_grace, now)
+        state.key, state.current = key, current
+        state.previous = _credentials(state.config, metadata, previous) if previous else None
+        state.previous_until = (previous.superseded_at or 0) + state.config.generation_grace \
+            if previous else 0.0
+        self._switch(state, _credentials(state.config, metadata, current))
+        state.wake.set()
+
+    def _switch(self, state: UpstreamState, creds: Credentials) -> None:
+        old = state.credentials
+        state.credentials = creds
+        if old is not None and old.client_id != creds.client_id:
+            audit.info("client_id_changed", upstream=creds.upstream, client_id=creds.client_id,
+                       generation=creds.generation, previous_client_id=old.client_id,
+                       previous_generation=old.generation)
+        if old is None or old.client_id != creds.client_id:
+            self.metrics.client_id_seen(creds.upstream, old, creds)
+            self._write_client_id_file(state.config, creds.client_id)
+
+    async def _register(self, state: UpstreamState, metadata: Metadata, record: Record,
+                        wanted: str) -> tuple[Generation, Record]:
+        config = state.config
+        state.step = "register"
+        registration = await self.registrar.register(config, metadata)
+        client = registration.client
+        now = time.time()
+        generation = Generation(
+            generation=record.next_number(), fingerprint=wanted, client_id=client.client_id,
+            client_secret=client.client_secret,
+            token_endpoint_auth_method=client.token_endpoint_auth_method,
+            client_secret_expires_at=client.client_secret_expires_at,
+            client_id_issued_at=client.client_id_issued_at,
+            registration_access_token=client.registration_access_token,
+            registration_client_uri=client.registration_client_uri,
+            registration_endpoint=registration.endpoint, received_at=now)
+        updated = record.with_generation(generation, now)
+        await self._write(state, updated)
+        state.registered_here.add(generation.generation)
+        state.stats["registrations"] += 1
+        audit.info("client_registered", upstream=config.name, client_id=client.client_id,
+                   generation=generation.generation, method=client.token_endpoint_auth_method,
+                   expires_at=client.client_secret_expires_at, endpoint=registration.endpoint,
+                   endpoint_source=registration.provenance,
+                   manageable=Rfc7592.manageable(generation))
+        self.metrics.registration(config.name, "success")
+        return generation, updated
+
+    # ------------------------------------------------------------------ renewal (§3.5)
+
+    async def _renew(self, state: UpstreamState, record: Record,
+                     gen: Generation) -> tuple[Generation | None, Record]:
+        """RFC 7592 GET, then PUT when needed. None: register a new generation."""
+        state.last_renewal = time.monotonic()
+        state.step = "renew"
+        config = state.config
+        if not Rfc7592.manageable(gen):
+            log.info("renewal_needs_new_generation", upstream=config.name,
+                     client_id=gen.client_id, reason="no registration access token")
+            return None, record
+        margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
+        try:
+            answer = await self.rfc7592.read(config, gen)
+            if answer.document is not None:
+                gen, record = await self._apply_management(state, record, gen, answer.document)
+                if _extended(gen, margin):
+                    return self._renewed(state, gen, "read"), record
+                answer = await self.rfc7592.update(config, gen, answer.document)
+                if answer.document is not None:
+                    gen, record = await self._apply_management(state, record, gen,
+                                                               answer.document)
+                    if _extended(gen, margin):
+                        return self._renewed(state, gen, "update"), record
+        except errors.UpstreamError as exc:
+            if gen.expired(time.time()):
+                raise
+            log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
+                        detail=exc.description, keeping_until=gen.client_secret_expires_at)
+            return gen, record
+        reason = "gone" if answer.gone else "expiry unchanged"
+        log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
+                 reason=reason)
+        return None, record
+
+    def _renewed(self, state: UpstreamState, gen: Generation, via: str) -> Generation:
+        state.stats["renewals"] += 1
+        audit.info("client_renewed", upstream=state.config.name, client_id=gen.client_id,
+                   generation=gen.generation, via=via, expires_at=gen.client_secret_expires_at)
+        return gen
+
+    async def _apply_management(self, state: UpstreamState, record: Record, gen: Generation,
+                                document: dict[str, object]) -> tuple[Generation, Record]:
+        """RFC 7592 §2.1: a new secret or registration access token replaces the old at once;
+        a moved expiry is adopted, the lifetime measured from now."""
+        secret, token, expires = management_fields(document)
+        now = time.time()
+        changes: dict[str, object] = {}
+        if secret and (gen.client_secret is None or secret != gen.client_secret.reveal()):
+            changes["client_secret"] = Secret(secret)
+            remember_secret(secret)
+        if token and (gen.registration_access_token is None
+                      or token != gen.registration_access_token.reveal()):
+            changes["registration_access_token"] = Secret(token)
+            remember_secret(token)
+        if expires is not None and expires != gen.client_secret_expires_at:
+            changes["client_secret_expires_at"] = expires
+            changes["received_at"] = now
+        if not changes:
+            return gen, record
+        updated = replace(gen, **changes)  # type: ignore[arg-type]
+        record = record.replace(updated)
+        await self._write(state, record)
+        return updated, record
+
+    # ------------------------------------------------------------------ recovery (§3.5)
+
+    async def _recover(self, state: UpstreamState, failed: Credentials) -> Credentials | None:
+        metadata = await self._fresh_metadata(state)
+        config = state.config
+        key = RecordKey(metadata.issuer, config.name)
+        wanted = fingerprint(profile_of(config))
+        async with self._locked(state, key):
+            record = await self._read(state, key)
+            now = time.time()
+            current = record.current(wanted, now)
+            if current is not None and current.generation != failed.generation:
+                self._adopt(state, metadata, key, record, current)  # another process recovered
+                return state.credentials
+            gen = record.get(failed.generation)
+            if gen is not None and Rfc7592.manageable(gen):
+                state.step = "renew"
+                answer = await self.rfc7592.read(config, gen)
+                if answer.forbidden:
+                    self._hold_off_recovery(state, "registration management is not permitted")
+                    return None
+                if answer.document is not None:
+                    before = gen.client_secret
+                    gen, record = await self._apply_management(state, record, gen,
+                                                               answer.document)
+                    if not gen.expired(now):
+                        if gen.client_secret != before:  # the AS rotated the secret
+                            self._adopt(state, metadata, key, record, gen)
+                            return state.credentials
+                        self._hold_off_recovery(state, "the client exists and its secret is "
+                                                       "valid: the error is not the sidecar's")
+                        return None
+                # gone (401/404), or an expired secret the AS did not renew: re-register.
+            state.stats["recoveries"] += 1
+            audit.info("client_invalidated", upstream=config.name, client_id=failed.client_id,
+                       generation=failed.generation)
+            current, record = await self._register(state, metadata, record, wanted)
+        self._adopt(state, metadata, key, record, current)
+        return state.credentials
+
+    def _hold_off_recovery(self, state: UpstreamState, why: str) -> None:
+        backoff = self.settings.backoff
+        state.recover_until = time.monotonic() + max(backoff.base, backoff_delay(
+            max(1, state.failures + 1), base=backoff.base, cap=backoff.cap))
+        log.warning("invalid_client_not_recovered", upstream=state.config.name, reason=why)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _next_due(self, state: UpstreamState) -> float:
+        now = time.time()
+        due = [now + MAINTENANCE_IDLE]
+        gen = state.current
+        if gen is not None and state.config.strategy != "static":
+            when = renew_at(gen.client_secret_expires_at, gen.received_at)
+            if when is not None:
+                if state.last_renewal is not None:
+                    margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
+                    when = max(when, now + margin - (time.monotonic() - state.last_renewal))
+                due.append(when)
+        if state.previous_until:
+            due.append(state.previous_until)
+        if state.discovery is not None and state.discovery.ttl != float("inf"):
+            refresh_in = state.metadata_expires - time.monotonic() - 0.1 * state.discovery.ttl
+            due.append(now + refresh_in)
+        return min(due)
+
+    async def _maintenance_pass(self, state: UpstreamState) -> None:
+        if state.credentials is None or time.monotonic() < state.backoff_until:
+            return
+        now = time.time()
+        if state.discovery is not None and state.discovery.ttl != float("inf") and (
+                time.monotonic() >= state.metadata_expires - 0.1 * state.discovery.ttl):
+            await self._shared(state, "metadata", self._metadata)
+        if state.config.strategy == "static":
+            return
+        if state.current is not None and self._renewal_due(state, state.current, now):
+            await self._shared(state, "credentials", self._resolve)
+        if state.previous_until and now >= state.previous_until:
+            await self._shared(state, "janitor", self._delete_superseded)
+
+    async def _delete_superseded(self, state: UpstreamState) -> None:
+        if state.key is None:
+            return
+        async with self._locked(state, state.key):
+            record = await self._read(state, state.key)
+            for gen in record.due_for_deletion(state.config.generation_grace, time.time()):
+                record = await self._delete_generation(state, record, gen, "grace ended")
+        state.previous, state.previous_until = None, 0.0
+
+    async def _delete_own(self, state: UpstreamState) -> None:
+        assert state.key is not None
+        async with self._locked(state, state.key):
+            record = await self._read(state, state.key)
+            for number in sorted(state.registered_here):
+                gen = record.get(number)
+                if gen is not None:
+                    record = await self._delete_generation(state, record, gen,
+                                                           "ephemeral store shutdown")
+        state.registered_here.clear()
+
+    async def _delete_generation(self, state: UpstreamState, record: Record, gen: Generation,
+                                 why: str) -> Record:
+        deleted = False
+        if Rfc7592.manageable(gen):
+            state.step = "renew"
+            deleted = await self.rfc7592.delete(state.config, gen)
+        record = record.without(gen.generation)
+        await self._write(state, record)
+        state.stats["deletions"] += 1
+        audit.info("client_deleted" if deleted else "client_forgotten",
+                   upstream=state.config.name, client_id=gen.client_id,
+                   generation=gen.generation, reason=why)
+        return record
+
+    # ------------------------------------------------------------------ reload and admin
+
+    def reload(self, settings: Settings) -> list[str]:
+        """Apply a reloaded configuration (DESIGN §3.10); returns the upstreams whose state is
+        new (added or changed), which need their own maintenance.
+
+        Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or
+        changed ones start afresh (they resolve from the store, so a changed upstream whose
+        registration is unaffected does not register again); removed ones are dropped from
+        memory only: their credentials stay in the store.
+        """
+        states: dict[str, UpstreamState] = {}
+        fresh: list[str] = []
+        for upstream in settings.upstreams:
+            old = self._states.get(upstream.name)
+            if old is not None and old.config == upstream:
+                states[upstream.name] = old
+            else:
+                states[upstream.name] = UpstreamState(upstream)
+                fresh.append(upstream.name)
+        self.settings = settings
+        self._states = states
+        for old_state in self._states.values():
+            old_state.wake.set()
+        return fresh
+
+    async def rotate(self, name: str) -> Credentials:
+        """Register a new client generation now, superseding the current one (admin API)."""
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to rotate")
+
+        async def work(state: UpstreamState) -> Credentials:
+            metadata = await self._fresh_metadata(state)
+            key = RecordKey(metadata.issuer, name)
+            wanted = fingerprint(profile_of(state.config))
+            async with self._locked(state, key):
+                record = await self._read(state, key)
+                current, record = await self._register(state, metadata, record, wanted)
+            audit.info("client_rotated", upstream=name, client_id=current.client_id,
+                       generation=current.generation)
+            self._adopt(state, metadata, key, record, current)
+            assert state.credentials is not None
+            return state.credentials
+
+        return await self._shared(state, "credentials", work)
+
+    async def delete_registration(self, name: str) -> int:
+        """RFC 7592 §2.3 DELETE of the current generation, then forget it (admin API).
+
+        Returns the deleted generation's number. The next request registers anew.
+        """
+        state = self.state(name)
+        if state.config.strategy == "static":
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to delete")
+
+        async def work(state: UpstreamState) -> int:
+            metadata = await self._fresh_metadata(state)
+            key = RecordKey(metadata.issuer, name)
+            async with self._locked(state, key):
+                record = await self._read(state, key)
+                current = record.current(fingerprint(profile_of(state.config)), time.time())
+                if current is None:
+                    raise errors.Conflict(f"upstream {name!r} has no registered client to "
+                                          "delete")
+                await self._delete_generation(state, record, current, "admin request")
+            state.credentials = state.current = None
+            return current.generation
+
+        return await self._shared(state, "delete", work)
 
     def _write_client_id_file(self, config: Upstream, client_id: str) -> None:
         if not config.client_id_file:
@@ -309,6 +667,25 @@ class Resolver:
             return
         log.info("client_id_file_written", upstream=config.name, path=config.client_id_file,
                  client_id=client_id)
+
+
+def _expired(creds: Credentials) -> bool:
+    return creds.expires_at != 0 and creds.expires_at <= time.time()
+
+
+def _extended(gen: Generation, margin: float) -> bool:
+    """The expiry now lies beyond now + margin (or the secret never expires)."""
+    return gen.client_secret_expires_at == 0 or gen.client_secret_expires_at > time.time() + margin
+
+
+def _credentials(config: Upstream, metadata: Metadata, gen: Generation) -> Credentials:
+    remember_secret(gen.client_secret)
+    return Credentials(
+        upstream=config.name, metadata=metadata, client_id=gen.client_id,
+        method=gen.token_endpoint_auth_method, generation=gen.generation,
+        expires_at=gen.client_secret_expires_at, static=False,
+        auth=auth_parts(ClientCredentials(gen.client_id, gen.client_secret,
+                                          gen.token_endpoint_auth_method)))
 
 
 def write_atomic(path: Path, content: str, *, mode: int) -> None:

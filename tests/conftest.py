@@ -20,6 +20,7 @@ from aiohttp.abc import AbstractResolver
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
+from tests.support.fake_server import FakeServer
 from tests.support.fakes import TOKEN_RESPONSE, FakeServers
 from tests.support.oidc import OidcProvider
 
@@ -74,7 +75,23 @@ def leak_guard() -> Iterator[LeakGuard]:
     assert not leaks, f"secrets found in logs: {leaks}"
 
 
+@pytest.fixture
+async def fake_server() -> AsyncIterator[Callable[..., Awaitable[FakeServer]]]:
+    """Start in-process fault servers on loopback (stopped at teardown)."""
+    started: list[FakeServer] = []
+
+    async def start(host: str = "127.0.0.1") -> FakeServer:
+        server = await FakeServer(host).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
 ProviderFactory = Callable[..., Awaitable[OidcProvider]]
+FakeFactory = Callable[..., Awaitable[FakeServer]]
 SidecarFactory = Callable[..., Awaitable[Sidecar]]
 
 

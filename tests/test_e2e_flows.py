@@ -136,11 +136,14 @@ async def test_thirty_concurrent_first_contacts_register_once(
     assert side.resolver.state("acme").stats["discoveries"] == 1
 
 
+@pytest.mark.parametrize("provider_kwargs", VARIANTS)
 async def test_restart_with_file_store_registers_nothing(
-        oidc: ProviderFactory, sidecar: SidecarFactory, tmp_path: Path) -> None:
+        oidc: ProviderFactory, sidecar: SidecarFactory, tmp_path: Path, leak_guard: LeakGuard,
+        provider_kwargs: dict[str, Any]) -> None:
     """Credentials persist (0600, atomic) and a restarted sidecar reuses them."""
-    provider = await oidc()
-    config = upstream_config(provider.issuer, {})
+    provider = await oidc(**provider_kwargs)
+    leak_guard.add(provider_kwargs.get("iat"))
+    config = upstream_config(provider.issuer, provider_kwargs)
     first = await sidecar(config)
     client_id = (await get_json(f"{first.listen.url}/acme/client"))["client_id"]
     await first.stop()

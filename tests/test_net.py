@@ -50,7 +50,7 @@ async def outbound(tmp_path: Path) -> AsyncIterator[OutboundFactory]:
             "upstreams": upstreams, **extra})
         # No real DNS unless a test asks for it: unknown names simply do not resolve.
         client = Outbound(parse_settings(yaml.safe_dump(config), "test.yaml"),
-                          resolver or MapResolver())
+                          resolver=resolver or MapResolver())
         await client.start()
         started.append(client)
         return client

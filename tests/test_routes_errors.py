@@ -164,3 +164,24 @@ async def test_healthz_and_readyz_follow_required_upstreams(sidecar: SidecarFact
             body = await resp.json()
             assert resp.status == 503
             assert body["upstreams"]["down"]["credentials"] is False
+
+
+async def test_required_upstream_becomes_ready_after_prefetch(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    """`required` implies prefetch: /readyz turns 200 without any app request."""
+    import asyncio
+
+    provider = await oidc()
+    side = await sidecar({"upstreams": [{"name": "acme", "issuer": provider.issuer,
+                                         "grant_types": ["client_credentials"],
+                                         "required": True}]})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{side.management.url}/readyz") as resp:
+                if resp.status == 200:
+                    break
+            assert loop.time() < deadline, "never became ready"
+            await asyncio.sleep(0.05)
+    assert (await provider.stats())["registrations"] == 1

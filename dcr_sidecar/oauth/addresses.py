@@ -8,6 +8,9 @@ Invariants:
   range that holds it, whatever the order of the table.
 - Cloud metadata addresses are blocked whatever the allow-list says, also when written inside
   an IPv6 address (IPv4-mapped, -compatible, -translated, 6to4, Teredo, NAT64).
+- IPv4-mapped and the other IPv6 transition forms are blocked as such; only an IPv6
+  allow-list entry lifts them (an IPv4 entry lifts the NAT64 form, which a translator turns
+  into that very IPv4 address).
 - NAT64 addresses are judged by the IPv4 address they embed (RFC 6052). The well-known prefix
   64:ff9b::/96 embeds it in the last 32 bits. The local-use prefix 64:ff9b:1::/48 (RFC 8215)
   may be deployed at /48, /56, /64 or /96, and the sidecar cannot know which, so every reading
@@ -143,19 +146,23 @@ def classify(address: IPAddress) -> str | None:
         return METADATA
     if isinstance(address, ipaddress.IPv4Address):
         return _range_category(address)
+    readings = nat64_readings(address)
+    if readings:
+        reasons = [r for r in map(classify, readings) if r is not None]
+        return f"NAT64 of {_worst(reasons)}" if reasons else None
     for form, inner in embedded_ipv4(address):
         if inner in _METADATA:
             return f"{METADATA} ({form})"
-    readings = nat64_readings(address)
-    if readings:
-        reasons = [r for r in map(_range_category, readings) if r is not None]
-        return f"NAT64 of {reasons[0]}" if reasons else None
     return _range_category(address)
 
 
+def _worst(reasons: list[str]) -> str:
+    return next((r for r in reasons if always_blocked(r)), reasons[0])
+
+
 def always_blocked(reason: str) -> bool:
-    """Reasons no allow-list lifts."""
-    return reason.startswith(METADATA)
+    """Reasons no allow-list lifts: cloud metadata, in any form."""
+    return METADATA in reason
 
 
 def _listed(address: IPAddress, allowed: Sequence[IPNetwork]) -> bool:
@@ -165,9 +172,9 @@ def _listed(address: IPAddress, allowed: Sequence[IPNetwork]) -> bool:
 def refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     """Why a connection to `address` is refused, or None when it may proceed.
 
-    Allow-listed networks lift the block, except for cloud metadata (always blocked). An
-    IPv4-mapped address is also allowed when its IPv4 address is, and a NAT64 address when
-    every blocked IPv4 reading of it is.
+    Allow-listed networks lift the block, except for cloud metadata (always blocked). A NAT64
+    address is also allowed when every blocked IPv4 reading of it is listed; every other IPv6
+    form (IPv4-mapped included) only by an IPv6 entry.
     """
     reason = classify(address)
     if reason is None:
@@ -177,10 +184,7 @@ def refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     if _listed(address, allowed):
         return None
     if isinstance(address, ipaddress.IPv6Address):
-        readings = nat64_readings(address)
-        if not readings and address.ipv4_mapped is not None:
-            readings = (address.ipv4_mapped,)
-        blocked = [r for r in readings if classify(r) is not None]
+        blocked = [r for r in nat64_readings(address) if classify(r) is not None]
         if blocked and all(_listed(r, allowed) for r in blocked):
             return None
     return reason

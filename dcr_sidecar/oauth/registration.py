@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.secret import Secret
@@ -145,7 +146,8 @@ def _int_or_none(doc: Mapping[str, Any], key: str) -> int | None:
     value = doc.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # json.loads accepts Infinity and NaN, which int() cannot convert.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InsufficientResponse(f"{key} in the registration answer is not a number")
     return int(value)
 
@@ -156,8 +158,10 @@ def check_response(
     *,
     registration_endpoint: str,
     allow_http_hosts: Sequence[str] = (),
+    now: float | None = None,
 ) -> RegisteredClient:
-    """Apply RFC 7591 §3.2.1 to a 2xx answer; raise InsufficientResponse on a failing rule."""
+    """Apply RFC 7591 §3.2.1 to a 2xx answer; raise InsufficientResponse on a failing rule.
+    With `now`, a secret that expires at or before it is refused."""
     if not isinstance(document, dict):
         raise InsufficientResponse("the registration answer is not a JSON object")
     warnings: list[str] = []
@@ -176,6 +180,9 @@ def check_response(
     expires_at = _int_or_none(document, "client_secret_expires_at")
     if secret and expires_at is None:
         warnings.append("client_secret_expires_at missing with a secret: treated as 0 (never)")
+    if expires_at is not None and (expires_at < 0 or (now is not None and 0 < expires_at <= now)):
+        raise InsufficientResponse(
+            f"client_secret_expires_at {expires_at} is already past: the secret is unusable")
     rat = _str_or_none(document, "registration_access_token")
     uri = _str_or_none(document, "registration_client_uri")
     if (rat or uri) and not _management_uri_ok(uri, registration_endpoint, allow_http_hosts):
@@ -252,11 +259,19 @@ def _management_uri_ok(
         return False
     try:
         got, ref = urlsplit(uri), urlsplit(registration_endpoint)
-        same_origin = (got.scheme, got.hostname, got.port) == (ref.scheme, ref.hostname, ref.port)
+        same_origin = _origin(got) == _origin(ref)
     except ValueError:
         return False
     secure = got.scheme == "https" or (got.scheme == "http" and got.hostname in allow_http_hosts)
     return same_origin and secure
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(parts: SplitResult) -> tuple[str, str | None, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in (RFC 6454 §4)."""
+    return parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
 
 
 def parse_error_response(status: int, document: object) -> RegistrationErrorResponse:

@@ -11,7 +11,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() also accepts "²" and "٣"
+    # str.isdigit() also accepts digits float() rejects (e.g. "²" from a latin-1 header byte).
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)

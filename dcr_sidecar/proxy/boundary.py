@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
+from dcr_sidecar.metrics import forward_route
 from dcr_sidecar.observability import scrub
 from dcr_sidecar.proxy.runtime import RUNTIME
 
@@ -55,6 +56,7 @@ def _check_headers(request: web.Request, limit: int) -> None:
 
 
 def _route_label(request: web.Request) -> str:
+    """The route template (``/{name}/token``), never the path a client sent."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unknown"
 
@@ -66,6 +68,8 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     runtime = request.app.get(RUNTIME)
+    route = _route_label(request)
+    forward_route.set(route.rsplit("/", 1)[-1])
     try:
         if runtime is not None:
             _check_headers(request, runtime.settings.limits.max_header_bytes)
@@ -83,7 +87,10 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     response.headers[REQUEST_ID] = request_id
     name = request.match_info.get("name")
     known = runtime is not None and name is not None and runtime.settings.upstream(name)
-    log.info("request_handled", method=request.method, route=_route_label(request),
+    elapsed = time.perf_counter() - started
+    log.info("request_handled", method=request.method, route=route,
              upstream=name if known else None, status=response.status,
-             duration_ms=round((time.perf_counter() - started) * 1000, 2))
+             duration_ms=round(elapsed * 1000, 2))
+    if runtime is not None:
+        runtime.metrics.request(name, route, response.status, elapsed)
     return response

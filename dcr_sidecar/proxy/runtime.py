@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.resolver import Resolver
 
@@ -19,6 +20,7 @@ class Runtime:
     outbound: Outbound
     public_base: str
     backchannel_base: str
+    metrics: Metrics = field(default_factory=lambda: Metrics(None))
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.settings.upstream(name)

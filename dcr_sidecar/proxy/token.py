@@ -7,6 +7,7 @@ relayed as is. No redirects are followed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
+from dcr_sidecar.net import Response
 from dcr_sidecar.oauth.client_auth import strip_client_auth
 from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID
@@ -66,14 +68,49 @@ def handler(route: str) -> Handler:
         pairs = parse_form(body)
         check_inbound(runtime.settings.inbound, request.headers, pairs)
         creds = await runtime.resolver.credentials(name)
-        url = creds.metadata.get_url(member)
-        if url is None:
-            raise errors.NotFound(f"the authorization server of {name!r} has no {member}")
-        check_secret_destination(upstream, creds.metadata, creds.method, url)
-        response = await runtime.outbound.request(
-            "POST", url, step="forward", upstream=name,
-            headers=outbound_headers(request.headers, creds), data=outbound_form(pairs, creds),
-            error_limit=runtime.settings.limits.max_response_bytes)
+
+        async def send(with_creds: Credentials) -> Response:
+            url = with_creds.metadata.get_url(member)
+            if url is None:
+                raise errors.NotFound(f"the authorization server of {name!r} has no {member}")
+            check_secret_destination(upstream, with_creds.metadata, with_creds.method, url)
+            return await runtime.outbound.request(
+                "POST", url, step="forward", upstream=name,
+                headers=outbound_headers(request.headers, with_creds),
+                data=outbound_form(pairs, with_creds),
+                error_limit=runtime.settings.limits.max_response_bytes)
+
+        response = await send(creds)
+        error = oauth_error(response)
+        if error == "invalid_client" and not creds.static:
+            fresh = await runtime.resolver.recover(name, creds)
+            # Only a client_credentials grant is safe to replay transparently (DESIGN §3.5).
+            if fresh is not None and route == "token" and grant_type(pairs) == CLIENT_CREDENTIALS:
+                response = await send(fresh)
+        elif error == "invalid_grant" and route == "token" and grant_type(pairs) in GRACE_GRANTS:
+            previous = runtime.resolver.previous(name)
+            if previous is not None:  # issued to the superseded generation (DESIGN §3.4)
+                response = await send(previous)
         return relay(response.status, response.headers, response.body)
 
     return forward
+
+
+CLIENT_CREDENTIALS = "client_credentials"
+GRACE_GRANTS = frozenset({"authorization_code", "refresh_token"})
+
+
+def grant_type(pairs: list[tuple[str, str]]) -> str | None:
+    return next((v for k, v in pairs if k == "grant_type"), None)
+
+
+def oauth_error(response: Response) -> str | None:
+    """The RFC 6749 §5.2 `error` code of a 400/401 answer (parsed only on those)."""
+    if response.status not in (400, 401):
+        return None
+    try:
+        document = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    return error if isinstance(error, str) else None

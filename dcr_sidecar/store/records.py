@@ -62,6 +62,30 @@ class Record:
                 return gen
         return None
 
+    def get(self, number: int) -> Generation | None:
+        return next((g for g in self.generations if g.generation == number), None)
+
+    def previous(self, current: Generation | None, grace: float, now: float) -> Generation | None:
+        """The newest superseded generation still within its grace period (DESIGN §3.4)."""
+        candidates = [
+            g for g in self.generations
+            if g.superseded_at is not None and g.superseded_at + grace > now
+            and not g.expired(now) and (current is None or g.client_id != current.client_id)
+        ]
+        return max(candidates, key=lambda g: g.generation, default=None)
+
+    def due_for_deletion(self, grace: float, now: float) -> list[Generation]:
+        return [g for g in self.generations
+                if g.superseded_at is not None and g.superseded_at + grace <= now]
+
+    def replace(self, updated: Generation) -> Record:
+        """The same generation with new values (a renewed secret, a new RAT)."""
+        return Record(self.key, tuple(updated if g.generation == updated.generation else g
+                                      for g in self.generations))
+
+    def without(self, number: int) -> Record:
+        return Record(self.key, tuple(g for g in self.generations if g.generation != number))
+
     def next_number(self) -> int:
         return max((g.generation for g in self.generations), default=0) + 1
 

@@ -1,0 +1,206 @@
+{{/*
+Named templates. Every "dcr-sidecar.*" template below takes a context dict so that an
+application chart that has this chart as a dependency can call them from its own templates:
+
+  {{- $dcr := dict "root" $ "values" (index .Values "dcr-sidecar") "replicas" .Values.replicaCount }}
+  {{- with include "dcr-sidecar.initContainers" $dcr }}
+  initContainers:
+    {{- . | nindent 8 }}
+  {{- end }}
+  containers:
+    - name: my-app ...
+    {{- include "dcr-sidecar.containers" $dcr | nindent 8 }}
+  volumes:
+    {{- include "dcr-sidecar.volumes" $dcr | nindent 8 }}
+
+  root: the top-level context ($); values: this chart's values; replicas (optional): the pod's
+  replica count, checked against the store (more than one needs redis).
+*/}}
+
+{{- define "dcr-sidecar.appVersion" -}}0.1.0{{- end -}}
+
+{{- define "dcr-sidecar.name" -}}
+{{- default "dcr-sidecar" .values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "dcr-sidecar.fullname" -}}
+{{- if .values.fullnameOverride -}}
+{{- .values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "dcr-sidecar.name" . -}}
+{{- if contains $name .root.Release.Name -}}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dcr-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dcr-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "dcr-sidecar.labels" -}}
+helm.sh/chart: {{ printf "dcr-sidecar-%s" (include "dcr-sidecar.appVersion" .) }}
+{{ include "dcr-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "dcr-sidecar.appVersion" . | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{/* Labels the pod carrying the sidecar must have: the metrics Service selects on them. */}}
+{{- define "dcr-sidecar.podLabels" -}}
+dcr-sidecar.io/instance: {{ include "dcr-sidecar.fullname" . }}
+{{- end -}}
+
+{{- define "dcr-sidecar.image" -}}
+{{- $tag := .values.image.tag | default (include "dcr-sidecar.appVersion" .) -}}
+{{- printf "%s:%s" .values.image.repository $tag -}}
+{{- end -}}
+
+{{- define "dcr-sidecar.configMapName" -}}
+{{- .values.config.existingConfigMap | default (include "dcr-sidecar.fullname" .) -}}
+{{- end -}}
+
+{{/* Fails rendering on combinations that cannot work. */}}
+{{- define "dcr-sidecar.validate" -}}
+{{- $v := .values -}}
+{{- $replicas := int (default 1 .replicas) -}}
+{{- if and (gt $replicas 1) (ne $v.store.backend "redis") -}}
+{{- fail (printf "dcr-sidecar: %d replicas need the shared redis store (store.backend: redis, with store.redis.existingSecret); with store.backend %q every replica would register and keep its own client" $replicas $v.store.backend) -}}
+{{- end -}}
+{{- if and (eq $v.store.backend "redis") (not $v.store.redis.existingSecret) -}}
+{{- fail "dcr-sidecar: store.backend redis needs store.redis.existingSecret (a Secret holding the Redis URL under store.redis.urlKey)" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dcr-sidecar.storeConfig" -}}
+{{- $s := .values.store -}}
+{{- if eq $s.backend "redis" -}}
+backend: redis
+url: {file: /etc/dcr-sidecar/store/{{ $s.redis.urlKey }}}
+key_prefix: {{ $s.redis.keyPrefix | quote }}
+{{- else -}}
+backend: file
+path: /var/lib/dcr-sidecar/credentials.json
+ephemeral: {{ not $s.file.existingClaim }}
+{{- end -}}
+{{- end -}}
+
+{{/* The sidecar's YAML: config.sidecar with the keys the chart owns set from its values. */}}
+{{- define "dcr-sidecar.configYaml" -}}
+{{- $v := .values -}}
+{{- $cfg := deepCopy (default dict $v.config.sidecar) -}}
+{{- $_ := set $cfg "version" 1 -}}
+{{- $_ := set $cfg "listen" (dict "host" "127.0.0.1" "port" (int $v.ports.backchannel)) -}}
+{{- $_ := set $cfg "management" (dict "host" "0.0.0.0" "port" (int $v.ports.management)) -}}
+{{- $_ := set $cfg "store" (include "dcr-sidecar.storeConfig" . | fromYaml) -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* Pod annotations: a config change rolls the pods (a new ConfigMap content). */}}
+{{- define "dcr-sidecar.podAnnotations" -}}
+checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
+{{- end -}}
+
+{{- define "dcr-sidecar.container" -}}
+{{- include "dcr-sidecar.validate" . -}}
+{{- $v := .values -}}
+- name: dcr-sidecar
+  image: {{ include "dcr-sidecar.image" . | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if $v.nativeSidecar }}
+  restartPolicy: Always
+  {{- end }}
+  args: [serve, --config, {{ printf "/etc/dcr-sidecar/config/%s" $v.config.key | quote }}]
+  ports:
+    - name: dcr-mgmt
+      containerPort: {{ $v.ports.management }}
+      protocol: TCP
+  {{- with $v.extraEnv }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.startupProbe }}
+  startupProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.livenessProbe }}
+  livenessProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.readinessProbe }}
+  readinessProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  volumeMounts:
+    # A directory mount (no subPath), so ConfigMap updates reach the file and are reloaded.
+    - name: dcr-sidecar-config
+      mountPath: /etc/dcr-sidecar/config
+      readOnly: true
+    - name: dcr-sidecar-state
+      mountPath: /var/lib/dcr-sidecar
+    {{- if $v.existingSecret }}
+    - name: dcr-sidecar-secrets
+      mountPath: {{ $v.secretMountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if eq $v.store.backend "redis" }}
+    - name: dcr-sidecar-store
+      mountPath: /etc/dcr-sidecar/store
+      readOnly: true
+    {{- end }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* The sidecar as an init container (native sidecar mode), else nothing. */}}
+{{- define "dcr-sidecar.initContainers" -}}
+{{- if .values.nativeSidecar -}}
+{{ include "dcr-sidecar.container" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* The sidecar as an ordinary container, else nothing (native sidecar mode). */}}
+{{- define "dcr-sidecar.containers" -}}
+{{- if not .values.nativeSidecar -}}
+{{ include "dcr-sidecar.container" . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "dcr-sidecar.volumes" -}}
+{{- $v := .values -}}
+- name: dcr-sidecar-config
+  configMap:
+    name: {{ include "dcr-sidecar.configMapName" . }}
+- name: dcr-sidecar-state
+  {{- if $v.store.file.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ $v.store.file.existingClaim }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ $v.store.file.sizeLimit }}
+  {{- end }}
+{{- if $v.existingSecret }}
+- name: dcr-sidecar-secrets
+  secret:
+    secretName: {{ $v.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if eq $v.store.backend "redis" }}
+- name: dcr-sidecar-store
+  secret:
+    secretName: {{ $v.store.redis.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- with $v.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,116 @@
+"""The admin API on the management listener (DESIGN §2.3, §2.4).
+
+- Disabled (404 on every admin route) while ``admin.token`` is null.
+- Every call presents ``Authorization: Bearer <admin.token>``, compared in constant time;
+  a missing or wrong token gets 401 with ``WWW-Authenticate: Bearer``.
+- Answers never carry a secret: client_ids, methods, generations, times and errors only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from dcr_sidecar import errors
+from dcr_sidecar.config import Upstream
+from dcr_sidecar.oauth.lifetime import renew_at
+from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
+from dcr_sidecar.resolver import UpstreamState
+
+log = structlog.get_logger(__name__)
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def authorize(request: web.Request) -> Runtime:
+    runtime = request.app[RUNTIME]
+    token = runtime.settings.admin.token
+    if token is None:
+        raise errors.NotFound("no such route")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.reveal().encode()
+    # Constant time in the content (only a length mismatch is visible); the scheme is checked
+    # after the comparison so a wrong scheme takes the same path.
+    ok = hmac.compare_digest(given.strip().encode(), expected)
+    if not (ok and scheme.lower() == "bearer"):
+        raise errors.AdminUnauthorized("the admin API needs Authorization: Bearer <admin.token>")
+    return runtime
+
+
+def source_of(upstream: Upstream) -> str:
+    return next(k for k in ("endpoints", "discovery_url", "resource", "issuer")
+                if getattr(upstream, k) is not None)
+
+
+def _wall_clock(monotonic_deadline: float) -> str | None:
+    remaining = monotonic_deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    return datetime.fromtimestamp(time.time() + remaining, UTC).isoformat(timespec="seconds")
+
+
+def _next_renewal(state: UpstreamState) -> str | None:
+    gen = state.current
+    when = renew_at(gen.client_secret_expires_at, gen.received_at) if gen else None
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None
+
+
+def describe(state: UpstreamState) -> dict[str, Any]:
+    """One upstream as the admin API shows it (never a secret)."""
+    config, creds = state.config, state.credentials
+    issuer = (state.discovery.metadata.issuer if state.discovery is not None else config.issuer)
+    return {
+        "name": config.name,
+        "source": source_of(config),
+        "issuer": issuer,
+        "registration": config.strategy,
+        "client_id": creds.client_id if creds else None,
+        "token_endpoint_auth_method": creds.method if creds else None,
+        "generation": creds.generation if creds else None,
+        "client_secret_expires_at": creds.expires_at if creds else None,
+        "next_renewal": _next_renewal(state),
+        "previous_generation_until": (
+            datetime.fromtimestamp(state.previous_until, UTC).isoformat(timespec="seconds")
+            if state.previous is not None and state.previous_until else None),
+        "backoff_until": _wall_clock(state.backoff_until),
+        "last_error": state.last_error,
+        "last_error_step": state.last_error_step,
+    }
+
+
+async def list_upstreams(request: web.Request) -> web.StreamResponse:
+    runtime = authorize(request)
+    resolver = runtime.resolver
+    body = {"upstreams": [describe(resolver.state(name)) for name in resolver.names()]}
+    return web.json_response(body, headers=NO_STORE)
+
+
+async def rotate(request: web.Request) -> web.StreamResponse:
+    runtime = authorize(request)
+    name = request.match_info["name"]
+    before = runtime.resolver.cached(name)
+    creds = await runtime.resolver.rotate(name)
+    log.info("admin_rotated", upstream=name, previous_client_id=before and before.client_id,
+             client_id=creds.client_id, generation=creds.generation)
+    return web.json_response(describe(runtime.resolver.state(name)), headers=NO_STORE)
+
+
+async def delete_registration(request: web.Request) -> web.StreamResponse:
+    runtime = authorize(request)
+    name = request.match_info["name"]
+    generation = await runtime.resolver.delete_registration(name)
+    log.info("admin_registration_deleted", upstream=name, generation=generation)
+    return web.json_response({"name": name, "deleted_generation": generation},
+                             headers=NO_STORE)
+
+
+def routes(name_pattern: str) -> list[web.RouteDef]:
+    return [
+        web.get("/admin/upstreams", list_upstreams),
+        web.post(f"/admin/upstreams/{name_pattern}/rotate", rotate),
+        web.delete(f"/admin/upstreams/{name_pattern}/registration", delete_registration),
+    ]

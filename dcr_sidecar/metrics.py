@@ -1,0 +1,161 @@
+"""Prometheus metrics (DESIGN §2.3 ``GET /metrics``), one registry per sidecar.
+
+Invariants:
+- Every metric lives in the :class:`Metrics` object's own ``CollectorRegistry``, never in the
+  process-global one, so tests and several in-process sidecars never collide.
+- Label values are bounded: ``upstream`` is a configured upstream name or ``unknown``; ``route``
+  is a route template from the router (``/{name}/token``) or ``unknown``; ``endpoint``, ``outcome``
+  and ``operation`` come from fixed tables in the code. Nothing a client sends becomes a label.
+- Gauges that describe the resolver's state (secret expiry, backoff) are computed when scraped,
+  from the live state, so they can never drift from it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN = "unknown"
+# Seconds; the sidecar's own work is fast, an AS call can take the whole `timeouts.total`.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+# Which token-like route a "forward" call serves, set by the request boundary.
+forward_route: contextvars.ContextVar[str] = contextvars.ContextVar("forward_route",
+                                                                   default="forward")
+
+
+class HasClientId(Protocol):
+    @property
+    def client_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class UpstreamGauges:
+    """What the scrape-time collector reads from the resolver, per upstream."""
+
+    name: str
+    secret_expires_at: int | None  # None: no dynamic credentials held; 0: never expires
+    backoff_active: bool
+
+
+class _StateCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[UpstreamGauges]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "dcr_sidecar_client_secret_expiry_timestamp_seconds",
+            "When the current client secret expires (Unix time; 0 = never), per upstream "
+            "holding dynamic credentials.", labels=["upstream"])
+        backoff = GaugeMetricFamily(
+            "dcr_sidecar_backoff_active",
+            "1 while the upstream's resolution is backing off after a failure.",
+            labels=["upstream"])
+        for gauges in self._source():
+            if gauges.secret_expires_at is not None:
+                expiry.add_metric([gauges.name], float(gauges.secret_expires_at))
+            backoff.add_metric([gauges.name], 1.0 if gauges.backoff_active else 0.0)
+        yield expiry
+        yield backoff
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class Metrics:
+    """The sidecar's metrics. ``Metrics(None)`` records into metrics no registry exports."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.registry = registry
+        self._names: frozenset[str] = frozenset()
+        self.requests = Counter(
+            "dcr_sidecar_requests", "Requests answered, by upstream, route and status code.",
+            ["upstream", "route", "code"], registry=registry)
+        self.request_duration = Histogram(
+            "dcr_sidecar_request_duration_seconds", "Time to answer a request.",
+            ["upstream", "route"], buckets=REQUEST_BUCKETS, registry=registry)
+        self.upstream_call_duration = Histogram(
+            "dcr_sidecar_upstream_call_duration_seconds",
+            "Time of one outbound call to an authorization server, by endpoint (the "
+            "resolution step: discover, register, renew; or the token-like route forwarded).",
+            ["upstream", "endpoint"], buckets=REQUEST_BUCKETS, registry=registry)
+        self.registrations = Counter(
+            "dcr_sidecar_registrations", "RFC 7591 registrations, by outcome.",
+            ["upstream", "outcome"], registry=registry)
+        self.discoveries = Counter(
+            "dcr_sidecar_discovery", "Metadata discoveries, by outcome.",
+            ["upstream", "outcome"], registry=registry)
+        self.store_errors = Counter(
+            "dcr_sidecar_store_errors", "Credential store failures, by operation.",
+            ["operation"], registry=registry)
+        self.client_id_changes = Counter(
+            "dcr_sidecar_client_id_changes",
+            "Times the client_id served for an upstream changed (a new client generation).",
+            ["upstream"], registry=registry)
+
+    @classmethod
+    def create(cls) -> Metrics:
+        return cls(CollectorRegistry(auto_describe=False))
+
+    # ----------------------------------------------------------------- wiring
+
+    def set_upstreams(self, names: Iterable[str]) -> None:
+        """The configured upstream names: the only `upstream` label values besides unknown."""
+        self._names = frozenset(names)
+
+    def watch(self, source: Callable[[], Iterable[UpstreamGauges]]) -> None:
+        """Export the resolver's state gauges, read from `source` at each scrape."""
+        if self.registry is not None:
+            self.registry.register(_StateCollector(source))
+
+    def upstream_label(self, name: str | None) -> str:
+        return name if name is not None and name in self._names else UNKNOWN
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry) if self.registry is not None else b""
+
+    # ----------------------------------------------------------------- request boundary
+
+    def request(self, upstream: str | None, route: str | None, code: int,
+                seconds: float) -> None:
+        label = self.upstream_label(upstream)
+        route = route or UNKNOWN
+        self.requests.labels(label, route, str(code)).inc()
+        self.request_duration.labels(label, route).observe(seconds)
+
+    def upstream_call(self, upstream: str | None, endpoint: str, seconds: float) -> None:
+        if endpoint == "forward":
+            endpoint = forward_route.get()
+        self.upstream_call_duration.labels(self.upstream_label(upstream), endpoint).observe(
+            seconds)
+
+    # ----------------------------------------------------------------- resolver events
+
+    def registration(self, upstream: str, outcome: str) -> None:
+        self.registrations.labels(self.upstream_label(upstream), outcome).inc()
+
+    def discovery(self, upstream: str, outcome: str) -> None:
+        self.discoveries.labels(self.upstream_label(upstream), outcome).inc()
+
+    def resolution_failed(self, upstream: str, step: str) -> None:
+        """A failed resolution counts against the step that failed."""
+        if step == "register":
+            self.registration(upstream, "failure")
+        elif step == "discover":
+            self.discovery(upstream, "failure")
+
+    def store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
+
+    def client_id_seen(self, upstream: str, previous: HasClientId | None,
+                       current: HasClientId) -> None:
+        """Count a switch of client_id; the first one a process learns is no switch."""
+        if previous is not None and previous.client_id != current.client_id:
+            self.client_id_changes.labels(self.upstream_label(upstream)).inc()
+
