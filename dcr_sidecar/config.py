@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -130,10 +131,17 @@ def _source(value: Any) -> EnvSecret | FileSecret | Any:
     return value
 
 
-def _load_secret(value: Any) -> Any:
+def _environment(info: ValidationInfo) -> Mapping[str, str]:
+    """The environment `parse_settings` was given (the process's when none was)."""
+    context = info.context
+    env = context.get("env") if isinstance(context, dict) else None
+    return env if env is not None else os.environ
+
+
+def _load_secret(value: Any, info: ValidationInfo) -> Any:
     source = _source(value)
     if isinstance(source, EnvSecret):
-        found = os.environ.get(source.env)
+        found = _environment(info).get(source.env)
         if found is None and not source.optional:
             raise ValueError(f"environment variable {source.env} is not set")
         return None if found is None else Secret(found)
@@ -145,14 +153,14 @@ def _load_secret(value: Any) -> Any:
     return source
 
 
-def _load_secret_keep_file(value: Any) -> Any:
+def _load_secret_keep_file(value: Any, info: ValidationInfo) -> Any:
     """Like _load_secret, but a {file:} stays a reference (re-read on every use)."""
     source = _source(value)
     if isinstance(source, FileSecret):
         if not Path(source.file).is_file():
             raise ValueError(f"secret file {source.file!r} does not exist")
         return source
-    return _load_secret(value)
+    return _load_secret(value, info)
 
 
 SecretField = Annotated[
@@ -707,12 +715,13 @@ def parse_settings(text: str, source: str, env: Mapping[str, str] | None = None)
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with version: 1")
+    environment = os.environ if env is None else env
     try:
-        expanded = _expand_tree(raw, os.environ if env is None else env, ())
+        expanded = _expand_tree(raw, environment, ())
     except _PathError as exc:
         raise ConfigError(f"{source}: {format_path(exc.path)}: {exc.message}") from None
     try:
-        return Settings.model_validate(expanded)
+        return Settings.model_validate(expanded, context={"env": environment})
     except ValidationError as exc:
         lines = _errors_of(exc, expanded)
         head = f"{source}: invalid configuration ({len(lines)} error{'s' * (len(lines) > 1)})"
