@@ -423,11 +423,6 @@ class Upstream(_Model):
         for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
             if getattr(self, key) is not None:
                 raise _keyed(key, f"is for static clients only (registration: {strategy})")
-        if "private_key_jwt" in self.token_endpoint_auth_methods:
-            raise _keyed(
-                "token_endpoint_auth_methods",
-                "private_key_jwt is not available in this build yet; remove it",
-            )
         if not self.token_endpoint_auth_methods:
             raise _keyed("token_endpoint_auth_methods", "must not be empty")
 

@@ -27,10 +27,11 @@ from typing import TypeVar
 import structlog
 
 from dcr_sidecar import errors
+from dcr_sidecar.client_keys import client_credentials, registration_key
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
 from dcr_sidecar.net import Outbound
-from dcr_sidecar.oauth.client_auth import AuthParts, ClientCredentials, auth_parts
+from dcr_sidecar.oauth.client_auth import ClientCredentials
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import fingerprint
 from dcr_sidecar.oauth.retry import backoff_delay
@@ -55,7 +56,7 @@ class Credentials:
     generation: int
     expires_at: int
     static: bool
-    auth: AuthParts
+    auth: ClientCredentials  # encoded per request (oauth.client_auth.auth_parts)
 
     @property
     def issuer(self) -> str:
@@ -232,7 +233,7 @@ class Resolver:
         return Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True,
-            auth=auth_parts(ClientCredentials(config.client_id, config.client_secret, method)))
+            auth=ClientCredentials(config.client_id, config.client_secret, method))
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> Credentials:
         config = state.config
@@ -255,14 +256,15 @@ class Resolver:
             upstream=config.name, metadata=metadata, client_id=current.client_id,
             method=current.token_endpoint_auth_method, generation=current.generation,
             expires_at=current.client_secret_expires_at, static=False,
-            auth=auth_parts(ClientCredentials(current.client_id, current.client_secret,
-                                              current.token_endpoint_auth_method)))
+            auth=client_credentials(current, config, metadata))
 
     async def _register(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
                         record: Record | None, wanted: str) -> tuple[Generation, Record]:
         config = state.config
         with self._step(state, "register"):
-            registration = await self.registrar.register(config, metadata)
+            signing_key = await registration_key(config, metadata, record)
+            registration = await self.registrar.register(
+                config, metadata, signing_key.binding() if signing_key else None)
         client = registration.client
         now = time.time()
         base = record or Record(key)
@@ -274,7 +276,8 @@ class Resolver:
             client_id_issued_at=client.client_id_issued_at,
             registration_access_token=client.registration_access_token,
             registration_client_uri=client.registration_client_uri,
-            registration_endpoint=registration.endpoint, received_at=now)
+            registration_endpoint=registration.endpoint, received_at=now,
+            private_key=signing_key.private_jwk if signing_key else None)
         updated = base.with_generation(generation, now)
         async with self._store_errors(state, "store_write"):
             await self.store.put(updated)

@@ -43,8 +43,11 @@ class LeakGuard:
         found: list[str] = []
         for record in json.loads(path.read_text())["records"].values():
             for gen in record["generations"]:
-                found += [gen[k] for k in ("client_secret", "registration_access_token")
-                          if gen.get(k)]
+                found += [gen[k] for k in ("client_secret", "registration_access_token",
+                                           "private_key") if gen.get(k)]
+                if gen.get("private_key"):  # the private JWK's secret members on their own too
+                    jwk = json.loads(gen["private_key"])
+                    found += [jwk[m] for m in ("d", "p", "q", "dp", "dq", "qi") if m in jwk]
         self.add(*found)
         return found
 

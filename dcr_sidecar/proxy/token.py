@@ -2,7 +2,8 @@
 
 The request is rebuilt from parts (DESIGN §2.3): allow-listed headers only, the app's client
 authentication removed, exactly the registered method injected (RFC 6749 §2.3); the AS answer is
-relayed as is. No redirects are followed.
+relayed as is. No redirects are followed. Client authentication is encoded afresh for every
+request (private_key_jwt assertions are single-use).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
-from dcr_sidecar.oauth.client_auth import strip_client_auth
+from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.proxy.boundary import REQUEST_ID
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
 from dcr_sidecar.proxy.runtime import RUNTIME
-from dcr_sidecar.resolver import Credentials
 
 # route suffix -> AS metadata member
 ROUTES: Mapping[str, str] = {
@@ -34,15 +34,15 @@ RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Auth
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def outbound_headers(incoming: Mapping[str, str], creds: Credentials) -> dict[str, str]:
+def outbound_headers(incoming: Mapping[str, str], auth: AuthParts) -> dict[str, str]:
     headers = {name: incoming[name] for name in FORWARDED_REQUEST_HEADERS if name in incoming}
     headers["Content-Type"] = FORM_TYPE
-    headers.update(creds.auth.headers)
+    headers.update(auth.headers)
     return headers
 
 
-def outbound_form(pairs: list[tuple[str, str]], creds: Credentials) -> bytes:
-    return urlencode([*strip_client_auth(pairs), *creds.auth.form]).encode("ascii")
+def outbound_form(pairs: list[tuple[str, str]], auth: AuthParts) -> bytes:
+    return urlencode([*strip_client_auth(pairs), *auth.form]).encode("ascii")
 
 
 def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
@@ -68,9 +68,10 @@ def handler(route: str) -> Handler:
         url = creds.metadata.get_url(member)
         if url is None:
             raise errors.NotFound(f"the authorization server of {name!r} has no {member}")
+        auth = auth_parts(creds.auth)  # per request: assertions are single-use
         response = await runtime.outbound.request(
             "POST", url, step="forward", upstream=name,
-            headers=outbound_headers(request.headers, creds), data=outbound_form(pairs, creds),
+            headers=outbound_headers(request.headers, auth), data=outbound_form(pairs, auth),
             error_limit=runtime.settings.limits.max_response_bytes)
         return relay(response.status, response.headers, response.body)
 
