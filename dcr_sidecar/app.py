@@ -17,11 +17,12 @@ from aiohttp import web
 from dcr_sidecar.config import Settings
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.net import Outbound
-from dcr_sidecar.proxy import authorize, metadata, token
+from dcr_sidecar.proxy import authorize, callback, metadata, token
 from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
+from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -34,6 +35,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app.add_routes([
         web.get(f"/{NAME}/authorize", authorize.authorize),
+        web.get(f"/{NAME}/callback", callback.callback),
         web.get(f"/{NAME}/client", metadata.client),
         web.get(f"/{NAME}/.well-known/openid-configuration", metadata.metadata),
         web.get(f"/{NAME}/.well-known/oauth-authorization-server", metadata.metadata),
@@ -70,13 +72,14 @@ class Bound:
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
-    def __init__(self, settings: Settings, store: CredentialStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: CredentialStore | None = None,
+                 flows: FlowStore | None = None) -> None:
         self.settings = settings
         self.outbound = Outbound(settings)
         self.store = store or open_store(settings.store)
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               settings.public_base, settings.backchannel_base)
+                               flows if flows is not None else MemoryFlowStore())
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
         self.listen = Bound(settings.listen.host, settings.listen.port)
@@ -93,17 +96,21 @@ class Sidecar:
         except BaseException:
             await self.stop()
             raise
-        # Port 0 (tests) is only known once bound.
         if self.settings.listen.port == 0:
-            if not self.settings.public_base_url:
-                self.runtime.public_base = f"http://127.0.0.1:{self.listen.port}"
-            if not self.settings.backchannel_base_url:
-                self.runtime.backchannel_base = f"http://127.0.0.1:{self.listen.port}"
+            self._adopt_port(self.listen.port)
         for upstream in self.settings.upstreams:
             if upstream.prefetch or upstream.required:
                 self._background.append(asyncio.create_task(self._prefetch(upstream.name)))
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
+
+    def _adopt_port(self, port: int) -> None:
+        """Port 0 (tests) is only known once bound; the default base URLs, and the callback
+        URI registered from them, derive from it, so every part gets the bound port."""
+        settings = self.settings.model_copy(
+            update={"listen": self.settings.listen.model_copy(update={"port": port})})
+        self.settings = self.runtime.settings = self.resolver.settings = settings
+        self.outbound.update(settings)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> Bound:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown.grace,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import structlog
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Upstream, read_secret
+from dcr_sidecar.config import Settings, Upstream, read_secret
 from dcr_sidecar.net import Outbound, authority
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
@@ -37,9 +37,9 @@ log = structlog.get_logger(__name__)
 Provenance = Literal["configured", "metadata", "guessed"]
 
 
-def profile_of(upstream: Upstream) -> RegistrationProfile:
+def profile_of(upstream: Upstream, settings: Settings) -> RegistrationProfile:
     return RegistrationProfile(
-        redirect_uris=tuple(upstream.redirect_uris),
+        redirect_uris=tuple(settings.registered_redirect_uris(upstream)),
         grant_types=tuple(upstream.grant_types),
         response_types=tuple(upstream.response_types),
         scopes=tuple(upstream.scopes),
@@ -115,7 +115,7 @@ class Registrar:
                     upstream=upstream.name)
             remember_secret(iat)
             headers["Authorization"] = f"Bearer {iat.reveal()}"
-        body = build_request(profile_of(upstream), method, key)
+        body = build_request(profile_of(upstream, self.outbound.settings), method, key)
         response = await self.outbound.request(
             "POST", endpoint, step="register", upstream=upstream.name, headers=headers,
             data=json.dumps(body).encode())

@@ -238,7 +238,7 @@ class Resolver:
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> Credentials:
         config = state.config
         key = RecordKey(metadata.issuer, config.name)
-        wanted = fingerprint(profile_of(config))
+        wanted = fingerprint(profile_of(config, self.settings))
         with self._step(state, "lease"):
             lock = self.store.lock(key)
         async with self._store_errors(state, "lease"), lock:

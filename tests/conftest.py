@@ -123,9 +123,10 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     """Start in-process sidecars from a config dict merged over test defaults."""
     running: list[Sidecar] = []
 
-    async def start(extra: dict[str, Any]) -> Sidecar:
+    async def start(extra: dict[str, Any], **kwargs: Any) -> Sidecar:
+        """`kwargs` go to :class:`Sidecar` (e.g. `flows=` a flow store with a test clock)."""
         text = yaml.safe_dump(sidecar_config(tmp_path, extra))
-        instance = Sidecar(parse_settings(text, "test.yaml"))
+        instance = Sidecar(parse_settings(text, "test.yaml"), **kwargs)
         await instance.start()
         running.append(instance)
         return instance

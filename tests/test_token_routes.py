@@ -125,12 +125,14 @@ async def test_each_route_carries_exactly_the_registered_method_and_nothing_smug
                              "127.0.0.9", "app-only"):
                 assert smuggled not in wire, (route, smuggled)
             assert [v for k, v in seen.form if k in dict(form)] == [v for _, v in form]
+            # client_id: a parameter of pushed authorization requests (RFC 9126 §2.1), and
+            # what client_secret_post authenticates with; else absent.
+            with_id = route == "par" or method == "client_secret_post"
+            assert seen.form_values("client_id") == ([client["client_id"]] if with_id else [])
             if method == "client_secret_basic":
                 assert seen.header("Authorization") == [
                     basic_authorization(client["client_id"], client["client_secret"])]
-                assert not seen.form_values("client_id")
             elif method == "client_secret_post":
-                assert seen.form_values("client_id") == [client["client_id"]]
                 assert seen.form_values("client_secret") == [client["client_secret"]]
             else:
                 jtis.add(check_assertion(seen, rec, client["client_id"])["jti"])

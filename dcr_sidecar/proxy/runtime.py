@@ -10,6 +10,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.resolver import Resolver
+from dcr_sidecar.store.flows import FlowStore
 
 
 @dataclass
@@ -17,14 +18,27 @@ class Runtime:
     settings: Settings
     resolver: Resolver
     outbound: Outbound
-    public_base: str
-    backchannel_base: str
+    flows: FlowStore
+
+    @property
+    def public_base(self) -> str:
+        return self.settings.public_base
+
+    @property
+    def backchannel_base(self) -> str:
+        return self.settings.backchannel_base
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.settings.upstream(name)
         if upstream is None:
             raise errors.NotFound(f"no upstream named {name!r} is configured")
         return upstream
+
+    def app_issuer(self, upstream: Upstream, as_issuer: str) -> str:
+        """The issuer the app discovered: the AS's, or the sidecar's (`app_issuer`)."""
+        if upstream.app_issuer == "sidecar":
+            return self.settings.sidecar_issuer(upstream.name)
+        return as_issuer
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -3,8 +3,8 @@ device authorization (RFC 8628).
 
 The request is rebuilt from parts (DESIGN §2.3): allow-listed headers only, the app's client
 authentication removed, exactly the registered method injected (RFC 6749 §2.3), encoded afresh
-for each request (private_key_jwt assertions are single-use); the AS answer is relayed as is. No
-redirects are followed.
+for each request; the AS answer is relayed as is. No redirects are followed. Under
+`callback: sidecar` PAR is mediated and code exchanges restored (:mod:`.mediation`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
+from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
+from dcr_sidecar.oauth.resource import with_default_resource
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
+from dcr_sidecar.proxy.mediation import mediate, restore_code_exchange
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
+from dcr_sidecar.resolver import Credentials
 
 # route suffix -> AS metadata member
 ROUTES: Mapping[str, str] = {
@@ -30,6 +34,11 @@ ROUTES: Mapping[str, str] = {
     "introspect": "introspection_endpoint",
     "device_authorization": "device_authorization_endpoint",
 }
+# Requests that may name a resource (RFC 8707 §2.1 authorization requests, §2.2 token).
+RESOURCE_ROUTES = frozenset({"token", "par", "device_authorization"})
+# A pushed authorization request is an authorization request: client_id is one of its
+# parameters (RFC 9126 §2.1, RFC 6749 §4.1.1) whatever the client authentication.
+CLIENT_ID_ROUTES = frozenset({"par"})
 FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -45,13 +54,30 @@ def outbound_headers(incoming: Mapping[str, str], request_id: str,
     return headers
 
 
-def outbound_form(pairs: Pairs, auth: AuthParts) -> bytes:
-    return urlencode([*strip_client_auth(pairs), *auth.form]).encode("ascii")
+def outbound_form(pairs: Pairs, auth: AuthParts, client_id: str | None = None) -> bytes:
+    """The app's form without its client authentication, plus the injected one; `client_id`
+    is added as a request parameter when the method does not carry it already."""
+    form = [*strip_client_auth(pairs), *auth.form]
+    if client_id is not None and not any(k == "client_id" for k, _ in auth.form):
+        form.append(("client_id", client_id))
+    return urlencode(form).encode("ascii")
 
 
 def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
     kept = {name: headers[name] for name in RELAYED_RESPONSE_HEADERS if name in headers}
     return web.Response(status=status, body=body, headers=kept)
+
+
+async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
+                   pairs: Pairs) -> tuple[Pairs, Credentials]:
+    """The app's form as the AS must see it: mediated, restored, the default resource added."""
+    if upstream.callback == "sidecar" and route == "par":
+        pairs = await mediate(runtime, upstream, creds, pairs)
+    elif upstream.callback == "sidecar" and route == "token":
+        pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
+    if route in RESOURCE_ROUTES:
+        pairs = with_default_resource(pairs, upstream.default_resource)
+    return pairs, creds
 
 
 async def read_form(request: web.Request, runtime: Runtime) -> Pairs:
@@ -75,11 +101,13 @@ def handler(route: str) -> Handler:
         if url is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
+        pairs, creds = await adjusted(route, runtime, upstream, creds, pairs)
         auth = auth_parts(creds.auth)
         response = await runtime.outbound.request(
             "POST", url, step="forward", upstream=upstream.name,
             headers=outbound_headers(request.headers, request[REQUEST_ID_KEY], auth),
-            data=outbound_form(pairs, auth),
+            data=outbound_form(pairs, auth,
+                               creds.client_id if route in CLIENT_ID_ROUTES else None),
             error_limit=runtime.settings.limits.max_response_bytes)
         return relay(response.status, response.headers, response.body)
 
