@@ -123,6 +123,9 @@ class RecordingAS:
 
     async def _register(self, request: web.Request) -> web.Response:
         body = (await self._record(request)).json
+        if request.path in self.answers:
+            status, raw, headers = self.answers[request.path]
+            return web.Response(status=status, body=raw, headers=headers)
         client = dict(body, client_id=f"client-{secrets.token_hex(6)}", client_id_issued_at=0)
         if body.get("token_endpoint_auth_method", "client_secret_basic") in SECRET_METHODS:
             client.update(client_secret=secrets.token_urlsafe(24), client_secret_expires_at=0)
