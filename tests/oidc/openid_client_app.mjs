@@ -1,9 +1,14 @@
 // An unmodified `openid-client` (v6, the certified JavaScript relying party) app in front of
-// dcr-sidecar, for tests/test_openid_client.py. OAuth 2 style: its own discovery of the
-// sidecar's issuer, a placeholder client_id and no client authentication towards the sidecar.
+// dcr-sidecar, for tests/test_openid_client.py, in one of two styles (MODE):
+//   oauth2  its own discovery of the sidecar's issuer (app_issuer: sidecar), a placeholder
+//           client_id, no client authentication towards the sidecar; then code flow, refresh,
+//           introspection, revocation, PAR and client_credentials.
+//   oidc    the sidecar's document fetched by the app and the real client_id from /client
+//           (app_issuer: upstream: the ID token's issuer is the AS's); a code flow whose ID
+//           token the library validates.
 //
-// Environment: SIDECAR_ISSUER (the sidecar's issuer for the upstream, app_issuer: sidecar),
-// REDIRECT_URI, SCOPE.
+// Environment: MODE, SIDECAR_ISSUER (oauth2: the sidecar's issuer; oidc: the sidecar's
+// upstream base URL, e.g. http://127.0.0.1:8080/acme), REDIRECT_URI, SCOPE.
 // Protocol, one JSON object per line:
 //   stdout {"step": "authorize", "url": ...}   the browser must go there; then on stdin
 //   stdin  {"callback": ...}                   the URL the browser came back to
@@ -27,10 +32,11 @@ async function browser(url) {
   return new URL(JSON.parse(value).callback);
 }
 
-async function codeFlow(config, usePar) {
+async function codeFlow(config, usePar, nonce) {
   const verifier = client.randomPKCECodeVerifier();
   const state = client.randomState();
   const parameters = {
+    ...(nonce ? { nonce } : {}),
     redirect_uri: process.env.REDIRECT_URI,
     scope: process.env.SCOPE,
     state,
@@ -46,10 +52,21 @@ async function codeFlow(config, usePar) {
   return client.authorizationCodeGrant(config, callback, {
     pkceCodeVerifier: verifier,
     expectedState: state,
+    ...(nonce ? { expectedNonce: nonce } : {}),
   });
 }
 
-async function main() {
+async function oidc() {
+  const base = process.env.SIDECAR_ISSUER;
+  const document = await (await fetch(`${base}/.well-known/openid-configuration`)).json();
+  const { client_id: clientId } = await (await fetch(`${base}/client`)).json();
+  const config = new client.Configuration(document, clientId, undefined, client.None());
+  client.allowInsecureRequests(config); // loopback http in tests only
+  const tokens = await codeFlow(config, false, client.randomNonce());
+  send({ step: 'done', issuer: document.issuer, clientId, tokens, claims: tokens.claims() });
+}
+
+async function oauth2() {
   const config = await client.discovery(
     new URL(process.env.SIDECAR_ISSUER),
     'placeholder',
@@ -77,7 +94,7 @@ async function main() {
   });
 }
 
-main().then(
+(process.env.MODE === 'oidc' ? oidc() : oauth2()).then(
   () => process.exit(0),
   (err) => {
     process.stderr.write(`openid-client app failed: ${err?.stack ?? err}\n`);
