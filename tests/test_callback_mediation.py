@@ -18,15 +18,8 @@ from dcr_sidecar.store.flows import MemoryFlowStore
 from dcr_sidecar.store.records import RecordKey
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, browser_to_callback, follow_once
+from tests.support.clock import Clock
 from tests.support.recording_as import RecordingAS
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def mediated(issuer: str, **extra: Any) -> dict[str, Any]:

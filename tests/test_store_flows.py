@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.store.flows import MemoryFlowStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.support.clock import Clock
 
 RECORD = FlowRecord("https://app/cb", "s", None, 1)
 

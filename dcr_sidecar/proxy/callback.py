@@ -1,8 +1,9 @@
 """GET /{name}/callback: the AS's authorization response under `callback: sidecar`
 (DESIGN §3.6), checked and handed on to the app's redirect URI.
 
-The sidecar's state is one-time: it is taken from the flow store before anything else is
-checked, so a refused response cannot be retried with the same state.
+The sidecar's state is one-time: it is taken from the flow store before the response itself is
+checked, so a refused response cannot be retried with the same state. (The AS's metadata is
+fetched first: a moment of AS trouble should not spend a good state.)
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ async def callback(request: web.Request) -> web.StreamResponse:
     if upstream.callback != "sidecar":
         raise errors.NotFound(f"upstream {upstream.name!r} does not mediate callbacks")
     pairs = list(request.query.items())
-    state = single(pairs, "state")
+    state, code = single(pairs, "state"), single(pairs, "code")
+    metadata = await runtime.resolver.metadata(upstream.name)
     record = await runtime.flows.take(state_key(state)) if state else None
     if record is None:
         raise errors.BadRequest("unknown, replayed or expired state")
-    metadata = await runtime.resolver.metadata(upstream.name)
-    code = single(pairs, "code")
     try:
         check_iss(single(pairs, "iss"), metadata.issuer,
                   required=as_advertises_iss(metadata.document))

@@ -86,7 +86,12 @@ async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Cr
     with the client it started with); the current ones when that generation is gone."""
     if creds.generation == number or creds.static:
         return creds
-    record = await runtime.resolver.store.get(RecordKey(creds.issuer, upstream.name))
+    try:
+        record = await runtime.resolver.store.get(RecordKey(creds.issuer, upstream.name))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.StoreUnavailable(
+            f"the credential store failed (store_read): {type(exc).__name__}",
+            step="store_read", upstream=upstream.name, retry_after=5) from exc
     now = time.time()
     for gen in record.generations if record else ():
         usable = gen.superseded_at is None or gen.superseded_at + upstream.generation_grace > now

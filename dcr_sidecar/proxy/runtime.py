@@ -20,14 +20,6 @@ class Runtime:
     outbound: Outbound
     flows: FlowStore
 
-    @property
-    def public_base(self) -> str:
-        return self.settings.public_base
-
-    @property
-    def backchannel_base(self) -> str:
-        return self.settings.backchannel_base
-
     def upstream(self, name: str) -> Upstream:
         upstream = self.settings.upstream(name)
         if upstream is None:
