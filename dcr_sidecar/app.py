@@ -31,11 +31,12 @@ from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.observability import remember_settings_secrets
-from dcr_sidecar.proxy import authorize, metadata, token
+from dcr_sidecar.proxy import authorize, callback, metadata, token
 from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
+from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -80,6 +81,7 @@ def create_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Appli
     app[RUNTIME] = runtime
     app.add_routes([
         web.get(f"/{NAME}/authorize", authorize.authorize),
+        web.get(f"/{NAME}/callback", callback.callback),
         web.get(f"/{NAME}/client", metadata.client),
         web.get(f"/{NAME}/.well-known/openid-configuration", metadata.metadata),
         web.get(f"/{NAME}/.well-known/oauth-authorization-server", metadata.metadata),
@@ -155,6 +157,7 @@ class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
+                 flows: FlowStore | None = None,
                  resolver: AbstractResolver | None = None) -> None:
         """`resolver` is for tests only: the name resolver under the address policy."""
         remember_settings_secrets(settings)
@@ -166,10 +169,11 @@ class Sidecar:
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               settings.public_base, settings.backchannel_base, self.metrics)
+                               flows if flows is not None else MemoryFlowStore(), self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()
         self._runners: list[web.AppRunner] = []
+        self._adopted_port: int | None = None
         self._background: list[asyncio.Task[None]] = []
         self.listen = Bound(settings.listen.host, settings.listen.port)
         self.management = Bound(settings.management.host, settings.management.port)
@@ -188,13 +192,19 @@ class Sidecar:
             raise
         # Port 0 (tests) is only known once bound.
         if self.settings.listen.port == 0:
-            if not self.settings.public_base_url:
-                self.runtime.public_base = f"http://127.0.0.1:{self.listen.port}"
-            if not self.settings.backchannel_base_url:
-                self.runtime.backchannel_base = f"http://127.0.0.1:{self.listen.port}"
+            self._adopt_port(self.listen.port)
         self._start_prefetch(self.settings.upstreams)
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
+
+    def _adopt_port(self, port: int) -> None:
+        """Port 0 (tests) is only known once bound; the default base URLs, and the callback
+        URI registered from them, derive from it, so every part gets the bound port."""
+        self._adopted_port = port
+        settings = self.settings.model_copy(
+            update={"listen": self.settings.listen.model_copy(update={"port": port})})
+        self.settings = self.runtime.settings = self.resolver.settings = settings
+        self.outbound.update(settings)
 
     def _start_prefetch(self, upstreams: Iterable[Upstream]) -> None:
         """Prefetch (for `prefetch`/`required`) and background maintenance per upstream."""
@@ -242,6 +252,10 @@ class Sidecar:
         """Apply what DESIGN §2.2 lists as reloadable; raise ConfigError (and change
         nothing) when `new` cannot be combined with the running restart-only settings."""
         old = self.settings
+        if self._adopted_port is not None and new.listen.port == 0:
+            # Port 0 was bound to a real port at start; the file still says 0: no change.
+            new = new.model_copy(update={"listen": new.listen.model_copy(
+                update={"port": self._adopted_port})})
         applied = combine(old, new)
         result = ReloadResult(
             changed=[k for k in Settings.model_fields

@@ -429,27 +429,26 @@ class Upstream(_Model):
         for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
             if getattr(self, key) is not None:
                 raise _keyed(key, f"is for static clients only (registration: {strategy})")
-        if "private_key_jwt" in self.token_endpoint_auth_methods:
-            raise _keyed(
-                "token_endpoint_auth_methods",
-                "private_key_jwt is not available in this build yet; remove it",
-            )
         if not self.token_endpoint_auth_methods:
             raise _keyed("token_endpoint_auth_methods", "must not be empty")
 
     def _check_flow(self) -> None:
-        if self.callback == "sidecar" or self.pkce == "sidecar" or self.app_issuer == "sidecar":
-            if self.callback != "sidecar":
-                raise _keyed(
-                    "callback", "app_issuer: sidecar and pkce: sidecar need callback: sidecar"
-                )
-            raise _keyed(
-                "callback", "callback mediation (sidecar) is not available in this build yet"
-            )
+        """DESIGN §2.2: the combinations of callback, app_issuer and pkce."""
+        for key in ("app_issuer", "pkce"):
+            if getattr(self, key) == "sidecar" and self.callback != "sidecar":
+                raise _keyed(key, "sidecar needs callback: sidecar (the sidecar must see the "
+                                  "authorization response)")
+        if self.app_issuer == "sidecar" and "openid" in self.scopes:
+            raise _keyed("app_issuer", "sidecar cannot be used with the openid scope: ID tokens "
+                                       "carry the AS's issuer, which must equal the one the "
+                                       "app discovered (OIDC Core §3.1.3.7); use app_issuer: "
+                                       "upstream for OIDC apps")
         if "authorization_code" in self.grant_types and not self.redirect_uris:
+            role = "are the app-side allow-list" if self.callback == "sidecar" else "are registered"
             raise _keyed(
                 "redirect_uris",
-                "must list the app's redirect URIs when grant_types has authorization_code",
+                "must list the app's redirect URIs when grant_types has authorization_code "
+                f"(they {role})",
             )
 
     @property
@@ -467,6 +466,11 @@ class Upstream(_Model):
     @property
     def response_types(self) -> list[str]:
         return ["code"] if "authorization_code" in self.grant_types else []
+
+    @property
+    def default_resource(self) -> str | None:
+        """The RFC 8707 `resource` to send when the app named none (`resource_indicator`)."""
+        return self.resource if self.resource_indicator == "auto" else None
 
     def configured_urls(self) -> list[str]:
         """Every URL the operator wrote for this upstream (its configured authorities)."""
@@ -588,6 +592,20 @@ class Settings(_Model):
 
     def upstream(self, name: str) -> Upstream | None:
         return next((u for u in self.upstreams if u.name == name), None)
+
+    def callback_uri(self, name: str) -> str:
+        """The redirect URI registered at the AS under `callback: sidecar` (DESIGN §3.6)."""
+        return f"{self.public_base}/{name}/callback"
+
+    def sidecar_issuer(self, name: str) -> str:
+        """The issuer served to the app under `app_issuer: sidecar`."""
+        return f"{self.backchannel_base}/{name}"
+
+    def registered_redirect_uris(self, upstream: Upstream) -> list[str]:
+        """What registration sends: the sidecar's callback when it mediates, else the app's."""
+        if upstream.callback == "app":
+            return list(upstream.redirect_uris)
+        return [self.callback_uri(upstream.name)] if upstream.response_types else []
 
 
 def _url_host(host: str) -> str:

@@ -6,7 +6,8 @@
     ├── NotFound                       404     not_found
     ├── BadRequest                     400     invalid_request
     │   ├── PayloadTooLarge            413     invalid_request
-    │   └── HeadersTooLarge            431     invalid_request
+    │   ├── HeadersTooLarge            431     invalid_request
+    │   └── InvalidGrant               400     invalid_grant    (a code the sidecar did not mediate)
     ├── InboundUnauthorized            401     invalid_client   (+ WWW-Authenticate: Basic)
     ├── AdminUnauthorized              401     invalid_token    (+ WWW-Authenticate: Bearer)
     ├── Conflict                       409     conflict
@@ -78,6 +79,12 @@ class PayloadTooLarge(BadRequest):
 
 class HeadersTooLarge(BadRequest):
     status = 431
+
+
+class InvalidGrant(BadRequest):
+    """Under callback mediation, a code exchange the sidecar has no record for (RFC 6749 §5.2)."""
+
+    error = "invalid_grant"
 
 
 class InboundUnauthorized(SidecarError):

@@ -10,13 +10,14 @@ Definitions:
 Rules:
 - The initial access token goes only to a registration endpoint on a configured authority of
   its own upstream (:func:`check_iat_destination`); else ``PolicyRefused`` (502) naming both.
-- A client secret (``client_secret_basic`` / ``client_secret_post``) goes only to an endpoint
-  on a configured authority of its own upstream, or on the authority its own upstream's
-  validated metadata document was fetched from (after discovery's same-origin redirects)
-  (:func:`check_secret_destination`). A token endpoint on any other host — one the AS's
-  document names but the operator never wrote — is refused; pin it under ``endpoints`` when it
-  is intended. Public clients (``none``) carry no secret and are not restricted here; the
-  address policy still applies to every connection.
+- A client credential — a secret (``client_secret_basic`` / ``client_secret_post``) or a
+  ``private_key_jwt`` assertion, which whoever receives it could replay at the real AS until
+  it expires — goes only to an endpoint on a configured authority of its own upstream, or on
+  the authority its own upstream's validated metadata document was fetched from (after
+  discovery's same-origin redirects) (:func:`check_secret_destination`). A token endpoint on
+  any other host — one the AS's document names but the operator never wrote — is refused; pin
+  it under ``endpoints`` when it is intended. Public clients (``none``) send no credential and
+  are not restricted here; the address policy still applies to every connection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.dial import Authority, authority, authority_text
 from dcr_sidecar.oauth.metadata import Metadata
-from dcr_sidecar.oauth.registration import SECRET_METHODS
 from dcr_sidecar.oauth.text import safe_url
 
 
@@ -41,7 +41,7 @@ def configured_authorities(upstream: Upstream) -> set[Authority]:
 
 
 def secret_authorities(upstream: Upstream, metadata: Metadata) -> set[Authority]:
-    """Where a client secret of `upstream` may go: its configured authorities and the
+    """Where a client credential of `upstream` may go: its configured authorities and the
     authority its metadata document came from."""
     allowed = configured_authorities(upstream)
     source = _authority_of(metadata.source) if metadata.source else None
@@ -70,8 +70,8 @@ def check_iat_destination(upstream: Upstream, endpoint: str) -> None:
 
 def check_secret_destination(upstream: Upstream, metadata: Metadata, method: str,
                              url: str) -> None:
-    """Refuse to send `upstream`'s client secret to an endpoint outside its own authorities."""
-    if method not in SECRET_METHODS:
+    """Refuse to send `upstream`'s client credential to an endpoint outside its authorities."""
+    if method == "none":
         return
     target = _authority_of(url)
     allowed = secret_authorities(upstream, metadata)
@@ -79,6 +79,6 @@ def check_secret_destination(upstream: Upstream, metadata: Metadata, method: str
         return
     shown = authority_text(target) if target is not None else "no valid authority"
     raise errors.PolicyRefused(
-        f"refusing to send the client secret of {upstream.name!r} to {safe_url(url)}: {shown} "
-        f"is not one of its authorities ({_listed(allowed)}); pin the endpoint under "
+        f"refusing to send the client credentials of {upstream.name!r} to {safe_url(url)}: "
+        f"{shown} is not one of its authorities ({_listed(allowed)}); pin the endpoint under "
         "endpoints if it is intended", step="forward", upstream=upstream.name)

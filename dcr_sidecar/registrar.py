@@ -15,13 +15,14 @@ from typing import Any, Literal
 import structlog
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Upstream, read_secret
+from dcr_sidecar.config import Settings, Upstream, read_secret
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
 from dcr_sidecar.oauth.metadata import Metadata, synthesized_registration_endpoint
 from dcr_sidecar.oauth.registration import (
     InsufficientResponse,
+    KeyBinding,
     RegisteredClient,
     RegistrationProfile,
     build_request,
@@ -37,9 +38,9 @@ log = structlog.get_logger(__name__)
 Provenance = Literal["configured", "metadata", "guessed"]
 
 
-def profile_of(upstream: Upstream) -> RegistrationProfile:
+def profile_of(upstream: Upstream, settings: Settings) -> RegistrationProfile:
     return RegistrationProfile(
-        redirect_uris=tuple(upstream.redirect_uris),
+        redirect_uris=tuple(settings.registered_redirect_uris(upstream)),
         grant_types=tuple(upstream.grant_types),
         response_types=tuple(upstream.response_types),
         scopes=tuple(upstream.scopes),
@@ -72,23 +73,31 @@ class Registration:
     provenance: Provenance
 
 
+def choose_method(upstream: Upstream, metadata: Metadata) -> str:
+    """The token endpoint auth method to register (DESIGN §3.3), or a typed error."""
+    try:
+        return select_auth_method(
+            upstream.token_endpoint_auth_methods,
+            metadata.get_list("token_endpoint_auth_methods_supported"),
+            metadata.get_list("code_challenge_methods_supported"),
+            upstream.client_profile,
+            metadata.get_list("token_endpoint_auth_signing_alg_values_supported"),
+        )
+    except NoCommonMethod as exc:
+        raise errors.NoAuthMethod(exc.reason, step="select_auth_method",
+                                  upstream=upstream.name) from exc
+
+
 class Registrar:
     def __init__(self, outbound: Outbound) -> None:
         self.outbound = outbound
 
     def choose_method(self, upstream: Upstream, metadata: Metadata) -> str:
-        try:
-            return select_auth_method(
-                upstream.token_endpoint_auth_methods,
-                metadata.get_list("token_endpoint_auth_methods_supported"),
-                metadata.get_list("code_challenge_methods_supported"),
-                upstream.client_profile,
-            )
-        except NoCommonMethod as exc:
-            raise errors.NoAuthMethod(exc.reason, step="select_auth_method",
-                                      upstream=upstream.name) from exc
+        return choose_method(upstream, metadata)
 
-    async def register(self, upstream: Upstream, metadata: Metadata) -> Registration:
+    async def register(self, upstream: Upstream, metadata: Metadata,
+                       key: KeyBinding | None = None) -> Registration:
+        """Register a client; `key` is the public side of the private_key_jwt key pair."""
         method = self.choose_method(upstream, metadata)
         endpoint, provenance = registration_endpoint(upstream, metadata)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -97,7 +106,7 @@ class Registrar:
             check_iat_destination(upstream, endpoint)  # before any connection
             remember_secret(iat)
             headers["Authorization"] = f"Bearer {iat.reveal()}"
-        body = build_request(profile_of(upstream), method)
+        body = build_request(profile_of(upstream, self.outbound.settings), method, key)
         response = await self.outbound.request(
             "POST", endpoint, step="register", upstream=upstream.name, headers=headers,
             data=json.dumps(body).encode())

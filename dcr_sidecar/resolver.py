@@ -31,12 +31,13 @@ from typing import TypeVar
 import structlog
 
 from dcr_sidecar import errors
+from dcr_sidecar.client_keys import client_credentials, registration_key
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
 from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
-from dcr_sidecar.oauth.client_auth import AuthParts, ClientCredentials, auth_parts
+from dcr_sidecar.oauth.client_auth import ClientCredentials
 from dcr_sidecar.oauth.lifetime import management_fields, renew_at, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import fingerprint
@@ -65,7 +66,7 @@ class Credentials:
     generation: int
     expires_at: int
     static: bool
-    auth: AuthParts
+    auth: ClientCredentials  # encoded per request (oauth.client_auth.auth_parts)
 
     @property
     def issuer(self) -> str:
@@ -251,6 +252,10 @@ class Resolver:
         the maintenance loop renews in the background while the current secret stays valid."""
         return time.monotonic() >= state.metadata_expires or _expired(creds)
 
+    def _fingerprint(self, config: Upstream) -> str:
+        """The fingerprint of the registration this config asks for (DESIGN §3.4)."""
+        return fingerprint(profile_of(config, self.settings))
+
     def _renewal_due(self, state: UpstreamState, gen: Generation, now: float) -> bool:
         when = renew_at(gen.client_secret_expires_at, gen.received_at)
         if when is None or now < when:
@@ -335,13 +340,13 @@ class Resolver:
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True,
-            auth=auth_parts(ClientCredentials(config.client_id, config.client_secret, method)))
+            auth=ClientCredentials(config.client_id, config.client_secret, method))
         self._switch(state, creds)
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:
         config = state.config
         key = RecordKey(metadata.issuer, config.name)
-        wanted = fingerprint(profile_of(config))
+        wanted = self._fingerprint(config)
         async with self._locked(state, key):
             record = await self._read(state, key)
             now = time.time()
@@ -381,7 +386,9 @@ class Resolver:
                         wanted: str) -> tuple[Generation, Record]:
         config = state.config
         state.step = "register"
-        registration = await self.registrar.register(config, metadata)
+        signing_key = await registration_key(config, metadata, record)
+        registration = await self.registrar.register(
+            config, metadata, signing_key.binding() if signing_key else None)
         client = registration.client
         now = time.time()
         generation = Generation(
@@ -392,7 +399,8 @@ class Resolver:
             client_id_issued_at=client.client_id_issued_at,
             registration_access_token=client.registration_access_token,
             registration_client_uri=client.registration_client_uri,
-            registration_endpoint=registration.endpoint, received_at=now)
+            registration_endpoint=registration.endpoint, received_at=now,
+            private_key=signing_key.private_jwk if signing_key else None)
         updated = record.with_generation(generation, now)
         await self._write(state, updated)
         state.registered_here.add(generation.generation)
@@ -477,7 +485,7 @@ class Resolver:
         metadata = await self._fresh_metadata(state)
         config = state.config
         key = RecordKey(metadata.issuer, config.name)
-        wanted = fingerprint(profile_of(config))
+        wanted = self._fingerprint(config)
         async with self._locked(state, key):
             record = await self._read(state, key)
             now = time.time()
@@ -620,7 +628,7 @@ class Resolver:
         async def work(state: UpstreamState) -> Credentials:
             metadata = await self._fresh_metadata(state)
             key = RecordKey(metadata.issuer, name)
-            wanted = fingerprint(profile_of(state.config))
+            wanted = self._fingerprint(state.config)
             async with self._locked(state, key):
                 record = await self._read(state, key)
                 current, record = await self._register(state, metadata, record, wanted)
@@ -646,7 +654,7 @@ class Resolver:
             key = RecordKey(metadata.issuer, name)
             async with self._locked(state, key):
                 record = await self._read(state, key)
-                current = record.current(fingerprint(profile_of(state.config)), time.time())
+                current = record.current(self._fingerprint(state.config), time.time())
                 if current is None:
                     raise errors.Conflict(f"upstream {name!r} has no registered client to "
                                           "delete")
@@ -684,8 +692,7 @@ def _credentials(config: Upstream, metadata: Metadata, gen: Generation) -> Crede
         upstream=config.name, metadata=metadata, client_id=gen.client_id,
         method=gen.token_endpoint_auth_method, generation=gen.generation,
         expires_at=gen.client_secret_expires_at, static=False,
-        auth=auth_parts(ClientCredentials(gen.client_id, gen.client_secret,
-                                          gen.token_endpoint_auth_method)))
+        auth=client_credentials(gen, config, metadata))
 
 
 def write_atomic(path: Path, content: str, *, mode: int) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp.abc import AbstractResolver
 
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
@@ -46,8 +45,11 @@ class LeakGuard:
         found: list[str] = []
         for record in json.loads(path.read_text())["records"].values():
             for gen in record["generations"]:
-                found += [gen[k] for k in ("client_secret", "registration_access_token")
-                          if gen.get(k)]
+                found += [gen[k] for k in ("client_secret", "registration_access_token",
+                                           "private_key") if gen.get(k)]
+                if gen.get("private_key"):  # the private JWK's secret members on their own too
+                    jwk = json.loads(gen["private_key"])
+                    found += [jwk[m] for m in ("d", "p", "q", "dp", "dq", "qi") if m in jwk]
         self.add(*found)
         return found
 
@@ -139,10 +141,10 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     """Start in-process sidecars from a config dict merged over test defaults."""
     running: list[Sidecar] = []
 
-    async def start(extra: dict[str, Any], *, resolver: AbstractResolver | None = None
-                    ) -> Sidecar:
+    async def start(extra: dict[str, Any], **kwargs: Any) -> Sidecar:
+        """`kwargs` go to :class:`Sidecar` (e.g. `flows=` a flow store with a test clock)."""
         text = yaml.safe_dump(sidecar_config(tmp_path, extra))
-        instance = Sidecar(parse_settings(text, "test.yaml"), resolver=resolver)
+        instance = Sidecar(parse_settings(text, "test.yaml"), **kwargs)
         await instance.start()
         running.append(instance)
         return instance

@@ -57,3 +57,18 @@ async def validate_id_token(metadata: dict[str, Any], id_token: str, client_id: 
     )
     registry.validate(token.claims)
     return dict(token.claims)
+
+
+async def browser_to_callback(authorize_url: str, callback_prefix: str) -> str:
+    """A person's login and consent starting at the sidecar's /authorize; returns the AS's
+    redirect to the sidecar's /callback (not yet requested)."""
+    async with new_browser_session() as browser:
+        return await login_and_consent(browser, authorize_url, callback_prefix)
+
+
+async def follow_once(url: str) -> tuple[int, str | None, Any]:
+    """GET without following redirects: (status, Location, JSON body or None)."""
+    async with aiohttp.ClientSession() as session, session.get(
+            url, allow_redirects=False) as resp:
+        body = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, resp.headers.get("Location"), body

@@ -120,7 +120,8 @@ async def test_discovery_url_with_rfc8414_insertion_derives_the_path_issuer(
     client = await get_json(f"{side.listen.url}/t/client")
     assert client["issuer"] == provider.issuer
     discovery_gets = [r for r in await provider.requests() if "well-known" in r["path"]]
-    assert len(discovery_gets) == 1
+    assert [r["path"] for r in discovery_gets] == [
+        "/.well-known/oauth-authorization-server/tenant-a"], discovery_gets
 
 
 async def test_endpoints_source_makes_no_discovery_request(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Inbound
+from dcr_sidecar.config import Inbound, parse_settings
 from dcr_sidecar.dial import authority
 from dcr_sidecar.net import Response
 from dcr_sidecar.oauth import ProtocolError
@@ -41,6 +41,10 @@ from dcr_sidecar.proxy.metadata import rewrite
 
 T = TypeVar("T")
 ISSUER = "https://as.test/realm"
+SETTINGS = parse_settings(
+    "version: 1\npublic_base_url: https://p.test\nbackchannel_base_url: http://b.test\n"
+    f"upstreams:\n- {{name: acme, issuer: '{ISSUER}', grant_types: [client_credentials]}}\n",
+    "fuzz.yaml")
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -101,8 +105,7 @@ def test_metadata_validation_raises_only_protocol_errors(document: Any) -> None:
     assert isinstance(meta, Metadata)
     for member in URL_MEMBERS:
         assert meta.get_url(member) is None or isinstance(meta.get_url(member), str)
-    rewritten = rewrite(meta.document, name="acme", public_base="https://p.test",
-                        backchannel_base="http://b.test", inbound=Inbound())
+    rewritten = rewrite(meta.document, upstream=SETTINGS.upstreams[0], settings=SETTINGS)
     assert "registration_endpoint" not in rewritten
 
 

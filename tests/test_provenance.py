@@ -198,7 +198,7 @@ async def test_client_secret_goes_only_to_its_own_upstreams_authorities(
         static(b.base, name="b", client_secret=SECRET + "-b")]})
     status, body = await post_token(side.listen.url, "a")
     assert status == 502
-    assert "refusing to send the client secret of 'a'" in body["error_description"]
+    assert "refusing to send the client credentials of 'a'" in body["error_description"]
     assert f"http://127.0.0.1:{b.port}" in body["error_description"]
     assert requests_to(b, "/token") == 0
     status, body = await post_token(side.listen.url, "b")  # b's own secret is fine there

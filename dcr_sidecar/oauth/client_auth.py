@@ -3,15 +3,20 @@
 Each encoder turns a client's credentials into the parts of a request that carry them: headers
 to set and form parameters to add. The proxy strips whatever the app sent first, so exactly one
 method reaches the AS (RFC 6749 §2.3: a client MUST NOT use more than one method per request).
+Encoders run per request: `private_key_jwt` needs a fresh `jti` and `exp` every time
+(RFC 7523 §3), which :class:`Freshness` carries.
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote_plus
 
+from dcr_sidecar.oauth.jose import JWT_BEARER, Signer, client_assertion
 from dcr_sidecar.oauth.secret import Secret
 
 # Form parameters that authenticate a client; the app's are always removed (RFC 6749 §2.3,
@@ -23,9 +28,28 @@ CLIENT_AUTH_PARAMS = frozenset(
 
 @dataclass(frozen=True)
 class ClientCredentials:
+    """What one client authenticates with; `signer` and `audience` serve private_key_jwt."""
+
     client_id: str
     client_secret: Secret | None
     method: str
+    signer: Signer | None = None
+    audience: str | None = None
+
+    def __repr__(self) -> str:  # the secret and the key stay out of logs
+        return f"ClientCredentials({self.client_id!r}, method={self.method})"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Per-request values: the time and a unique id for an assertion."""
+
+    now: int
+    jti: str
+
+    @classmethod
+    def new(cls) -> Freshness:
+        return cls(int(time.time()), secrets.token_urlsafe(24))
 
 
 @dataclass(frozen=True)
@@ -51,33 +75,45 @@ def _secret(creds: ClientCredentials) -> str:
     return creds.client_secret.reveal()
 
 
-def _basic(creds: ClientCredentials) -> AuthParts:
+def _basic(creds: ClientCredentials, _: Freshness) -> AuthParts:
     return AuthParts(
         headers={"Authorization": basic_authorization(creds.client_id, _secret(creds))}
     )
 
 
-def _post(creds: ClientCredentials) -> AuthParts:
+def _post(creds: ClientCredentials, _: Freshness) -> AuthParts:
     return AuthParts(form=(("client_id", creds.client_id), ("client_secret", _secret(creds))))
 
 
-def _none(creds: ClientCredentials) -> AuthParts:
+def _none(creds: ClientCredentials, _: Freshness) -> AuthParts:
     return AuthParts(form=(("client_id", creds.client_id),))
 
 
-ENCODERS: Mapping[str, Callable[[ClientCredentials], AuthParts]] = {
+def _private_key_jwt(creds: ClientCredentials, fresh: Freshness) -> AuthParts:
+    """RFC 7523 §2.2: a signed assertion, no client_id needed beside it (RFC 7521 §4.2)."""
+    if creds.signer is None or creds.audience is None:
+        raise ValueError("private_key_jwt needs a signing key and an audience")
+    assertion = client_assertion(creds.signer, client_id=creds.client_id,
+                                 audience=creds.audience, now=fresh.now, jti=fresh.jti)
+    return AuthParts(form=(("client_assertion_type", JWT_BEARER),
+                           ("client_assertion", assertion)))
+
+
+ENCODERS: Mapping[str, Callable[[ClientCredentials, Freshness], AuthParts]] = {
     "client_secret_basic": _basic,
     "client_secret_post": _post,
     "none": _none,
+    "private_key_jwt": _private_key_jwt,
 }
 
 
-def auth_parts(creds: ClientCredentials) -> AuthParts:
+def auth_parts(creds: ClientCredentials, fresh: Freshness | None = None) -> AuthParts:
+    """The parts for one request (call once per request: assertions are single-use)."""
     try:
         encoder = ENCODERS[creds.method]
     except KeyError:
         raise ValueError(f"unsupported client authentication method {creds.method!r}") from None
-    return encoder(creds)
+    return encoder(creds, fresh or Freshness.new())
 
 
 def strip_client_auth(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -19,7 +19,8 @@ from dcr_sidecar.oauth.text import clean_text
 
 _VSCHAR = re.compile(r"[\x20-\x7e]+")
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
-# Methods the sidecar can perform once registered, given what it holds.
+# Methods the sidecar can perform once registered, given what it holds; private_key_jwt only
+# when the request carried the sidecar's `jwks`.
 PERFORMABLE = frozenset({"client_secret_basic", "client_secret_post", "none"})
 
 
@@ -100,8 +101,18 @@ def fingerprint(profile: RegistrationProfile) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def build_request(profile: RegistrationProfile, auth_method: str) -> dict[str, Any]:
-    """The RFC 7591 §2 JSON body. Operator metadata first, so owned keys always win."""
+@dataclass(frozen=True)
+class KeyBinding:
+    """The public side of the client's key pair for private_key_jwt (RFC 7591 §2 `jwks`)."""
+
+    jwks: Mapping[str, Any]
+    alg: str
+
+
+def build_request(profile: RegistrationProfile, auth_method: str,
+                  key: KeyBinding | None = None) -> dict[str, Any]:
+    """The RFC 7591 §2 JSON body. Operator metadata first, so owned keys always win. The
+    `jwks` go with private_key_jwt only (never part of the fingerprint)."""
     body: dict[str, Any] = dict(profile.client_metadata)
     body.update(
         {
@@ -116,6 +127,11 @@ def build_request(profile: RegistrationProfile, auth_method: str) -> dict[str, A
         body["scope"] = profile.scope
     if profile.software_statement:
         body["software_statement"] = profile.software_statement.reveal()
+    if auth_method == "private_key_jwt":
+        if key is None:
+            raise ValueError("private_key_jwt registration needs the client's key")
+        body["jwks"] = dict(key.jwks)
+        body["token_endpoint_auth_signing_alg"] = key.alg
     return body
 
 
@@ -206,11 +222,18 @@ def check_response(
 def _checked_method(document: Mapping[str, Any], request: Mapping[str, Any]) -> str:
     # RFC 7591 §2: an omitted token_endpoint_auth_method means client_secret_basic.
     method = _str_or_none(document, "token_endpoint_auth_method") or "client_secret_basic"
-    if method not in PERFORMABLE:
+    performable = PERFORMABLE | ({"private_key_jwt"} if "jwks" in request else set())
+    if method not in performable:
         raise InsufficientResponse(
             f"the AS registered token_endpoint_auth_method {clean_text(method)!r}, which the "
             f"sidecar cannot perform (it asked for {request.get('token_endpoint_auth_method')})"
         )
+    if method == "private_key_jwt":
+        alg = document.get("token_endpoint_auth_signing_alg")
+        if alg is not None and alg != request.get("token_endpoint_auth_signing_alg"):
+            raise InsufficientResponse(
+                f"the AS registered token_endpoint_auth_signing_alg {clean_text(alg)!r}; the "
+                f"sidecar's key signs {request.get('token_endpoint_auth_signing_alg')}")
     return method
 
 

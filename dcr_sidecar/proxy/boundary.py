@@ -20,6 +20,8 @@ log = structlog.get_logger("dcr_sidecar.request")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID = "X-Request-Id"
 MAX_HEADER_COUNT = 100
+# The id this request is known by (the app's valid one, else generated); forwarded to the AS.
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 def request_id_of(request: web.Request) -> str:
@@ -64,7 +66,7 @@ def _route_label(request: web.Request) -> str:
 @web.middleware
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    request_id = request_id_of(request)
+    request_id = request[REQUEST_ID_KEY] = request_id_of(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     runtime = request.app.get(RUNTIME)

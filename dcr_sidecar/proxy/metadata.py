@@ -1,4 +1,11 @@
-"""AS metadata as served to the app (DESIGN §2.3), and GET /{name}/client."""
+"""AS metadata as served to the app (DESIGN §2.3), and GET /{name}/client.
+
+The document is the AS's own with the sidecar in its place: the sidecar's endpoints, the auth
+methods the sidecar accepts from the app, no registration endpoint, and nothing the app cannot
+use through the sidecar (client-auth signing algorithms, DPoP, mTLS, CIBA). Under
+`app_issuer: sidecar` the issuer is the sidecar's; under `callback: sidecar` only what the
+sidecar mediates is advertised (code, query) and `iss` is always sent (RFC 9207).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dcr_sidecar.config import Inbound
+from dcr_sidecar.config import Inbound, Settings, Upstream
+from dcr_sidecar.oauth.callback import as_advertises_iss
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
 
@@ -25,11 +33,20 @@ REMOVED_MEMBERS = frozenset({
     "backchannel_token_delivery_modes_supported",
     "backchannel_authentication_request_signing_alg_values_supported",
     "backchannel_user_code_parameter_supported",
+    "client_id_metadata_document_supported",  # the sidecar replaces the app's client_id
 })
 AUTH_METHOD_LISTS = {
     "token_endpoint": "token_endpoint_auth_methods_supported",
     "revocation_endpoint": "revocation_endpoint_auth_methods_supported",
     "introspection_endpoint": "introspection_endpoint_auth_methods_supported",
+}
+# What callback mediation can carry (DESIGN §3.6): code in the query, no request objects.
+MEDIATED = {
+    "response_types_supported": ["code"],
+    "response_modes_supported": ["query"],
+    "request_parameter_supported": False,
+    "request_uri_parameter_supported": False,
+    "authorization_response_iss_parameter_supported": True,
 }
 
 
@@ -38,28 +55,36 @@ def inbound_methods(inbound: Inbound) -> list[str]:
     return methods if inbound.client_secret is not None else [*methods, "none"]
 
 
-def rewrite(document: Mapping[str, Any], *, name: str, public_base: str, backchannel_base: str,
-            inbound: Inbound) -> dict[str, Any]:
+def advertises_iss(document: Mapping[str, Any], upstream: Upstream) -> bool:
+    """Whether the served document advertises RFC 9207 `iss` in authorization responses."""
+    return upstream.callback == "sidecar" or as_advertises_iss(document)
+
+
+def rewrite(document: Mapping[str, Any], *, upstream: Upstream,
+            settings: Settings) -> dict[str, Any]:
     """The AS document with the sidecar's endpoints and auth methods in place of the AS's."""
+    name = upstream.name
     doc = {k: v for k, v in document.items() if k not in REMOVED_MEMBERS}
     if "authorization_endpoint" in doc:
-        doc["authorization_endpoint"] = f"{public_base}/{name}/authorize"
+        doc["authorization_endpoint"] = f"{settings.public_base}/{name}/authorize"
     for route, member in ROUTES.items():
         if member in doc:
-            doc[member] = f"{backchannel_base}/{name}/{route}"
+            doc[member] = f"{settings.backchannel_base}/{name}/{route}"
     for endpoint, methods_member in AUTH_METHOD_LISTS.items():
         if endpoint in doc:
-            doc[methods_member] = inbound_methods(inbound)
+            doc[methods_member] = inbound_methods(settings.inbound)
+    if upstream.callback == "sidecar":
+        doc.update(MEDIATED)
+    if upstream.app_issuer == "sidecar":
+        doc["issuer"] = settings.sidecar_issuer(name)
     return doc
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    name = request.match_info["name"]
-    runtime.upstream(name)
-    meta = await runtime.resolver.metadata(name)
-    doc = rewrite(meta.document, name=name, public_base=runtime.public_base,
-                  backchannel_base=runtime.backchannel_base, inbound=runtime.settings.inbound)
+    upstream = runtime.upstream(request.match_info["name"])
+    meta = await runtime.resolver.metadata(upstream.name)
+    doc = rewrite(meta.document, upstream=upstream, settings=runtime.settings)
     return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
 
 

@@ -1,8 +1,10 @@
-"""Token-like routes: token, PAR, revocation, introspection, device authorization.
+"""Token-like routes: token, PAR (RFC 9126), revocation (RFC 7009), introspection (RFC 7662),
+device authorization (RFC 8628).
 
 The request is rebuilt from parts (DESIGN §2.3): allow-listed headers only, the app's client
-authentication removed, exactly the registered method injected (RFC 6749 §2.3); the AS answer is
-relayed as is. No redirects are followed.
+authentication removed, exactly the registered method injected (RFC 6749 §2.3), encoded afresh
+for each request; the AS answer is relayed as is. No redirects are followed. Under
+`callback: sidecar` PAR is mediated and code exchanges restored (:mod:`.mediation`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
+from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
-from dcr_sidecar.oauth.client_auth import strip_client_auth
+from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
+from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.provenance import check_secret_destination
-from dcr_sidecar.proxy.boundary import REQUEST_ID
+from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
-from dcr_sidecar.proxy.runtime import RUNTIME
+from dcr_sidecar.proxy.mediation import mediate, restore_code_exchange
+from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Credentials
 
 # route suffix -> AS metadata member
@@ -32,20 +37,33 @@ ROUTES: Mapping[str, str] = {
     "introspect": "introspection_endpoint",
     "device_authorization": "device_authorization_endpoint",
 }
-FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent", REQUEST_ID)
+# Requests that may name a resource (RFC 8707 §2.1 authorization requests, §2.2 token).
+RESOURCE_ROUTES = frozenset({"token", "par", "device_authorization"})
+# A pushed authorization request is an authorization request: client_id is one of its
+# parameters (RFC 9126 §2.1, RFC 6749 §4.1.1) whatever the client authentication.
+CLIENT_ID_ROUTES = frozenset({"par"})
+FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
 FORM_TYPE = "application/x-www-form-urlencoded"
+Pairs = list[tuple[str, str]]
 
 
-def outbound_headers(incoming: Mapping[str, str], creds: Credentials) -> dict[str, str]:
+def outbound_headers(incoming: Mapping[str, str], request_id: str,
+                     auth: AuthParts) -> dict[str, str]:
     headers = {name: incoming[name] for name in FORWARDED_REQUEST_HEADERS if name in incoming}
+    headers[REQUEST_ID] = request_id
     headers["Content-Type"] = FORM_TYPE
-    headers.update(creds.auth.headers)
+    headers.update(auth.headers)
     return headers
 
 
-def outbound_form(pairs: list[tuple[str, str]], creds: Credentials) -> bytes:
-    return urlencode([*strip_client_auth(pairs), *creds.auth.form]).encode("ascii")
+def outbound_form(pairs: Pairs, auth: AuthParts, client_id: str | None = None) -> bytes:
+    """The app's form without its client authentication, plus the injected one; `client_id`
+    is added as a request parameter when the method does not carry it already."""
+    form = [*strip_client_auth(pairs), *auth.form]
+    if client_id is not None and not any(k == "client_id" for k, _ in auth.form):
+        form.append(("client_id", client_id))
+    return urlencode(form).encode("ascii")
 
 
 def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
@@ -53,54 +71,41 @@ def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
     return web.Response(status=status, body=body, headers=kept)
 
 
-def handler(route: str) -> Handler:
-    member = ROUTES[route]
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        runtime = request.app[RUNTIME]
-        name = request.match_info["name"]
-        upstream = runtime.upstream(name)
-        if "DPoP" in request.headers:
-            raise errors.BadRequest("DPoP is not supported by dcr-sidecar version 1")
-        if request.content_type != FORM_TYPE:
-            raise errors.BadRequest(f"the body must be {FORM_TYPE} (RFC 6749 §3.2)")
-        body = await read_body(request, runtime.settings.limits.max_request_bytes)
-        pairs = parse_form(body)
-        check_inbound(runtime.settings.inbound, request.headers, pairs)
-        creds = await runtime.resolver.credentials(name)
-
-        async def send(with_creds: Credentials) -> Response:
-            url = with_creds.metadata.get_url(member)
-            if url is None:
-                raise errors.NotFound(f"the authorization server of {name!r} has no {member}")
-            check_secret_destination(upstream, with_creds.metadata, with_creds.method, url)
-            return await runtime.outbound.request(
-                "POST", url, step="forward", upstream=name,
-                headers=outbound_headers(request.headers, with_creds),
-                data=outbound_form(pairs, with_creds),
-                error_limit=runtime.settings.limits.max_response_bytes)
-
-        response = await send(creds)
-        error = oauth_error(response)
-        if error == "invalid_client" and not creds.static:
-            fresh = await runtime.resolver.recover(name, creds)
-            # Only a client_credentials grant is safe to replay transparently (DESIGN §3.5).
-            if fresh is not None and route == "token" and grant_type(pairs) == CLIENT_CREDENTIALS:
-                response = await send(fresh)
-        elif error == "invalid_grant" and route == "token" and grant_type(pairs) in GRACE_GRANTS:
-            previous = runtime.resolver.previous(name)
-            if previous is not None:  # issued to the superseded generation (DESIGN §3.4)
-                response = await send(previous)
-        return relay(response.status, response.headers, response.body)
-
-    return forward
+async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
+                   pairs: Pairs) -> tuple[Pairs, Credentials]:
+    """The app's form as the AS must see it: mediated, restored, the default resource added."""
+    if upstream.callback == "sidecar" and route == "par":
+        pairs = await mediate(runtime, upstream, creds, pairs)
+    elif upstream.callback == "sidecar" and route == "token":
+        pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
+    if route in RESOURCE_ROUTES:
+        pairs = with_default_resource(pairs, upstream.default_resource)
+    return pairs, creds
 
 
 CLIENT_CREDENTIALS = "client_credentials"
 GRACE_GRANTS = frozenset({"authorization_code", "refresh_token"})
 
 
-def grant_type(pairs: list[tuple[str, str]]) -> str | None:
+async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs: Pairs, *,
+                        creds: Credentials, response: Response) -> Credentials | None:
+    """Credentials to retry once with, or None (DESIGN §3.4, §3.5).
+
+    `invalid_client` for a dynamic client: the resolver finds out why and recovers; only a
+    client_credentials grant is replayed transparently. `invalid_grant` for a code or refresh
+    grant: retried with the superseded generation still within its grace (under callback
+    mediation the flow record names the generation instead)."""
+    error = oauth_error(response)
+    grant = grant_type(pairs) if route == "token" else None
+    if error == "invalid_client" and not creds.static:
+        fresh = await runtime.resolver.recover(upstream.name, creds)
+        return fresh if fresh is not None and grant == CLIENT_CREDENTIALS else None
+    if error == "invalid_grant" and grant in GRACE_GRANTS and upstream.callback != "sidecar":
+        return runtime.resolver.previous(upstream.name)
+    return None
+
+
+def grant_type(pairs: Pairs) -> str | None:
     return next((v for k, v in pairs if k == "grant_type"), None)
 
 
@@ -114,3 +119,47 @@ def oauth_error(response: Response) -> str | None:
         return None
     error = document.get("error") if isinstance(document, dict) else None
     return error if isinstance(error, str) else None
+
+
+async def read_form(request: web.Request, runtime: Runtime) -> Pairs:
+    if "DPoP" in request.headers:
+        raise errors.BadRequest("DPoP is not supported by dcr-sidecar version 1")
+    if request.content_type != FORM_TYPE:
+        raise errors.BadRequest(f"the body must be {FORM_TYPE} (RFC 6749 §3.2)")
+    return parse_form(await read_body(request, runtime.settings.limits.max_request_bytes))
+
+
+def handler(route: str) -> Handler:
+    member = ROUTES[route]
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        runtime = request.app[RUNTIME]
+        upstream = runtime.upstream(request.match_info["name"])
+        pairs = await read_form(request, runtime)
+        check_inbound(runtime.settings.inbound, request.headers, pairs)
+        creds = await runtime.resolver.credentials(upstream.name)
+        if creds.metadata.get_url(member) is None:
+            raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
+                                  f"{member}")
+        pairs, creds = await adjusted(route, runtime, upstream, creds, pairs)
+
+        async def send(with_creds: Credentials) -> Response:
+            auth = auth_parts(with_creds.auth)
+            url = with_creds.metadata.get_url(member)
+            assert url is not None
+            check_secret_destination(upstream, with_creds.metadata, with_creds.method, url)
+            return await runtime.outbound.request(
+                "POST", url, step="forward", upstream=upstream.name,
+                headers=outbound_headers(request.headers, request[REQUEST_ID_KEY], auth),
+                data=outbound_form(pairs, auth,
+                                   with_creds.client_id if route in CLIENT_ID_ROUTES else None),
+                error_limit=runtime.settings.limits.max_response_bytes)
+
+        response = await send(creds)
+        retry_with = await second_chance(route, runtime, upstream, pairs, creds=creds,
+                                         response=response)
+        if retry_with is not None:
+            response = await send(retry_with)
+        return relay(response.status, response.headers, response.body)
+
+    return forward

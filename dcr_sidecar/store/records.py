@@ -40,6 +40,9 @@ class Generation:
     registration_endpoint: str | None = None
     received_at: float = 0.0
     superseded_at: float | None = None
+    # private_key_jwt: the upstream's key pair as a private JWK (JSON text), kept with the
+    # credentials so a restart signs with the registered key.
+    private_key: Secret | None = None
 
     def expired(self, now: float) -> bool:
         return self.client_secret_expires_at != 0 and self.client_secret_expires_at <= now
@@ -100,7 +103,7 @@ class Record:
 
 # ---------------------------------------------------------------------------- serializer
 
-_SECRET_FIELDS = ("client_secret", "registration_access_token")
+_SECRET_FIELDS = ("client_secret", "registration_access_token", "private_key")
 
 
 def generation_to_json(gen: Generation) -> dict[str, Any]:

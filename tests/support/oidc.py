@@ -73,9 +73,14 @@ def _install_lock_path() -> Path:
     return Path(tempfile.gettempdir()) / f"dcr-sidecar-oidc-npm-{digest}.lock"
 
 
+NODE_PACKAGES = ("oidc-provider", "openid-client")
+
+
 def _node_modules_ready() -> bool:
-    # The package's own manifest, not the bare folder: an interrupted `npm ci` leaves the folder.
-    return (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").is_file()
+    # The packages' own manifests, not the bare folder: an interrupted `npm ci` leaves the
+    # folder, and a tree installed before a package was added lacks that package.
+    return all((OIDC_DIR / "node_modules" / name / "package.json").is_file()
+               for name in NODE_PACKAGES)
 
 
 def _ensure_node_modules_sync() -> None:

@@ -1,0 +1,104 @@
+"""Callback mediation on the request side (DESIGN §3.6): /authorize and /par hand the AS the
+sidecar's redirect URI and state; /token puts the sidecar's redirect URI (and its PKCE verifier)
+back into the code exchange and authenticates as the generation the flow started with.
+
+The browser-facing /callback is in :mod:`dcr_sidecar.proxy.callback`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import structlog
+
+from dcr_sidecar import errors
+from dcr_sidecar.client_keys import client_credentials
+from dcr_sidecar.config import Upstream
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.callback import (
+    FlowRecord,
+    check_mediable,
+    code_key,
+    new_state,
+    rewrite_request,
+    state_key,
+    values,
+)
+from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
+from dcr_sidecar.proxy.forms import single
+from dcr_sidecar.proxy.redirects import allowed_redirect_uri
+from dcr_sidecar.proxy.runtime import Runtime
+from dcr_sidecar.resolver import Credentials
+from dcr_sidecar.store.records import RecordKey
+
+Pairs = list[tuple[str, str]]
+
+
+async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
+                  pairs: Pairs) -> Pairs:
+    """An authorization request (query of /authorize or form of /par) made to come back
+    through /{name}/callback, with a one-time state bound to a new record."""
+    try:
+        check_mediable(pairs)
+    except ProtocolError as exc:
+        raise errors.BadRequest(exc.reason) from exc
+    if upstream.app_issuer == "sidecar" and "openid" in (single(pairs, "scope") or "").split():
+        raise errors.BadRequest("the openid scope cannot be served under app_issuer: sidecar "
+                                "(ID tokens carry the AS's issuer)")
+    redirect_uri = allowed_redirect_uri(pairs, upstream)
+    assert redirect_uri is not None  # under callback: sidecar a redirect URI is always known
+    verifier = None
+    if upstream.pkce == "sidecar" and not values(pairs, "code_challenge"):
+        verifier = make_verifier()
+    state = new_state()
+    record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation)
+    await runtime.flows.put(state_key(state), record)
+    return rewrite_request(pairs, redirect_uri=runtime.settings.callback_uri(upstream.name),
+                           state=state,
+                           code_challenge=s256_challenge(verifier) if verifier else None)
+
+
+async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Credentials,
+                                pairs: Pairs) -> tuple[Pairs, Credentials]:
+    """A mediated authorization_code grant as the AS expects it; other grants unchanged."""
+    if single(pairs, "grant_type") != "authorization_code":
+        return pairs, creds
+    code = single(pairs, "code")
+    record = await runtime.flows.take(code_key(code)) if code else None
+    if record is None:
+        raise errors.InvalidGrant("the code did not come through this sidecar's callback, was "
+                                  "already exchanged, or its record expired")
+    sent_redirect = single(pairs, "redirect_uri")
+    if sent_redirect is not None and sent_redirect != record.app_redirect_uri:
+        raise errors.InvalidGrant("redirect_uri differs from the authorization request's")
+    restored = [(k, v) for k, v in pairs if k != "redirect_uri"]
+    restored.append(("redirect_uri", runtime.settings.callback_uri(upstream.name)))
+    if record.code_verifier is not None:
+        restored = [(k, v) for k, v in restored if k != "code_verifier"]
+        restored.append(("code_verifier", record.code_verifier))
+    return restored, await generation_credentials(runtime, upstream, creds, record.generation)
+
+
+async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Credentials,
+                                 number: int) -> Credentials:
+    """The credentials of client generation `number` (DESIGN §3.4: a mediated flow finishes
+    with the client it started with); the current ones when that generation is gone."""
+    if creds.generation == number or creds.static:
+        return creds
+    try:
+        record = await runtime.resolver.store.get(RecordKey(creds.issuer, upstream.name))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.StoreUnavailable(
+            f"the credential store failed (store_read): {type(exc).__name__}",
+            step="store_read", upstream=upstream.name, retry_after=5) from exc
+    now = time.time()
+    for gen in record.generations if record else ():
+        usable = gen.superseded_at is None or gen.superseded_at + upstream.generation_grace > now
+        if gen.generation == number and usable and not gen.expired(now):
+            return dataclasses.replace(
+                creds, client_id=gen.client_id, method=gen.token_endpoint_auth_method,
+                generation=gen.generation, expires_at=gen.client_secret_expires_at,
+                auth=client_credentials(gen, upstream, creds.metadata))
+    structlog.contextvars.bind_contextvars(flow_generation_gone=number)
+    return creds

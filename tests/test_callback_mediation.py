@@ -1,0 +1,315 @@
+"""Callback mediation (`callback: sidecar`, DESIGN §3.6) in front of the real oidc-provider
+and a recording AS: the sidecar's own state and callback, the RFC 9207 `iss` check, one-time
+records with a TTL, sidecar-made PKCE, PAR, and the generation named in the record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import pytest
+
+from dcr_sidecar.app import Sidecar
+from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
+from dcr_sidecar.store.flows import MemoryFlowStore
+from dcr_sidecar.store.records import RecordKey
+from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
+from tests.flows import REDIRECT_URI, browser_to_callback, follow_once
+from tests.support.clock import Clock
+from tests.support.recording_as import RecordingAS
+
+
+def mediated(issuer: str, **extra: Any) -> dict[str, Any]:
+    upstream: dict[str, Any] = {
+        "name": "acme", "issuer": issuer, "redirect_uris": [REDIRECT_URI],
+        "scopes": ["api:read", "offline_access"], "callback": "sidecar",
+        "grant_types": ["authorization_code", "refresh_token"]}
+    upstream.update(extra)
+    return {"upstreams": [upstream]}
+
+
+def query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+def with_params(url: str, **changes: str | None) -> str:
+    """`url` with query parameters replaced (a value) or removed (None)."""
+    parts = urlsplit(url)
+    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    params.update({k: v for k, v in changes.items() if v is not None})
+    kept = {k: v for k, v in params.items() if changes.get(k, "") is not None}
+    return parts._replace(query=urlencode(kept)).geturl()
+
+
+def authorize_url(side: Sidecar, **params: str) -> str:
+    base = {"response_type": "code", "client_id": "placeholder", "redirect_uri": REDIRECT_URI,
+            "scope": "api:read offline_access", "state": "app-state-1", "prompt": "consent"}
+    base.update(params)
+    return f"{side.listen.url}/acme/authorize?{urlencode(base)}"
+
+
+async def token(side: Sidecar, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{side.listen.url}/acme/token", data=form) as resp:
+        return resp.status, await resp.json()
+
+
+async def login(side: Sidecar, **params: str) -> str:
+    """Authorize through the sidecar, log in, and return the sidecar's callback URL."""
+    return await browser_to_callback(authorize_url(side, **params),
+                                     f"{side.listen.url}/acme/callback")
+
+
+async def test_sidecar_pkce_lets_an_app_without_pkce_through_a_provider_requiring_it(
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """`pkce: sidecar` + `app_issuer: sidecar`: the app sends no PKCE and gets its own state,
+    the code and the sidecar's issuer back; the code exchange with the app's redirect_uri and a
+    placeholder client works, and so does refresh."""
+    provider = await oidc(pkce_required=True)
+    side = await sidecar(mediated(provider.issuer, pkce="sidecar", app_issuer="sidecar"))
+    to_as = await follow_once(authorize_url(side))
+    assert to_as[0] == 302
+    assert to_as[1] is not None
+    sent = query(to_as[1])
+    assert sent["redirect_uri"] == [f"{side.listen.url}/acme/callback"]
+    assert sent["state"] != ["app-state-1"]
+    assert sent["code_challenge_method"] == ["S256"]
+    callback = await login(side)
+    status, location, _ = await follow_once(callback)
+    assert status == 302
+    assert location is not None
+    assert location.startswith(REDIRECT_URI + "?")
+    back = query(location)
+    assert back["state"] == ["app-state-1"]
+    assert back["iss"] == [f"{side.listen.url}/acme"]
+    status, body = await token(side, {"grant_type": "authorization_code", "code": back["code"][0],
+                                      "redirect_uri": REDIRECT_URI, "client_id": "placeholder"})
+    leak_guard.add_token_response(body)
+    assert status == 200, body
+    assert body["scope"] == "api:read offline_access"
+    status, refreshed = await token(side, {"grant_type": "refresh_token",
+                                           "refresh_token": body["refresh_token"]})
+    leak_guard.add_token_response(refreshed)
+    assert status == 200, refreshed
+    token_calls = [r for r in await provider.requests() if r["route"] == "token"]
+    assert "code_verifier" in token_calls[0]["body_keys"]
+
+
+async def test_without_sidecar_pkce_the_as_error_reaches_the_app_the_same_way(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    """The control: `pkce: app` and an app without PKCE -> the AS's error, handed on to the
+    app's redirect URI with the app's state and the issuer the app expects."""
+    provider = await oidc(pkce_required=True)
+    side = await sidecar(mediated(provider.issuer))
+    status, location, _ = await follow_once(authorize_url(side))
+    assert status == 302
+    assert location is not None
+    status, to_callback, _ = await follow_once(location)
+    assert status in (302, 303)
+    assert to_callback is not None
+    assert to_callback.startswith(f"{side.listen.url}/acme/callback?")
+    status, app_location, _ = await follow_once(to_callback)
+    assert status == 302
+    assert app_location is not None
+    back = query(app_location)
+    assert back["error"] == ["invalid_request"]
+    assert back["state"] == ["app-state-1"]
+    assert back["iss"] == [provider.issuer]
+    assert "code" not in back
+
+
+async def test_the_apps_own_pkce_is_kept(oidc: ProviderFactory, sidecar: SidecarFactory,
+                                         leak_guard: LeakGuard) -> None:
+    provider = await oidc(pkce_required=True)
+    side = await sidecar(mediated(provider.issuer, pkce="sidecar"))
+    verifier = make_verifier()
+    challenge = s256_challenge(verifier)
+    sent = query((await follow_once(authorize_url(side, code_challenge=challenge,
+                                                  code_challenge_method="S256")))[1] or "")
+    assert sent["code_challenge"] == [challenge]
+    callback = await login(side, code_challenge=challenge, code_challenge_method="S256")
+    code = query((await follow_once(callback))[1] or "")["code"][0]
+    status, body = await token(side, {"grant_type": "authorization_code", "code": code,
+                                      "code_verifier": verifier})
+    leak_guard.add_token_response(body)
+    assert status == 200, body
+
+
+async def test_forged_iss_is_refused_and_the_state_is_then_spent(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    """RFC 9207: an `iss` other than the AS's is a mix-up (RFC 9700 §4.4): 400, no redirect.
+    The state was taken, so the genuine response can no longer be used either."""
+    provider = await oidc()
+    side = await sidecar(mediated(provider.issuer))
+    callback = await login(side)
+    params = query(callback)
+    assert params["iss"] == [provider.issuer]
+    forged = with_params(callback, iss="http://127.0.0.2:9")
+    status, location, body = await follow_once(forged)
+    assert (status, location) == (400, None)
+    assert body["error"] == "invalid_request"
+    assert "mix-up" in body["error_description"]
+    status, location, body = await follow_once(callback)
+    assert (status, location) == (400, None)
+    assert "state" in body["error_description"]
+
+
+async def test_missing_iss_is_refused_when_the_as_advertises_it(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    provider = await oidc()
+    side = await sidecar(mediated(provider.issuer))
+    metadata_url = f"{provider.issuer}/.well-known/openid-configuration"
+    async with aiohttp.ClientSession() as session, session.get(metadata_url) as resp:
+        assert (await resp.json())["authorization_response_iss_parameter_supported"] is True
+    callback = await login(side)
+    stripped = with_params(callback, iss=None)
+    assert "iss" not in query(stripped)
+    status, _, body = await follow_once(stripped)
+    assert status == 400
+    assert "no iss" in body["error_description"]
+
+
+async def test_unknown_and_replayed_state_are_refused(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    provider = await oidc()
+    side = await sidecar(mediated(provider.issuer))
+    base = f"{side.listen.url}/acme/callback"
+    for url in (f"{base}?code=x&iss={provider.issuer}", f"{base}?code=x&state=made-up"):
+        status, location, body = await follow_once(url)
+        assert (status, location, body["error"]) == (400, None, "invalid_request")
+    callback = await login(side)
+    assert (await follow_once(callback))[0] == 302
+    status, location, body = await follow_once(callback)  # replayed
+    assert (status, location) == (400, None)
+    assert body["error_description"] == "unknown, replayed or expired state"
+
+
+async def test_expired_records_are_refused(oidc: ProviderFactory,
+                                           sidecar: SidecarFactory) -> None:
+    """After 600 s a state record, and a code's record, are gone (clock injected, no sleep)."""
+    provider = await oidc()
+    clock = Clock()
+    side = await sidecar(mediated(provider.issuer), flows=MemoryFlowStore(clock=clock))
+    callback = await login(side)
+    clock.now += 600
+    status, _, body = await follow_once(callback)
+    assert status == 400
+    assert "expired" in body["error_description"]
+    callback = await login(side)
+    code = query((await follow_once(callback))[1] or "")["code"][0]
+    clock.now += 601
+    status, answer = await token(side, {"grant_type": "authorization_code", "code": code})
+    assert (status, answer["error"]) == (400, "invalid_grant")
+
+
+async def test_a_code_that_did_not_come_through_the_callback_is_refused(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    provider = await oidc()
+    side = await sidecar(mediated(provider.issuer))
+    status, answer = await token(side, {"grant_type": "authorization_code", "code": "forged",
+                                        "redirect_uri": REDIRECT_URI})
+    assert (status, answer["error"]) == (400, "invalid_grant")
+    assert not [r for r in await provider.requests() if r["route"] == "token"]
+
+
+async def test_code_exchange_with_another_redirect_uri_is_refused(
+        oidc: ProviderFactory, sidecar: SidecarFactory) -> None:
+    provider = await oidc()
+    side = await sidecar(mediated(provider.issuer, pkce="sidecar"))
+    code = query((await follow_once(await login(side)))[1] or "")["code"][0]
+    status, answer = await token(side, {"grant_type": "authorization_code", "code": code,
+                                        "redirect_uri": REDIRECT_URI + "/other"})
+    assert (status, answer["error"]) == (400, "invalid_grant")
+
+
+async def test_par_is_mediated_too(oidc: ProviderFactory, sidecar: SidecarFactory,
+                                   leak_guard: LeakGuard) -> None:
+    """PAR: the pushed request carries the sidecar's redirect URI, state and PKCE; the
+    browser then goes to /authorize with client_id beside request_uri."""
+    provider = await oidc(pkce_required=True)
+    side = await sidecar(mediated(provider.issuer, pkce="sidecar"))
+    form = {"response_type": "code", "client_id": "placeholder", "redirect_uri": REDIRECT_URI,
+            "scope": "api:read", "state": "par-state", "prompt": "consent"}
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{side.listen.url}/acme/par", data=form) as resp:
+        pushed = await resp.json()
+        assert resp.status == 201, pushed
+    par_call = next(r for r in await provider.requests()
+                    if r["route"] == "pushed_authorization_request")
+    assert {"code_challenge", "state", "redirect_uri"} <= set(par_call["body_keys"])
+    url = (f"{side.listen.url}/acme/authorize?"
+           f"{urlencode({'client_id': 'placeholder', 'request_uri': pushed['request_uri']})}")
+    callback = await browser_to_callback(url, f"{side.listen.url}/acme/callback")
+    back = query((await follow_once(callback))[1] or "")
+    assert back["state"] == ["par-state"]
+    status, body = await token(side, {"grant_type": "authorization_code", "code": back["code"][0],
+                                      "redirect_uri": REDIRECT_URI})
+    leak_guard.add_token_response(body)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ({"response_type": "token"}, "response_type=code"),
+    ({"response_mode": "form_post"}, "query response mode"),
+    ({"request": "eyJhbGciOiJub25lIn0.e30."}, "request parameter"),
+    ({"redirect_uri": "http://127.0.0.1:8765/elsewhere"}, "redirect_uris"),
+    ({"scope": "openid api:read"}, "openid scope"),
+])
+async def test_unmediable_requests_get_400_never_a_redirect(
+        sidecar: SidecarFactory, params: dict[str, str], reason: str) -> None:
+    async with RecordingAS() as rec:
+        side = await sidecar(mediated(rec.issuer, app_issuer="sidecar"))
+        status, location, body = await follow_once(authorize_url(side, **params))
+    assert (status, location) == (400, None)
+    assert reason in body["error_description"]
+
+
+async def test_the_sidecar_callback_is_what_gets_registered(sidecar: SidecarFactory) -> None:
+    async with RecordingAS() as rec:
+        side = await sidecar(mediated(rec.issuer))
+        await follow_once(f"{side.listen.url}/acme/client")
+        body = rec.requests("/register")[0].json
+    assert body["redirect_uris"] == [f"{side.listen.url}/acme/callback"]
+    assert body["application_type"] == "native"  # a loopback callback (OIDC Registration §2)
+
+
+async def test_the_exchange_uses_the_generation_the_flow_started_with(
+        sidecar: SidecarFactory) -> None:
+    """A new client generation between authorize and token: the record names the old one,
+    whose client authenticates the exchange (DESIGN §3.4, §3.6)."""
+    async with RecordingAS() as rec:
+        side = await sidecar(mediated(rec.issuer))
+        status, location, _ = await follow_once(authorize_url(side))
+        assert status == 302
+        assert location is not None
+        first = rec.clients[0]
+        sidecar_state = query(location)["state"][0]
+        await new_generation(side, rec.issuer)
+        callback = (f"{side.listen.url}/acme/callback?"
+                    f"{urlencode({'code': 'c-1', 'state': sidecar_state, 'iss': rec.issuer})}")
+        assert (await follow_once(callback))[0] == 302
+        status, _ = await token(side, {"grant_type": "authorization_code", "code": "c-1"})
+        assert status == 200
+        client = await follow_once(f"{side.listen.url}/acme/client")
+        assert client[2]["generation"] == 2
+        [seen] = rec.requests("/token")
+    from dcr_sidecar.oauth.client_auth import basic_authorization
+
+    assert seen.header("Authorization") == [
+        basic_authorization(first["client_id"], first["client_secret"])]
+    assert dict(seen.form)["redirect_uri"] == f"{side.listen.url}/acme/callback"
+
+
+async def new_generation(side: Sidecar, issuer: str) -> None:
+    """Stand-in for a rotation: a second generation of the same configuration in the store,
+    the first superseded, and the resolver made to load it."""
+    store = side.resolver.store
+    record = await store.get(RecordKey(issuer, "acme"))
+    assert record is not None
+    current = record.generations[-1]
+    second = replace(current, generation=2, client_id="client-gen-2", received_at=time.time())
+    await store.put(record.with_generation(second, time.time()))
+    side.resolver.state("acme").credentials = None

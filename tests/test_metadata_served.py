@@ -1,0 +1,103 @@
+"""The metadata served to the app (DESIGN §2.3), GET /{name}/client and client_id_file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import SidecarFactory
+from tests.flows import REDIRECT_URI, get_json
+from tests.support.recording_as import RecordingAS
+
+AS_EXTRAS = {
+    "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt",
+                                              "tls_client_auth"],
+    "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+    "introspection_endpoint_auth_signing_alg_values_supported": ["ES256"],
+    "revocation_endpoint_auth_signing_alg_values_supported": ["ES256"],
+    "dpop_signing_alg_values_supported": ["ES256"],
+    "mtls_endpoint_aliases": {"token_endpoint": "https://mtls.example/token"},
+    "tls_client_certificate_bound_access_tokens": True,
+    "backchannel_authentication_endpoint": "https://as.example/ciba",
+    "backchannel_token_delivery_modes_supported": ["poll"],
+    "backchannel_user_code_parameter_supported": True,
+    "response_types_supported": ["code", "code id_token", "token"],
+    "response_modes_supported": ["query", "fragment", "form_post"],
+    "request_parameter_supported": True,
+    "scopes_supported": ["openid", "api:read"],
+    "end_session_endpoint": "https://as.example/logout",
+}
+GONE = ("registration_endpoint", "token_endpoint_auth_signing_alg_values_supported",
+        "introspection_endpoint_auth_signing_alg_values_supported",
+        "revocation_endpoint_auth_signing_alg_values_supported",
+        "dpop_signing_alg_values_supported", "mtls_endpoint_aliases",
+        "tls_client_certificate_bound_access_tokens", "backchannel_authentication_endpoint",
+        "backchannel_token_delivery_modes_supported", "backchannel_user_code_parameter_supported")
+ROUTES = {"authorization_endpoint": "authorize", "token_endpoint": "token",
+          "pushed_authorization_request_endpoint": "par", "revocation_endpoint": "revoke",
+          "introspection_endpoint": "introspect",
+          "device_authorization_endpoint": "device_authorization"}
+
+
+def documents(base: str) -> list[str]:
+    return [f"{base}/acme/.well-known/openid-configuration",
+            f"{base}/acme/.well-known/oauth-authorization-server",
+            f"{base}/.well-known/oauth-authorization-server/acme"]
+
+
+@pytest.mark.parametrize("mediated", [False, True], ids=["callback-app", "callback-sidecar"])
+async def test_the_served_document_points_at_the_sidecar(sidecar: SidecarFactory,
+                                                         mediated: bool) -> None:
+    async with RecordingAS(metadata=AS_EXTRAS) as rec:
+        upstream: dict[str, Any] = {"name": "acme", "issuer": rec.issuer,
+                                    "redirect_uris": [REDIRECT_URI]}
+        if mediated:
+            upstream.update(callback="sidecar", app_issuer="sidecar", scopes=["api:read"])
+        side = await sidecar({"upstreams": [upstream]})
+        docs = [await get_json(url) for url in documents(side.listen.url)]
+    assert docs[0] == docs[1] == docs[2]
+    doc = docs[0]
+    for member, route in ROUTES.items():
+        assert doc[member] == f"{side.listen.url}/acme/{route}"
+    for member in GONE:
+        assert member not in doc, member
+    for member in ("token_endpoint_auth_methods_supported",
+                   "revocation_endpoint_auth_methods_supported",
+                   "introspection_endpoint_auth_methods_supported"):
+        assert doc[member] == ["client_secret_basic", "client_secret_post", "none"]
+    assert doc["end_session_endpoint"] == "https://as.example/logout"  # not proxied
+    if mediated:
+        # `app_issuer: sidecar`: an issuer that matches the discovery URL (RFC 8414 §3.3).
+        assert doc["issuer"] == f"{side.listen.url}/acme"
+        assert doc["authorization_response_iss_parameter_supported"] is True
+        assert doc["response_types_supported"] == ["code"]
+        assert doc["response_modes_supported"] == ["query"]
+        assert doc["request_parameter_supported"] is False
+    else:
+        assert doc["issuer"] == rec.issuer
+        assert doc["response_types_supported"] == AS_EXTRAS["response_types_supported"]
+        assert "authorization_response_iss_parameter_supported" not in doc
+
+
+async def test_client_route_and_client_id_file(sidecar: SidecarFactory, tmp_path: Path) -> None:
+    """`/client` gives the client's facts and never a secret, with no-store; client_id_file is
+    written atomically, mode 0644, with the same client_id."""
+    id_file = tmp_path / "shared" / "acme-client-id"
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": [REDIRECT_URI],
+            "client_id_file": str(id_file)}]})
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{side.listen.url}/acme/client") as resp:
+            body = await resp.json()
+            assert resp.headers["Cache-Control"] == "no-store"
+        registered = rec.clients[0]
+    assert body == {"client_id": registered["client_id"], "generation": 1,
+                    "token_endpoint_auth_method": "client_secret_basic", "issuer": rec.issuer,
+                    "client_secret_expires_at": 0}
+    assert registered["client_secret"] not in str(body)
+    assert id_file.read_text() == registered["client_id"] + "\n"
+    assert id_file.stat().st_mode & 0o777 == 0o644
