@@ -77,8 +77,12 @@ class Outbound:
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        self._session = self._new_session()
+
+    def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             resolver=PolicyResolver(self.policy, self._resolver),
             use_dns_cache=False,  # a cached answer would skip the policy of another authority
@@ -87,7 +91,7 @@ class Outbound:
             limit_per_host=0,
             enable_cleanup_closed=False,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
             auto_decompress=True,  # decompressed bytes are what read_capped counts
@@ -98,6 +102,9 @@ class Outbound:
         )
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()  # _close_later closes its session when cancelled
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -109,12 +116,27 @@ class Outbound:
 
     def update(self, settings: Settings) -> None:
         """Apply a reloaded configuration to the next request: timeouts, read limits,
-        connections_per_upstream (fresh slots) and the address policy."""
+        connections_per_upstream (fresh slots) and the address policy. A changed policy also
+        retires the connection pool, so no keep-alive connection checked under the old policy
+        is reused; the old pool closes once its requests are over (after timeouts.total)."""
         if settings.limits.connections_per_upstream != (
                 self.settings.limits.connections_per_upstream):
             self._slots = {}  # requests holding an old slot release it into the old semaphore
+        fresh = AddressPolicy.from_settings(settings)
+        changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
+                                                        self.policy.configured)
         self.settings = settings
-        self.policy.replace(AddressPolicy.from_settings(settings))
+        self.policy.replace(fresh)
+        if changed and self._session is not None:
+            self._retire_pool(self._session)
+
+    def _retire_pool(self, old: aiohttp.ClientSession) -> None:
+        self._session = self._new_session()
+        grace = self.settings.timeouts.total + 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_close_later(old, grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -224,6 +246,13 @@ class Outbound:
         except (aiohttp.ClientError, OSError) as exc:
             raise errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
                                      upstream=upstream) from exc
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
 
 
 def _address_refused(exc: BaseException) -> AddressRefused | None:

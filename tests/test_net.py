@@ -402,3 +402,24 @@ async def test_requests_waiting_for_a_slot_at_shutdown_get_503_not_a_crash(
     await client.close()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(o, errors.Unavailable) for o in outcomes), outcomes
+
+
+async def test_a_reload_that_narrows_the_policy_retires_pooled_connections(
+        outbound: OutboundFactory, servers: FakeServers, tmp_path: Path) -> None:
+    """A keep-alive connection checked under the old allow-list is not reused after a reload
+    that removes it: the next request dials anew and is refused."""
+    server = await hello_server(servers)
+    resolver = MapResolver({"as.test": "127.0.0.1"})
+    client = await outbound([upstream(f"http://as.test:{server.port}")], resolver=resolver)
+    url = f"http://as.test:{server.port}/hello"
+    assert (await get(client, url))[0] == 200
+    narrowed = sidecar_config(tmp_path, {
+        "security": {"allow_http": ALLOW_HTTP, "allow_private_networks": []},
+        "upstreams": [upstream(f"http://as.test:{server.port}")]})
+    client.update(parse_settings(yaml.safe_dump(narrowed), "reloaded.yaml"))
+    with pytest.raises(errors.PolicyRefused, match="loopback"):
+        await get(client, url)
+    assert len(server.hits) == 1
+    unchanged = client.session
+    client.update(parse_settings(yaml.safe_dump(narrowed), "again.yaml"))
+    assert client.session is unchanged  # the same policy keeps the pool
