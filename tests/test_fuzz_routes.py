@@ -24,6 +24,7 @@ from tests.flows import REDIRECT_URI
 from tests.support.fakes import FakeServers, fake_as_routes
 
 INBOUND = "inbound-fuzz-secret-0123"
+ADMIN = "admin-fuzz-token-0123456"
 ROUTES = ["token", "par", "revoke", "introspect", "device_authorization"]
 # DCR_FUZZ_EXAMPLES=5000 for a longer hunt than the suite's default.
 FUZZ = settings(max_examples=int(os.environ.get("DCR_FUZZ_EXAMPLES", "150")), deadline=None,
@@ -33,12 +34,13 @@ FUZZ = settings(max_examples=int(os.environ.get("DCR_FUZZ_EXAMPLES", "150")), de
 @pytest.fixture
 async def target(servers: FakeServers, sidecar: SidecarFactory,
                  leak_guard: LeakGuard) -> Sidecar:
-    leak_guard.add(INBOUND, "real-fuzz-secret-0123456")
+    leak_guard.add(INBOUND, ADMIN, "real-fuzz-secret-0123456")
     as_ = await servers.start(fake_as_routes(lambda issuer: {
         "authorization_endpoint": f"{issuer}/auth", "revocation_endpoint": f"{issuer}/token",
         "pushed_authorization_request_endpoint": f"{issuer}/token"}))
     return await sidecar({
         "inbound": {"client_secret": INBOUND},
+        "admin": {"token": ADMIN},
         "limits": {"max_request_bytes": 4096, "max_header_bytes": 4096},
         "upstreams": [{"name": "acme", "issuer": as_.base, "client_id": "real-client",
                        "client_secret": "real-fuzz-secret-0123456",
@@ -143,3 +145,18 @@ async def test_arbitrary_paths_and_methods_never_get_a_500(target: Sidecar, path
         f"{method} /{path} HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     ).encode())
     assert status != 500
+
+
+@FUZZ
+@given(value=st.binary(max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b),
+       path=st.sampled_from(["/admin/upstreams", "/admin/upstreams/acme/rotate",
+                             "/admin/upstreams/acme/registration"]),
+       method=st.sampled_from(["GET", "POST", "DELETE"]))
+async def test_arbitrary_admin_credentials_never_get_a_500(target: Sidecar, value: bytes,
+                                                           path: str, method: str) -> None:
+    """Any bytes in the admin Authorization header (invalid UTF-8 included) get 401/404/405."""
+    for header in (value, b"Bearer " + value):
+        status = await send(target.management.port, (
+            f"{method} {path} HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n"
+            "Connection: close\r\nAuthorization: ").encode() + header + b"\r\n\r\n")
+        assert status != 500
