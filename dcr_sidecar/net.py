@@ -34,6 +34,7 @@ from dcr_sidecar.config import Settings
 from dcr_sidecar.dial import (
     AddressPolicy,
     AddressRefused,
+    Authority,
     PolicyResolver,
     authority,
     authority_text,
@@ -147,27 +148,23 @@ class Outbound:
     def check_url(self, url: str, *, step: errors.Step, upstream: str | None) -> None:
         """https only (or an allow_http host), and IP literals through the address policy,
         before any connection is attempted."""
-        shown = safe_url(url)
         try:
             dest = authority(url)
         except ValueError:
-            raise errors.PolicyRefused(f"refusing the URL {shown}", step=step,
+            raise errors.PolicyRefused(f"refusing the URL {safe_url(url)}", step=step,
                                        upstream=upstream) from None
         scheme, host, _ = dest
         if scheme not in ("http", "https"):
-            raise errors.PolicyRefused(f"refusing the URL {shown}", step=step, upstream=upstream)
+            raise errors.PolicyRefused(f"refusing the URL {safe_url(url)}", step=step,
+                                       upstream=upstream)
         if scheme == "http" and host not in self.settings.security.allow_http:
             raise errors.PolicyRefused(
-                f"refusing plain http to {shown} (only security.allow_http hosts may use http)",
-                step=step, upstream=upstream)
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return
-        reason = self.policy.refusal(dest, host)
+                f"refusing plain http to {safe_url(url)} (only security.allow_http hosts may "
+                "use http)", step=step, upstream=upstream)
+        reason = _literal_refusal(self.policy, dest)
         if reason is not None:
             raise errors.PolicyRefused(
-                f"refusing {shown}: {host} is a {reason} address, not allowed for "
+                f"refusing {safe_url(url)}: {host} is a {reason} address, not allowed for "
                 f"{authority_text(dest)}", step=step, upstream=upstream)
 
     async def request(
@@ -246,6 +243,16 @@ class Outbound:
         except (aiohttp.ClientError, OSError) as exc:
             raise errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
                                      upstream=upstream) from exc
+
+
+def _literal_refusal(policy: AddressPolicy, dest: Authority) -> str | None:
+    """The policy's verdict on an IP-literal host (names are judged at dial time)."""
+    host = dest[1]
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return policy.refusal(dest, host)
 
 
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
