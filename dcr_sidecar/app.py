@@ -90,6 +90,7 @@ class Sidecar:
     async def start(self) -> None:
         await self.outbound.start()
         try:
+            await self.store.open()  # a wrong encryption key stops here, having changed nothing
             self.listen = await self._serve(create_app(self.runtime), self.settings.listen.host,
                                             self.settings.listen.port)
             self.management = await self._serve(create_management_app(self.runtime),
