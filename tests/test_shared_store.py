@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 
 from dcr_sidecar.app import Sidecar
+from dcr_sidecar.store.records import RecordKey
+from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import (
     FakeFactory,
     LeakGuard,
@@ -20,7 +22,7 @@ from tests.conftest import (
     RedisFactory,
     SidecarFactory,
 )
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, command
 from tests.test_fleet import HoldingAS
 from tests.test_lifecycle import IAT, audit_events, cc_token
 
@@ -210,3 +212,27 @@ async def test_file_store_behaves_as_before_without_rereads(
     await client_of(side)
     assert not side.store.shared
     assert side.resolver._record_age(side.resolver.state("acme")) == 0.0
+
+
+async def test_lease_wait_timeout_is_503_with_retry_after_step_lease(
+        oidc: ProviderFactory, redis_server: RedisFactory, sidecar: SidecarFactory) -> None:
+    """Another replica holds the lease past store.lease.wait: the caller gets 503 +
+    Retry-After, the error names the step `lease`, and nothing is registered."""
+    provider = await oidc()
+    redis = await redis_server()
+    config = redis_config(redis, cc(provider.issuer))
+    config["store"]["lease"] = {"ttl": 5, "wait": 0.5}
+    side = await sidecar(config)
+    store = side.store
+    assert isinstance(store, RedisStore)
+    lease = store.lease_key(RecordKey(provider.issuer, "acme"))
+    await command(redis.port, "SET", lease, "another-replica", "PX", "20000")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, body, headers = await client_of(side)
+    assert status == 503, body
+    assert 0.5 <= loop.time() - started < 3
+    assert body["error"] == "temporarily_unavailable"
+    assert int(headers["Retry-After"]) >= 1
+    assert side.resolver.state("acme").last_error_step == "lease"
+    assert (await provider.stats())["registrations"] == 0

@@ -6,11 +6,18 @@ the one-time flow records for callback mediation."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.errors import (
@@ -341,3 +348,50 @@ async def test_flow_records_are_sealed_and_keys_hashed(redis_server: RedisFactor
         assert await records.pop("state-visible") == "code-verifier-0123456789"
     finally:
         await records.client.aclose()
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (IP SAN), as PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+             signer: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_cert = cert("test CA", ca_key, "test CA", ca_key, ca=True)
+    server_cert = cert("127.0.0.1", server_key, "test CA", ca_key, ca=False)
+    paths = directory / "server.pem", directory / "server.key", directory / "ca.pem"
+    paths[0].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+async def test_rediss_url_speaks_tls_with_the_given_ca(
+        redis_server: RedisFactory, stores: StoreFactory, tmp_path: Path) -> None:
+    """rediss:// against a TLS-only redis-server; the CA comes from ?ssl_ca_certs=."""
+    server = await redis_server(tls=make_tls(tmp_path))
+    assert server.url.startswith("rediss://")
+    store = stores(server.url, fernet_key())
+    await store.open()
+    await put(store, record())
+    got = await store.get(KEY)
+    assert got is not None
+    assert secrets_of(got) == (SECRET, RAT)
+    untrusted = stores(server.url.split("?")[0])  # the system CAs do not know this one
+    with pytest.raises(StoreUnreachable):
+        await untrusted.get(KEY)

@@ -14,6 +14,7 @@ import ctypes
 import shutil
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 STARTUP_DEADLINE = 10.0
@@ -31,11 +32,11 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-async def command(port: int, *args: str) -> str:
+async def command(port: int, *args: str, tls: ssl.SSLContext | None = None) -> str:
     """Send one command in RESP and return the first reply line (enough for tests)."""
     timeout = 2.0
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port), timeout)
+        asyncio.open_connection("127.0.0.1", port, ssl=tls), timeout)
     try:
         parts = [f"*{len(args)}\r\n"] + [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
         writer.write("".join(parts).encode())
@@ -61,7 +62,9 @@ class RedisServer:
     """One redis-server process. ``restart()`` starts it again on the same port and dir."""
 
     def __init__(self, workdir: Path, *, password: str | None = None,
-                 sentinel_of: RedisServer | None = None, service: str = "mymaster") -> None:
+                 sentinel_of: RedisServer | None = None, service: str = "mymaster",
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key, CA) — then it listens on TLS only."""
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("redis-server is not installed: `.ci/run` installs it "
@@ -72,13 +75,19 @@ class RedisServer:
         self.password = password
         self.sentinel_of = sentinel_of
         self.service = service
+        self.tls = tls
         self.process: asyncio.subprocess.Process | None = None
         self.log = self.dir / "server.log"
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else None
 
     def _args(self) -> list[str]:
         if self.sentinel_of is not None:
@@ -95,6 +104,12 @@ class RedisServer:
                 "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", "dump.rdb"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            args[1] = "0"  # no plaintext port
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                     "--tls-auth-clients", "no"]
         return args
 
     async def start(self) -> RedisServer:
@@ -111,11 +126,12 @@ class RedisServer:
 
     async def ping(self) -> bool:
         try:
+            tls = self._client_tls()
             if self.password and self.sentinel_of is None:
-                reply = await command(self.port, "AUTH", self.password)
+                reply = await command(self.port, "AUTH", self.password, tls=tls)
                 return reply == "+OK"
-            return await command(self.port, "PING") == "+PONG"
-        except (OSError, TimeoutError, ValueError):
+            return await command(self.port, "PING", tls=tls) == "+PONG"
+        except (OSError, TimeoutError, ValueError, ssl.SSLError):
             return False
 
     async def _wait_ready(self) -> None:
