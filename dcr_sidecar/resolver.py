@@ -513,8 +513,8 @@ class Resolver:
                     if _extended(gen, margin):
                         return self._renewed(state, gen, "update"), record
         except errors.UpstreamError as exc:
-            if gen.expired(time.time()):
-                raise
+            if gen.expired(time.time()) or isinstance(exc, errors.LeaseLost):
+                raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
             return gen, record

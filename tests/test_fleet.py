@@ -135,6 +135,15 @@ async def test_three_replicas_register_once_and_restarts_register_nothing(
     registered = sum(len(p.events("client_registered")) for p in replicas)
     assert registered == 1
     assert loaded >= 2 * REPLICAS - 1
+    code, out, err = await run_command("doctor", "acme", "--register", "--json", "--config",
+                                       str(replicas[0].config_path), env=env)
+    leak_guard.add_text(out + err)
+    assert code == 0, err
+    assert json.loads(out)["client"] | {"checked_at": 0} == {
+        "client_id": next(iter(ids)), "generation": 1, "registered_now": False,
+        "token_endpoint_auth_method": "client_secret_basic", "client_secret_expires_at": 0,
+        "checked_at": 0}
+    assert (await provider.stats())["registrations"] == 1
     leak_guard.add_records(await stored_record(redis.url, provider.issuer))
     for replica in replicas:
         leak_guard.add_text(replica.output())
