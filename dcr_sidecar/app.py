@@ -176,6 +176,7 @@ class Sidecar:
     async def start(self) -> None:
         await self.outbound.start()
         try:
+            await self.store.open()  # a wrong encryption key stops here, having changed nothing
             self.listen = await self._serve(create_app(self.runtime, self.in_flight),
                                             self.settings.listen.host, self.settings.listen.port)
             self.management = await self._serve(create_management_app(self.runtime,
