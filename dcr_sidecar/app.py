@@ -151,6 +151,17 @@ def combine(old: Settings, new: Settings) -> Settings:
                           f"restart (kept from the running one): {problems}") from None
 
 
+def _flow_store(store: CredentialStore) -> FlowStore:
+    """Callback-mediation records live in Redis with the redis store (any replica finishes a
+    login), else in process memory (a single process finishes its own flows)."""
+    if store.name == "redis":
+        from dcr_sidecar.store.redis import RedisFlowRecords, RedisFlowStore, RedisStore
+
+        assert isinstance(store, RedisStore)
+        return RedisFlowStore(RedisFlowRecords.sharing(store))
+    return MemoryFlowStore()
+
+
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
@@ -164,7 +175,8 @@ class Sidecar:
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               flows if flows is not None else MemoryFlowStore(), self.metrics)
+                               flows if flows is not None else _flow_store(self.store),
+                               self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()
         self._runners: list[web.AppRunner] = []

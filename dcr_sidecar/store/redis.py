@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -43,6 +44,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from dcr_sidecar import errors
+from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.observability import remember_secret, scrub
 from dcr_sidecar.store.errors import (
@@ -53,6 +56,7 @@ from dcr_sidecar.store.errors import (
     StoreError,
     StoreUnreachable,
 )
+from dcr_sidecar.store.flows import FLOW_TTL
 from dcr_sidecar.store.records import (
     PLAIN,
     Record,
@@ -395,3 +399,26 @@ def _loads(raw: bytes | str) -> dict[str, Any]:
 
 def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+class RedisFlowStore:
+    """The callback-mediation :class:`~dcr_sidecar.store.flows.FlowStore` on Redis, so a login
+    started on one replica can finish on another (DESIGN §3.4: the records live in Redis with
+    the redis store). Store failures become typed 503s."""
+
+    def __init__(self, records: RedisFlowRecords, ttl: float = FLOW_TTL) -> None:
+        self.records = records
+        self.ttl = ttl
+
+    async def put(self, key: str, record: FlowRecord) -> None:
+        try:
+            await self.records.set(key, json.dumps(dataclasses.asdict(record)), self.ttl)
+        except StoreError as exc:
+            raise errors.StoreUnavailable(str(exc), step="store_write", retry_after=5) from exc
+
+    async def take(self, key: str) -> FlowRecord | None:
+        try:
+            raw = await self.records.pop(key)
+        except StoreError as exc:
+            raise errors.StoreUnavailable(str(exc), step="store_read", retry_after=5) from exc
+        return FlowRecord(**json.loads(raw)) if raw is not None else None
