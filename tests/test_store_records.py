@@ -71,6 +71,22 @@ def test_sealed_record_holds_no_secret_and_round_trips() -> None:
     assert secrets_of(record_from_json(data, sealer(key))) == (SECRET, RAT)
 
 
+def test_a_private_key_jwt_key_is_sealed_too() -> None:
+    """The private_key_jwt key pair is a secret of the record like the client secret."""
+    from dataclasses import replace
+
+    jwk = json.dumps({"kty": "EC", "crv": "P-256", "d": "private-scalar-0123456789abcdef",
+                      "x": "xx", "y": "yy"})
+    rec = record()
+    rec = Record(KEY, (replace(rec.generations[0], private_key=Secret(jwk)),))
+    key = fernet_key()
+    raw = json.dumps(record_to_json(rec, sealer(key)))
+    assert "private-scalar" not in raw
+    back = record_from_json(json.loads(raw), sealer(key)).generations[0].private_key
+    assert back is not None
+    assert back.reveal() == jwk
+
+
 @pytest.mark.parametrize("reader", ["no keys", "other key"])
 def test_sealed_record_is_unreadable_without_its_key(reader: str) -> None:
     data = record_to_json(record(), sealer(fernet_key()))
