@@ -153,6 +153,17 @@ def combine(old: Settings, new: Settings) -> Settings:
                           f"restart (kept from the running one): {problems}") from None
 
 
+def _flow_store(store: CredentialStore) -> FlowStore:
+    """Callback-mediation records live in Redis with the redis store (any replica finishes a
+    login), else in process memory (a single process finishes its own flows)."""
+    if store.name == "redis":
+        from dcr_sidecar.store.redis import RedisFlowRecords, RedisFlowStore, RedisStore
+
+        assert isinstance(store, RedisStore)
+        return RedisFlowStore(RedisFlowRecords.sharing(store))
+    return MemoryFlowStore()
+
+
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
@@ -169,7 +180,8 @@ class Sidecar:
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               flows if flows is not None else MemoryFlowStore(), self.metrics)
+                               flows if flows is not None else _flow_store(self.store),
+                               self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()
         self._runners: list[web.AppRunner] = []
@@ -181,6 +193,7 @@ class Sidecar:
     async def start(self) -> None:
         await self.outbound.start()
         try:
+            await self.store.open()  # a wrong encryption key stops here, having changed nothing
             self.listen = await self._serve(create_app(self.runtime, self.in_flight),
                                             self.settings.listen.host, self.settings.listen.port)
             self.management = await self._serve(create_management_app(self.runtime,

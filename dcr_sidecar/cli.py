@@ -72,12 +72,16 @@ def _use_uvloop() -> None:
 async def _serve(settings: Settings, path: str, digest: str | None, poll_s: float) -> int:
     from dcr_sidecar.app import Sidecar
     from dcr_sidecar.lifecycle import ConfigWatcher
+    from dcr_sidecar.store.errors import StoreError
 
     sidecar = Sidecar(settings)
     try:
         await sidecar.start()
     except OSError as exc:
         log.error("startup_failed", detail=f"{type(exc).__name__}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    except StoreError as exc:  # wrong store.encryption_keys (DESIGN §3.9)
+        log.error("startup_failed", detail=f"credential store ({settings.store.backend}): {exc}")
         return EXIT_FAILURE
     watcher = ConfigWatcher(sidecar, path, digest=digest, interval_s=poll_s)
     polling = asyncio.create_task(watcher.run())

@@ -233,8 +233,12 @@ class Shutdown(_Model):
 
 
 class Lease(_Model):
-    ttl: PositiveFloat = 30
+    ttl: Annotated[float, Field(ge=0.1)] = 30
     wait: PositiveFloat = 10
+
+
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 
 
 class Store(_Model):
@@ -246,15 +250,47 @@ class Store(_Model):
     lease: Lease = Lease()
     ephemeral: bool = False
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not KEY_PREFIX_RE.fullmatch(value):  # braces would break the hash tags
+            raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ : / -")
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _keys(cls, value: list[Secret | None]) -> list[Secret]:
+        from cryptography.fernet import Fernet
+
+        keys = [key for key in value if key is not None]  # {env:, optional: true} unset
+        for index, key in enumerate(keys):
+            try:
+                Fernet(key.reveal().encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"entry {index} is not a Fernet key (32 url-safe base64-encoded bytes; "
+                    "make one with: python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())')"
+                ) from None
+        return keys
+
     @model_validator(mode="after")
-    def _supported(self) -> Store:
+    def _backend(self) -> Store:
         if self.backend == "redis":
-            raise ValueError(
-                "the redis backend is not available in this build yet; "
-                "use backend: file (default) or memory"
-            )
-        if self.encryption_keys:
-            raise ValueError("encryption_keys are not supported in this build yet")
+            if self.url is None:
+                raise _keyed("url", "backend: redis needs url (redis://, rediss:// or "
+                                    "redis+sentinel://)")
+            from dcr_sidecar.store.redis_url import parse_redis_url
+
+            try:
+                parse_redis_url(self.url.reveal())
+            except ValueError as exc:
+                raise _keyed("url", str(exc)) from None
+        elif self.url is not None:
+            raise _keyed("url", f"is for backend: redis (backend is {self.backend})")
+        if self.backend == "memory" and self.encryption_keys:
+            raise _keyed("encryption_keys", "encrypt stored records; the memory store keeps "
+                                            "nothing at rest")
         return self
 
 

@@ -92,13 +92,19 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
 
 async def _register(settings: Settings, name: str, report: dict[str, Any]) -> int:
     from dcr_sidecar.app import Sidecar
+    from dcr_sidecar.store.errors import StoreError
 
     sidecar = Sidecar(settings)
     await sidecar.outbound.start()
     try:
+        await sidecar.store.open()
         creds = await sidecar.resolver.credentials(name)
     except errors.UpstreamError as exc:
         report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.description}
+        return EXIT_FAILURE
+    except StoreError as exc:  # wrong store.encryption_keys: nothing was changed
+        report["error"] = {"step": "store_read", "error": "temporarily_unavailable",
+                           "detail": str(exc)}
         return EXIT_FAILURE
     finally:
         await sidecar.resolver.close()

@@ -15,6 +15,7 @@
         ├── Unavailable                503     temporarily_unavailable  (+ Retry-After)
         │   ├── BackingOff             503     the upstream is in backoff after a failure
         │   └── StoreUnavailable       503     the credential store cannot be read or written
+        │       └── LeaseLost          503     a write refused: another replica holds the lease
         ├── UpstreamTimeout            504     temporarily_unavailable  (+ Retry-After)
         └── BadUpstream                502     server_error
             ├── DiscoveryFailed        no usable metadata document
@@ -146,6 +147,11 @@ class BackingOff(Unavailable):
 
 class StoreUnavailable(Unavailable):
     pass
+
+
+class LeaseLost(StoreUnavailable):
+    """The Redis lease ran out mid-change (a pause, a failover) and the write was refused;
+    the resolver adopts the replica that took over."""
 
 
 class UpstreamTimeout(Unavailable):

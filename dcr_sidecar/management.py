@@ -18,7 +18,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready when every `required` upstream has usable credentials (cached ones count)."""
+    """Ready when every `required` upstream has usable credentials (cached ones count). Store
+    trouble is reported in the body and fails readiness only through an upstream that has
+    no credentials (DESIGN §2.3)."""
     runtime = request.app[RUNTIME]
     upstreams: dict[str, Any] = {}
     ready = True
@@ -33,7 +35,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         }
         if upstream.required and not has:
             ready = False
-    return web.json_response({"ready": ready, "upstreams": upstreams},
+    store = runtime.resolver.store
+    trouble = await store.check()
+    body = {"ready": ready, "store": {"backend": store.name, "ok": trouble is None,
+                                      "error": trouble},
+            "upstreams": upstreams}
+    return web.json_response(body,
                              status=200 if ready else 503,
                              headers={"Cache-Control": "no-store"})
 

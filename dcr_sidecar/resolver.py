@@ -4,10 +4,22 @@ Guarantees:
 - In one process, at most one resolution per upstream is in flight (:class:`SingleFlight`):
   N concurrent first contacts cause one discovery and one registration, and every waiter gets
   the same result or the same typed error; a cancelled waiter never cancels the shared work.
-- The store's per-key lock is held across read-(renew|register)-write and the store is re-read
-  after taking it, so processes sharing a file store register at most once per key.
-- Credentials are persisted before they are used; a new client_secret or registration access
-  token from RFC 7592 replaces the old one in the store at once.
+- A stored record with a usable generation is adopted as read, without the lock. The store's
+  per-key lock (file lock; Redis lease across a fleet) is taken only to change something —
+  register, renew, recover, delete — and the store is re-read after taking it, so processes
+  sharing a store register at most once per key (barring a lost Redis lease).
+- Shared stores (Redis): what a replica serves from, and decides renewals on, is a record at most
+  ``max_record_age`` seconds old (30): the maintenance loop re-reads it before that, a request
+  finding it older re-reads it first. So a renewal, rotation or new generation written by one
+  replica is served by the others within the bound.
+- A holder whose lease was lost mid-change has its write refused (LeaseLost); it deletes the
+  client it just registered (RFC 7592, when it can), re-reads and adopts the winner's record.
+- Credentials are persisted before they are used; a registration whose write fails is deleted
+  at the AS when possible (no orphan) and the resolution fails typed. A new client_secret or
+  registration access token from RFC 7592 replaces the old one in the store at once.
+- Store trouble never takes away credentials already held: while unexpired they keep being
+  served when a re-read or renewal fails; new resolutions get 503 + Retry-After until the
+  store is back (no restart needed).
 - Client generations (DESIGN §3.4): a new generation supersedes the previous one, which stays
   usable for `generation_grace` (one-time fallback on invalid_grant) and is deleted (RFC 7592
   DELETE) after it. Static clients are never registered, renewed, invalidated or deleted.
@@ -47,12 +59,15 @@ from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.singleflight import SingleFlight
 from dcr_sidecar.store import CredentialStore
+from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.records import Generation, Record, RecordKey
 
 log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")
 T = TypeVar("T")
 MAINTENANCE_IDLE = 300.0
+MAX_RECORD_AGE = 30.0  # DESIGN §3.4: replicas serve from a record at most this old
+REREAD_AT = 0.75  # the maintenance loop re-reads at this fraction of the bound
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,7 @@ class UpstreamState:
     last_error_step: str | None = None
     step: errors.Step = "discover"
     last_renewal: float | None = None  # monotonic
+    record_read_at: float = 0.0  # monotonic: when the adopted record was read (or written)
     recover_until: float = 0.0  # monotonic
     registered_here: set[int] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,12 +116,16 @@ class UpstreamState:
 
 
 class Resolver:
+    """At most one registration per key per process; across processes, one per file lock or
+    Redis lease (see the module docstring for every guarantee)."""
+
     metrics: Metrics = Metrics(None)  # the sidecar sets its own (app.Sidecar)
 
     def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore) -> None:
         self.settings = settings
         self.outbound = outbound
         self.store = store
+        self.max_record_age = MAX_RECORD_AGE  # shared stores only; tests may lower it
         self.discoverer = Discoverer(outbound)
         self.registrar = Registrar(outbound)
         self.rfc7592 = Rfc7592(outbound)
@@ -143,7 +163,13 @@ class Resolver:
         if creds is not None and time.monotonic() < state.backoff_until and not _expired(creds):
             return creds  # renewal or refresh is failing; what we hold is still valid
         self._check_backoff(state)
-        return await self._shared(state, "credentials", self._resolve)
+        try:
+            return await self._shared(state, "credentials", self._resolve)
+        except errors.UpstreamError:
+            held = state.credentials
+            if held is not None and not _expired(held):
+                return held  # a re-read or refresh failed (logged, backing off): still valid
+            raise
 
     def previous(self, name: str) -> Credentials | None:
         """The superseded generation still within its grace (for the invalid_grant retry)."""
@@ -250,7 +276,15 @@ class Resolver:
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
         """Must this request wait for a resolution? Renewal before expiry never makes it wait:
         the maintenance loop renews in the background while the current secret stays valid."""
-        return time.monotonic() >= state.metadata_expires or _expired(creds)
+        return (time.monotonic() >= state.metadata_expires or _expired(creds)
+                or self._record_age(state) >= self.max_record_age)
+
+    def _record_age(self, state: UpstreamState) -> float:
+        """Seconds since the held record was read; 0 for stores no other process writes to
+        behind the lock (file, memory): what this process holds is what they hold."""
+        if not self.store.shared or state.current is None:
+            return 0.0
+        return time.monotonic() - state.record_read_at
 
     def _fingerprint(self, config: Upstream) -> str:
         """The fingerprint of the registration this config asks for (DESIGN §3.4)."""
@@ -273,6 +307,18 @@ class Resolver:
             yield
         except errors.SidecarError:
             raise
+        except store_errors.LeaseLost as exc:
+            raise errors.LeaseLost(str(exc), step="lease", upstream=state.config.name,
+                                   retry_after=1) from exc
+        except store_errors.LeaseTimeout as exc:
+            # The holder is busy, not failing: retry soon.
+            raise errors.StoreUnavailable(str(exc), step="lease", upstream=state.config.name,
+                                          retry_after=1) from exc
+        except store_errors.StoreError as exc:
+            self.metrics.store_error(step)
+            raise errors.StoreUnavailable(f"the credential store failed ({step}): {exc}",
+                                          step=step, upstream=state.config.name,
+                                          retry_after=5) from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.metrics.store_error(step)
             raise errors.StoreUnavailable(
@@ -347,6 +393,23 @@ class Resolver:
         config = state.config
         key = RecordKey(metadata.issuer, config.name)
         wanted = self._fingerprint(config)
+        record = await self._read(state, key)  # serving needs no lock: only changes do
+        current = record.current(wanted, time.time())
+        if current is None or self._renewal_due(state, current, time.time()):
+            try:
+                record, current = await self._change(state, metadata, key, wanted)
+            except errors.LeaseLost as exc:
+                record, current = await self._winner(state, metadata, key, wanted, exc)
+        if current.generation not in state.registered_here and (
+                state.current is None or state.current.generation != current.generation):
+            log.info("credentials_loaded", upstream=config.name,
+                     client_id=current.client_id, generation=current.generation)
+        self._adopt(state, metadata, key, record, current)
+
+    async def _change(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
+                      wanted: str) -> tuple[Record, Generation]:
+        """Under the lock, decide again on a fresh read: renew, register, or adopt what another
+        process wrote meanwhile."""
         async with self._locked(state, key):
             record = await self._read(state, key)
             now = time.time()
@@ -355,16 +418,25 @@ class Resolver:
                 current, record = await self._renew(state, record, current)
             if current is None:
                 current, record = await self._register(state, metadata, record, wanted)
-            elif state.current is None or state.current.generation != current.generation:
-                log.info("credentials_loaded", upstream=config.name,
-                         client_id=current.client_id, generation=current.generation)
-        self._adopt(state, metadata, key, record, current)
+        return record, current
+
+    async def _winner(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
+                      wanted: str, lost: errors.LeaseLost) -> tuple[Record, Generation]:
+        """Our lease ran out mid-change (a pause, a failover) and another replica took over:
+        its record wins. Adopt it; if it has not written yet, wait for its lease once."""
+        log.warning("lease_lost", upstream=state.config.name, detail=lost.description)
+        record = await self._read(state, key)
+        current = record.current(wanted, time.time())
+        if current is None:
+            return await self._change(state, metadata, key, wanted)
+        return record, current
 
     def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
                current: Generation) -> None:
         now = time.time()
         previous = record.previous(current, state.config.generation_grace, now)
         state.key, state.current = key, current
+        state.record_read_at = time.monotonic()
         state.previous = _credentials(state.config, metadata, previous) if previous else None
         state.previous_until = (previous.superseded_at or 0) + state.config.generation_grace \
             if previous else 0.0
@@ -402,7 +474,11 @@ class Resolver:
             registration_endpoint=registration.endpoint, received_at=now,
             private_key=signing_key.private_jwk if signing_key else None)
         updated = record.with_generation(generation, now)
-        await self._write(state, updated)
+        try:
+            await self._write(state, updated)
+        except errors.StoreUnavailable as exc:  # LeaseLost included
+            await self._discard_orphan(state, generation, exc)
+            raise
         state.registered_here.add(generation.generation)
         state.stats["registrations"] += 1
         audit.info("client_registered", upstream=config.name, client_id=client.client_id,
@@ -412,6 +488,24 @@ class Resolver:
                    manageable=Rfc7592.manageable(generation))
         self.metrics.registration(config.name, "success")
         return generation, updated
+
+    async def _discard_orphan(self, state: UpstreamState, gen: Generation,
+                              cause: errors.UpstreamError) -> None:
+        """A registration that could not be stored would be an orphan at the AS (PEERS #6):
+        delete it with RFC 7592 when the AS lets us. Never raises: `cause` is what the caller
+        hears."""
+        deleted = False
+        if Rfc7592.manageable(gen):
+            try:
+                deleted = await self.rfc7592.delete(state.config, gen)
+            except errors.UpstreamError as exc:
+                log.warning("orphan_delete_failed", upstream=state.config.name,
+                            client_id=gen.client_id, detail=exc.description)
+        if deleted:
+            state.stats["deletions"] += 1
+        audit.warning("orphan_deleted" if deleted else "orphan_left", upstream=state.config.name,
+                      client_id=gen.client_id, cause_step=cause.step, cause=cause.description,
+                      manageable=Rfc7592.manageable(gen))
 
     # ------------------------------------------------------------------ renewal (§3.5)
 
@@ -439,8 +533,8 @@ class Resolver:
                     if _extended(gen, margin):
                         return self._renewed(state, gen, "update"), record
         except errors.UpstreamError as exc:
-            if gen.expired(time.time()):
-                raise
+            if gen.expired(time.time()) or isinstance(exc, errors.LeaseLost):
+                raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
             return gen, record
@@ -483,9 +577,18 @@ class Resolver:
 
     async def _recover(self, state: UpstreamState, failed: Credentials) -> Credentials | None:
         metadata = await self._fresh_metadata(state)
+        key = RecordKey(metadata.issuer, state.config.name)
+        wanted = self._fingerprint(state.config)
+        try:
+            return await self._recover_locked(state, metadata, key, wanted, failed)
+        except errors.LeaseLost as exc:
+            record, current = await self._winner(state, metadata, key, wanted, exc)
+        self._adopt(state, metadata, key, record, current)
+        return state.credentials
+
+    async def _recover_locked(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
+                              wanted: str, failed: Credentials) -> Credentials | None:
         config = state.config
-        key = RecordKey(metadata.issuer, config.name)
-        wanted = self._fingerprint(config)
         async with self._locked(state, key):
             record = await self._read(state, key)
             now = time.time()
@@ -540,6 +643,8 @@ class Resolver:
                 due.append(when)
         if state.previous_until:
             due.append(state.previous_until)
+        if self.store.shared and state.current is not None:
+            due.append(now + REREAD_AT * self.max_record_age - self._record_age(state))
         if state.discovery is not None and state.discovery.ttl != float("inf"):
             refresh_in = state.metadata_expires - time.monotonic() - 0.1 * state.discovery.ttl
             due.append(now + refresh_in)
@@ -554,7 +659,9 @@ class Resolver:
             await self._shared(state, "metadata", self._metadata)
         if state.config.strategy == "static":
             return
-        if state.current is not None and self._renewal_due(state, state.current, now):
+        reread = self._record_age(state) >= REREAD_AT * self.max_record_age
+        if reread or (state.current is not None
+                      and self._renewal_due(state, state.current, now)):
             await self._shared(state, "credentials", self._resolve)
         if state.previous_until and now >= state.previous_until:
             await self._shared(state, "janitor", self._delete_superseded)

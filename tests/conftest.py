@@ -19,9 +19,11 @@ import yaml
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
+from dcr_sidecar.store.records import Record
 from tests.support.fake_server import FakeServer
 from tests.support.fakes import TOKEN_RESPONSE, FakeServers
 from tests.support.oidc import OidcProvider
+from tests.support.redis_server import RedisServer
 
 
 class LeakGuard:
@@ -41,15 +43,24 @@ class LeakGuard:
         self.add(*(body.get(k) for k in ("access_token", "refresh_token", "id_token")))
 
     def add_store(self, path: Path) -> list[str]:
-        """Every secret in a file store; returns them."""
+        """Every plaintext secret in a file store; returns them (sealed ones: add_records)."""
         found: list[str] = []
         for record in json.loads(path.read_text())["records"].values():
             for gen in record["generations"]:
                 found += [gen[k] for k in ("client_secret", "registration_access_token",
-                                           "private_key") if gen.get(k)]
-                if gen.get("private_key"):  # the private JWK's secret members on their own too
+                                           "private_key") if isinstance(gen.get(k), str)]
+                if isinstance(gen.get("private_key"), str):  # the JWK's secret members too
                     jwk = json.loads(gen["private_key"])
                     found += [jwk[m] for m in ("d", "p", "q", "dp", "dq", "qi") if m in jwk]
+        self.add(*found)
+        return found
+
+    def add_records(self, *records: Record | None) -> list[str]:
+        """Every secret of these records (read through a store, sealed or not)."""
+        found = [secret.reveal() for record in records if record is not None
+                 for gen in record.generations
+                 for secret in (gen.client_secret, gen.registration_access_token,
+                                gen.private_key) if secret]
         self.add(*found)
         return found
 
@@ -92,6 +103,22 @@ async def fake_server() -> AsyncIterator[Callable[..., Awaitable[FakeServer]]]:
         await server.stop()
 
 
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RedisServer]]]:
+    """Start real redis-server processes on free loopback ports (stopped at teardown)."""
+    started: list[RedisServer] = []
+
+    async def start(**kwargs: Any) -> RedisServer:
+        server = RedisServer(tmp_path, **kwargs)
+        started.append(server)
+        return await server.start()
+
+    yield start
+    for server in reversed(started):
+        await server.stop()
+
+
+RedisFactory = Callable[..., Awaitable[RedisServer]]
 ProviderFactory = Callable[..., Awaitable[OidcProvider]]
 FakeFactory = Callable[..., Awaitable[FakeServer]]
 SidecarFactory = Callable[..., Awaitable[Sidecar]]

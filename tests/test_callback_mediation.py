@@ -16,7 +16,7 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
 from dcr_sidecar.store.flows import MemoryFlowStore
 from dcr_sidecar.store.records import RecordKey
-from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
+from tests.conftest import LeakGuard, ProviderFactory, RedisFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, browser_to_callback, follow_once
 from tests.support.clock import Clock
 from tests.support.recording_as import RecordingAS
@@ -313,3 +313,32 @@ async def new_generation(side: Sidecar, issuer: str) -> None:
     second = replace(current, generation=2, client_id="client-gen-2", received_at=time.time())
     await store.put(record.with_generation(second, time.time()))
     side.resolver.state("acme").credentials = None
+
+
+async def test_a_login_started_on_one_replica_finishes_on_another(
+        oidc: ProviderFactory, sidecar: SidecarFactory, redis_server: RedisFactory,
+        leak_guard: LeakGuard) -> None:
+    """With the redis store the flow records live in Redis: replica A sends the browser to the
+    AS, the callback (routed by a load balancer) lands on replica B, and the code exchange goes
+    through A again — each record is still taken exactly once."""
+    provider = await oidc(pkce_required=True)
+    redis = await redis_server()
+    first = await sidecar({**mediated(provider.issuer, pkce="sidecar"),
+                           "store": {"backend": "redis", "url": redis.url}})
+    # Replicas share public_base_url (one registered callback URI); here: A's address.
+    second = await sidecar({**mediated(provider.issuer, pkce="sidecar"),
+                            "public_base_url": first.listen.url,
+                            "store": {"backend": "redis", "url": redis.url}})
+    callback = await login(first)
+    on_second = callback.replace(first.listen.url, second.listen.url, 1)
+    status, location, _ = await follow_once(on_second)
+    assert status == 302
+    assert location is not None
+    back = query(location)
+    assert back["state"] == ["app-state-1"]
+    status, body = await token(first, {"grant_type": "authorization_code",
+                                       "code": back["code"][0], "redirect_uri": REDIRECT_URI})
+    leak_guard.add_token_response(body)
+    assert status == 200, body
+    assert (await provider.stats())["registrations"] == 1
+    assert (await follow_once(callback))[0] == 400  # the state was spent on replica B

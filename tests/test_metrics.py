@@ -118,7 +118,8 @@ async def test_failures_count_discovery_failure_and_show_backoff(
 
 async def test_store_failure_is_counted_by_operation(
         oidc: ProviderFactory, sidecar: SidecarFactory, tmp_path: Path) -> None:
-    """A store whose directory cannot be created (a file is in the way) fails the lock."""
+    """A store whose directory cannot be used (a file is in the way) fails the first store
+    operation, the lock-free read (serving needs no lock; only changes take it)."""
     provider = await oidc()
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
@@ -128,5 +129,5 @@ async def test_store_failure_is_counted_by_operation(
             f"{side.listen.url}/acme/token", data={"grant_type": "client_credentials"}) as resp:
         assert resp.status == 503
     samples = await scrape(side)
-    assert value(samples, "dcr_sidecar_store_errors_total", operation="lease") == 1
+    assert value(samples, "dcr_sidecar_store_errors_total", operation="store_read") == 1
     assert (await provider.stats())["registrations"] == 0

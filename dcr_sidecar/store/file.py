@@ -7,7 +7,11 @@ Invariants:
   it across the whole resolution: ``serve`` and ``doctor --register`` on one file never both
   register. Keys have separate lock files so one slow upstream never delays another.
 - Each ``put`` is a read-modify-write of one key under a short lock on the document itself.
-- A document that cannot be parsed is never overwritten: reads and writes fail instead.
+- A document that cannot be parsed, and a record that will not decrypt, are never overwritten:
+  reads and writes fail instead (:class:`StoreCorrupt`).
+- ``open()`` checks ``store.encryption_keys`` against the document's key check before anything
+  is written (a wrong key set changes nothing), writes the key check on first start, and
+  reseals every record not stored under the newest key (rotation; encryption switched on).
 """
 
 from __future__ import annotations
@@ -22,19 +26,33 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from dcr_sidecar.store.records import SCHEMA, Record, RecordKey, record_from_json, record_to_json
+import structlog
 
+from dcr_sidecar.store.errors import StoreCorrupt
+from dcr_sidecar.store.records import (
+    PLAIN,
+    PLAIN_SCHEMA,
+    SCHEMA,
+    Record,
+    RecordKey,
+    Sealer,
+    record_from_json,
+    record_to_json,
+    resealed,
+)
 
-class StoreCorrupt(Exception):
-    pass
+log = structlog.get_logger(__name__)
 
 
 class FileStore:
     name = "file"
+    shared = False  # processes sharing the file serialise whole resolutions on the flock
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sealer: Sealer = PLAIN) -> None:
         self.path = Path(path)
+        self.sealer = sealer
         self._locks: dict[RecordKey, asyncio.Lock] = {}
+        self._prepared = False
 
     # -- reading and writing (blocking parts run in a thread)
 
@@ -49,9 +67,10 @@ class FileStore:
             raise StoreCorrupt(f"{self.path} is not valid JSON; it is left untouched") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("records"), dict):
             raise StoreCorrupt(f"{self.path} is not a dcr-sidecar credential store")
-        if doc.get("schema", SCHEMA) > SCHEMA:
+        schema = doc.get("schema", PLAIN_SCHEMA)
+        if not isinstance(schema, int) or schema > SCHEMA:
             raise StoreCorrupt(f"{self.path} was written by a newer store schema "
-                               f"({doc.get('schema')}); this version reads up to {SCHEMA}")
+                               f"({schema!r}); this version reads up to {SCHEMA}")
         return doc
 
     def _write_document(self, doc: dict[str, Any]) -> None:
@@ -75,20 +94,63 @@ class FileStore:
             os.close(dir_fd)
 
     def _get_sync(self, key: RecordKey) -> Record | None:
+        self._ready_sync()
         data = self._read_document()["records"].get(_doc_key(key))
-        return record_from_json(data) if data is not None else None
+        return record_from_json(data, self.sealer) if data is not None else None
 
     def _put_sync(self, record: Record) -> None:
+        self._ready_sync()
         with _flock(self._lock_path("document")):
             doc = self._read_document()
-            doc["schema"] = SCHEMA
-            doc["records"][_doc_key(record.key)] = record_to_json(record)
-            self._write_document(doc)
+            doc["records"][_doc_key(record.key)] = record_to_json(record, self.sealer)
+            self._write_document(_with_schema(doc))
+
+    def _open_sync(self) -> None:
+        with _flock(self._lock_path("document")):
+            doc = self._read_document()
+            state = self.sealer.check_keys(doc.get("key_check"))  # KeyMismatch: nothing written
+            changed = False
+            if self.sealer.enabled and state != "current":
+                doc["key_check"] = self.sealer.key_check()
+                changed = True
+                log.info("store_key_check_written", store=str(self.path),
+                         reason="first start" if state == "absent" else "newest key changed")
+            for name, data in doc["records"].items():
+                try:
+                    again = resealed(data, self.sealer)
+                except StoreCorrupt as exc:
+                    log.warning("stored_record_unreadable", store=str(self.path),
+                                detail=str(exc))
+                    continue
+                if again is not None:
+                    doc["records"][name] = again
+                    changed = True
+            if changed:
+                self._write_document(_with_schema(doc))
+        self._prepared = True
+
+    def _ready_sync(self) -> None:
+        if not self._prepared:
+            self._open_sync()
 
     def _lock_path(self, name: str) -> Path:
         return self.path.with_name(f".{self.path.name}.{name}.lock")
 
     # -- the store protocol
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except (OSError, StoreCorrupt) as exc:  # reads and writes fail typed until fixed
+            log.warning("store_unusable_at_start", store=str(self.path),
+                        detail=f"{type(exc).__name__}: {exc}", then="retried on first use")
+
+    async def check(self) -> str | None:
+        try:
+            await asyncio.to_thread(self._read_document)
+        except (OSError, StoreCorrupt) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     async def get(self, key: RecordKey) -> Record | None:
         return await asyncio.to_thread(self._get_sync, key)
@@ -108,6 +170,16 @@ class FileStore:
 
     async def close(self) -> None:
         return None
+
+
+def _with_schema(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document's schema: the newest of its parts, so an older version refuses a file
+    holding anything it cannot read instead of misreading it."""
+    schemas = [PLAIN_SCHEMA, *(r.get("schema", PLAIN_SCHEMA) for r in doc["records"].values())]
+    if "key_check" in doc:
+        schemas.append(SCHEMA)
+    doc["schema"] = max(schemas)
+    return doc
 
 
 def _doc_key(key: RecordKey) -> str:

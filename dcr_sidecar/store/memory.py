@@ -11,10 +11,17 @@ from dcr_sidecar.store.records import Record, RecordKey
 
 class MemoryStore:
     name = "memory"
+    shared = False
 
     def __init__(self) -> None:
         self._records: dict[RecordKey, Record] = {}
         self._locks: dict[RecordKey, asyncio.Lock] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def check(self) -> str | None:
+        return None
 
     async def get(self, key: RecordKey) -> Record | None:
         return self._records.get(key)

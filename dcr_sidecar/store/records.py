@@ -1,18 +1,37 @@
 """The stored shape of credentials: records of client generations, and their one serializer.
 
-The format carries its own schema version (``SCHEMA``), independent of the program's version,
-so an upgrade or a rollback reads what the previous version wrote.
+Every backend (file, redis) stores what :func:`record_to_json` makes and reads it back with
+:func:`record_from_json`; nothing else knows the format.
+
+Invariants:
+- Each record carries its own schema version, independent of the program's version, so an
+  upgrade or a rollback reads what the other version wrote. Schema 1 is plaintext; schema 2
+  adds sealed (encrypted) secret fields. A record is written with the lowest schema that
+  describes it, so a store without encryption stays readable by versions that know only 1.
+  A record of a newer schema than this version knows is refused, never guessed at.
+- With ``store.encryption_keys`` (DESIGN §3.9) every secret field of a generation is sealed
+  with Fernet under the newest key on every write (``{"fernet": token}``); older keys only
+  decrypt. A plaintext secret is still read (encryption switched on for an existing store)
+  and is sealed when its record is next written.
+- A value that will not decrypt makes the whole record unreadable (:class:`StoreCorrupt`):
+  the resolver then fails typed and never overwrites it.
+- The key check is a Fernet token of a fixed text under the newest key, stored once per store:
+  a key set that cannot open it is a startup error (:class:`KeyMismatch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.store.errors import KeyMismatch, StoreCorrupt
 
-SCHEMA = 1
+SCHEMA = 2  # the newest record schema this version reads and writes
+PLAIN_SCHEMA = 1  # no sealed fields: what versions before encryption read
 
 
 @dataclass(frozen=True)
@@ -104,33 +123,149 @@ class Record:
 # ---------------------------------------------------------------------------- serializer
 
 _SECRET_FIELDS = ("client_secret", "registration_access_token", "private_key")
+_KEY_CHECK_TEXT = b"dcr-sidecar key check"
+KeyCheckState = Literal["current", "older_key", "absent"]
 
 
-def generation_to_json(gen: Generation) -> dict[str, Any]:
+class Sealer:
+    """Seals secret fields at rest with Fernet (AES-128-CBC + HMAC-SHA256), newest key first.
+
+    Without keys it is the identity: values are stored as plain strings.
+    """
+
+    def __init__(self, keys: Sequence[Secret] = ()) -> None:
+        fernets = [Fernet(key.reveal().encode()) for key in keys]
+        self._newest = fernets[0] if fernets else None
+        self._all = MultiFernet(fernets) if fernets else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._all is not None
+
+    def seal(self, plaintext: str) -> str | dict[str, str]:
+        if self._newest is None:
+            return plaintext
+        return {"fernet": self._newest.encrypt(plaintext.encode()).decode("ascii")}
+
+    def unseal(self, stored: object, what: str) -> str:
+        if isinstance(stored, str):
+            return stored
+        token = stored.get("fernet") if isinstance(stored, Mapping) else None
+        if not isinstance(token, str):
+            raise StoreCorrupt(f"{what} has an unknown stored form")
+        if self._all is None:
+            raise StoreCorrupt(f"{what} is encrypted and store.encryption_keys is empty")
+        try:
+            return self._all.decrypt(token.encode()).decode()
+        except (InvalidToken, UnicodeDecodeError):
+            raise StoreCorrupt(f"{what} does not decrypt with any of store.encryption_keys; "
+                               "it is left untouched") from None
+
+    def is_current(self, stored: object) -> bool:
+        """Stored as this sealer would store it now (sealed under the newest key, or plain)."""
+        if self._newest is None:
+            return isinstance(stored, str)
+        token = stored.get("fernet") if isinstance(stored, Mapping) else None
+        if not isinstance(token, str):
+            return False
+        try:
+            self._newest.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    # -- the key check
+
+    def key_check(self) -> dict[str, Any]:
+        assert self._newest is not None
+        return {"schema": SCHEMA, "fernet": self._newest.encrypt(_KEY_CHECK_TEXT).decode()}
+
+    def check_keys(self, stored: Mapping[str, Any] | None) -> KeyCheckState:
+        """How the configured keys relate to the store's key check; KeyMismatch when they
+        cannot open it (or the store is encrypted and no keys are configured)."""
+        if stored is None:
+            return "absent"
+        if self._all is None or self._newest is None:
+            raise KeyMismatch("the store is encrypted (it holds a key check) but "
+                              "store.encryption_keys is empty; configure the keys it was "
+                              "written with")
+        token = stored.get("fernet")
+        if not isinstance(token, str):
+            raise KeyMismatch("the store's key check is not in a known form")
+        try:
+            self._newest.decrypt(token.encode())
+            return "current"
+        except InvalidToken:
+            pass
+        try:
+            self._all.decrypt(token.encode())
+        except InvalidToken:
+            raise KeyMismatch(
+                "none of the configured store.encryption_keys opens the store's key check: "
+                "they are not the keys the store was encrypted with; nothing was changed"
+            ) from None
+        return "older_key"
+
+
+PLAIN = Sealer()
+
+
+def generation_to_json(gen: Generation, sealer: Sealer = PLAIN) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in Generation.__dataclass_fields__:
         value = getattr(gen, name)
-        out[name] = value.reveal() if isinstance(value, Secret) else value
+        out[name] = sealer.seal(value.reveal()) if isinstance(value, Secret) else value
     return out
 
 
-def generation_from_json(data: Mapping[str, Any]) -> Generation:
-    values: dict[str, Any] = {k: data[k] for k in Generation.__dataclass_fields__ if k in data}
+def generation_from_json(data: Mapping[str, Any], sealer: Sealer = PLAIN,
+                         what: str = "a generation") -> Generation:
+    fields = Generation.__dataclass_fields__
+    values: dict[str, Any] = {k: data[k] for k in fields if k in data}
     for name in _SECRET_FIELDS:
-        raw = values.get(name)
-        values[name] = Secret(raw) if isinstance(raw, str) else None
+        if name in fields:
+            raw = values.get(name)
+            values[name] = None if raw is None else Secret(
+                sealer.unseal(raw, f"{what}: {name}"))
     return Generation(**values)
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
+def record_to_json(record: Record, sealer: Sealer = PLAIN) -> dict[str, Any]:
     return {
+        "schema": SCHEMA if sealer.enabled else PLAIN_SCHEMA,
         "issuer": record.key.issuer,
         "upstream": record.key.upstream,
-        "generations": [generation_to_json(g) for g in record.generations],
+        "generations": [generation_to_json(g, sealer) for g in record.generations],
     }
 
 
-def record_from_json(data: Mapping[str, Any]) -> Record:
-    key = RecordKey(issuer=str(data["issuer"]), upstream=str(data["upstream"]))
-    gens = tuple(generation_from_json(g) for g in data.get("generations", []))
+def record_from_json(data: Mapping[str, Any], sealer: Sealer = PLAIN) -> Record:
+    """The record, or StoreCorrupt naming what could not be read (never a secret)."""
+    try:
+        schema = data.get("schema", PLAIN_SCHEMA)
+        if not isinstance(schema, int) or schema > SCHEMA:
+            raise StoreCorrupt(f"a record was written with store schema {schema!r}; this "
+                               f"version reads up to {SCHEMA}; it is left untouched")
+        key = RecordKey(issuer=str(data["issuer"]), upstream=str(data["upstream"]))
+        gens = tuple(generation_from_json(g, sealer, f"record {key} generation "
+                                                     f"{g.get('generation')}")
+                     for g in data.get("generations", []))
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise StoreCorrupt(f"a stored record is malformed ({type(exc).__name__}); "
+                           "it is left untouched") from None
     return Record(key, gens)
+
+
+def resealed(data: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] | None:
+    """The record re-encoded for `sealer` when any secret is not stored as `sealer` would
+    store it now (key rotation, encryption switched on); None when it is current."""
+    schema = SCHEMA if sealer.enabled else PLAIN_SCHEMA
+    try:
+        current = data.get("schema", PLAIN_SCHEMA) == schema and all(
+            sealer.is_current(g[name]) for g in data.get("generations", [])
+            for name in _SECRET_FIELDS if g.get(name) is not None)
+    except (TypeError, AttributeError):
+        current = False  # malformed: record_from_json says so
+    if current:
+        return None
+    return record_to_json(record_from_json(data, sealer), sealer)
