@@ -42,6 +42,7 @@ _CREDENTIAL_RE = re.compile(
 _URL_RE = re.compile(r"(?i)\bhttps?://(?:\[[0-9a-f:.%]+\]|[^\s\"'<>()\[\]{},;/?#]+)"
                      r"[^\s\"'<>()\[\]{},;]*")
 _TRAILING = ".:!?"
+_MAY_HOLD_CREDENTIAL = re.compile(r"[\s=]")
 _known_secrets: set[str] = set()
 
 
@@ -77,8 +78,12 @@ def _safe_url_in_text(match: re.Match[str]) -> str:
 
 def scrub(text: str) -> str:
     """Credentials and known secrets masked, URLs without userinfo and query."""
-    text = _URL_RE.sub(_safe_url_in_text, text)
-    text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
+    # Cheap scans first: most log values are short words with no URL and no credential (every
+    # _CREDENTIAL_RE match holds whitespace or "="), so the full patterns rarely run.
+    if "://" in text:
+        text = _URL_RE.sub(_safe_url_in_text, text)
+    if _MAY_HOLD_CREDENTIAL.search(text) is not None:
+        text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
