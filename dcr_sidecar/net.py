@@ -219,30 +219,31 @@ class Outbound:
     @contextlib.contextmanager
     def translate(self, *, step: errors.Step, upstream: str | None, url: str) -> Iterator[None]:
         """Foreign exceptions -> sidecar errors, always chained (``raise ... from``)."""
-        shown = safe_url(url)
         try:
             yield
         except errors.SidecarError:
             raise
-        except aiohttp.ClientConnectorError as exc:
-            refused = _address_refused(exc)
-            if refused is not None:
-                raise errors.PolicyRefused(f"refusing {shown}: {refused}", step=step,
-                                           upstream=upstream) from exc
-            if isinstance(exc, aiohttp.ClientConnectorDNSError):
-                raise errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
-                                         upstream=upstream) from exc
-            raise errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
-                                     upstream=upstream) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
-                                         upstream=upstream) from exc
-        except aiohttp.InvalidURL as exc:
-            raise errors.BadUpstream(f"invalid URL {shown}", step=step,
-                                     upstream=upstream) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
-                                     upstream=upstream) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise _translated(exc, safe_url(url), step, upstream) from exc
+
+
+def _translated(exc: Exception, shown: str, step: errors.Step,
+                upstream: str | None) -> errors.UpstreamError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = _address_refused(exc)
+        if refused is not None:
+            return errors.PolicyRefused(f"refusing {shown}: {refused}", step=step,
+                                        upstream=upstream)
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
+                                      upstream=upstream)
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
+                                      upstream=upstream)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
+    return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
+                              upstream=upstream)
 
 
 def _literal_refusal(policy: AddressPolicy, dest: Authority) -> str | None:
