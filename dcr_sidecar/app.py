@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
@@ -29,8 +30,9 @@ from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, callback, metadata, token
-from dcr_sidecar.proxy.boundary import boundary
+from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
@@ -99,9 +101,11 @@ def create_management_app(runtime: Runtime,
 
 
 def _handler_args(settings: Settings) -> dict[str, Any]:
-    # aiohttp's own parser limits sit above ours so the sidecar's JSON 431 answers first.
+    """aiohttp's own parser limits sit above the sidecar's (boundary._check_headers), so the
+    sidecar's JSON 431 answers first; beyond these, aiohttp's plain 400 (DESIGN §2.4)."""
     size = settings.limits.max_header_bytes + 1024
-    return {"max_line_size": size, "max_field_size": size, "max_headers": 256}
+    return {"max_line_size": size, "max_field_size": size,
+            "max_headers": 2 * MAX_HEADER_COUNT}
 
 
 @dataclass
@@ -129,8 +133,6 @@ def restart_only_changes(old: Settings, new: Settings) -> list[str]:
     if old.log.format != new.log.format:
         keys.append("log.format")
     # Applied for what the sidecar checks itself, but sized into aiohttp at start:
-    if old.limits.connections_per_upstream != new.limits.connections_per_upstream:
-        keys.append("limits.connections_per_upstream")  # the connection pool
     if new.limits.max_header_bytes > old.limits.max_header_bytes:
         keys.append("limits.max_header_bytes")  # the HTTP parser's own limit (only raising)
     return keys
@@ -166,11 +168,14 @@ class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
-                 flows: FlowStore | None = None) -> None:
+                 flows: FlowStore | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
+        """`resolver` is for tests only: the name resolver under the address policy."""
+        remember_settings_secrets(settings)
         self.settings = settings
         self.metrics = Metrics.create()
         self.metrics.set_upstreams(u.name for u in settings.upstreams)
-        self.outbound = Outbound(settings, self.metrics)
+        self.outbound = Outbound(settings, self.metrics, resolver)
         self.store = store or open_store(settings.store)
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics

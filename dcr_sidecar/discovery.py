@@ -208,7 +208,7 @@ class Discoverer:
                      expected: str) -> tuple[Attempt, Metadata, float] | None:
         try:
             response = await self._get_following(upstream, attempt)
-        except errors.PolicyRefused as exc:
+        except errors.BadUpstream as exc:  # refused, too many redirects, body over the cap
             attempt.outcome, attempt.detail = "failed", exc.description
             return None
         except errors.UpstreamError as exc:
@@ -224,7 +224,7 @@ class Discoverer:
                                                     time.time())
             return None
         try:
-            meta = validate_metadata(response.json(), expected)
+            meta = validate_metadata(response.json(), expected, source=response.url)
         except IssuerMismatch as exc:
             attempt.outcome, attempt.detail = "skipped", exc.reason
             return None
@@ -250,7 +250,7 @@ class Discoverer:
             if not location:
                 return response
             target = urljoin(url, location)
-            if authority(target) != authority(url):
+            if not _same_origin(target, url):  # same scheme too: never https -> http
                 raise errors.PolicyRefused(
                     f"discovery redirect from {safe_url(url)} to another origin "
                     f"({safe_url(target)}) refused", step="discover", upstream=upstream.name)
@@ -275,3 +275,9 @@ class Discoverer:
             f"no usable metadata for issuer {clean_text(expected)!r}: {summary}",
             step="discover", upstream=upstream.name)
 
+
+def _same_origin(a: str, b: str) -> bool:
+    try:
+        return authority(a) == authority(b)
+    except ValueError:
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dcr_sidecar import errors
@@ -17,6 +18,7 @@ from dcr_sidecar.config import Settings
 from dcr_sidecar.discovery import Discoverer
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.observability import remember_settings_secrets, scrub
 from dcr_sidecar.registrar import Registrar, registration_endpoint
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -33,6 +35,7 @@ async def run_doctor(settings: Settings, name: str, *, register: bool, as_json: 
         print("doctor --register is refused with the memory store: the registered client "
               "would be orphaned when this command exits", file=sys.stderr)
         return EXIT_CONFIG
+    remember_settings_secrets(settings)
     report: dict[str, Any] = {"upstream": name, "registration": upstream.strategy}
     outbound = Outbound(settings)
     await outbound.start()
@@ -119,31 +122,38 @@ async def _register(settings: Settings, name: str, report: dict[str, Any]) -> in
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
+    """Print through scrub(): a secret an AS echoed into an error never reaches the terminal."""
+    lines: list[str] = []
     if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"upstream {report['upstream']} (registration: {report['registration']})")
+        lines.append(json.dumps(report, indent=2))
+    else:
+        _render(report, lines.append)
+    print(scrub("\n".join(lines)))
+
+
+def _render(report: dict[str, Any], out: Callable[[str], object]) -> None:
+    out(f"upstream {report['upstream']} (registration: {report['registration']})")
     for attempt in report.get("attempts", []):
         status = attempt["status"] if attempt["status"] is not None else "-"
         detail = f" — {attempt['detail']}" if attempt["detail"] else ""
-        print(f"  {attempt['outcome']:<9} {status:>4}  {attempt['url']}{detail}")
+        out(f"  {attempt['outcome']:<9} {status:>4}  {attempt['url']}{detail}")
     for key in ("chosen", "issuer"):
         if key in report:
-            print(f"{key}: {report[key]}")
+            out(f"{key}: {report[key]}")
     for name, url in sorted(report.get("endpoints", {}).items()):
-        print(f"  {name}: {url}")
+        out(f"  {name}: {url}")
     if "registration_endpoint" in report:
         reg = report["registration_endpoint"]
-        print(f"registration endpoint: {reg['url']} ({reg['source']})"
+        out(f"registration endpoint: {reg['url']} ({reg['source']})"
               f"{' — ' + reg['note'] if 'note' in reg else ''}")
     if "auth_method" in report:
-        print(f"auth method: {report['auth_method']['method']} — {report['auth_method']['why']}")
+        out(f"auth method: {report['auth_method']['method']} — {report['auth_method']['why']}")
     if "client" in report:
         client = report["client"]
-        print(f"client: {client['client_id']} generation {client['generation']}, "
+        out(f"client: {client['client_id']} generation {client['generation']}, "
               f"{client['token_endpoint_auth_method']}, expires_at "
               f"{client['client_secret_expires_at'] or 'never'}"
               f"{' (registered now)' if client['registered_now'] else ' (from the store)'}")
     if "error" in report:
         err = report["error"]
-        print(f"FAILED at {err['step']}: {err['error']}: {err['detail']}")
+        out(f"FAILED at {err['step']}: {err['error']}: {err['detail']}")

@@ -1,101 +1,51 @@
-"""The outbound HTTP client for all OAuth traffic: address policy, transport rules, read caps,
-and the one place where foreign exceptions become sidecar errors.
+"""The outbound HTTP client for all OAuth traffic: transport rules, per-upstream connection caps,
+read caps, and the one place where foreign exceptions become sidecar errors.
 
 Invariants:
-- One pooled ``ClientSession`` per process, ``trust_env=False`` (no egress proxies in v1),
-  connections capped per host:port (``limits.connections_per_upstream``).
+- One pooled ``ClientSession`` per process, ``trust_env=False`` (no egress proxies in v1), no
+  cookies, the ``timeouts`` of the configuration on every request.
+- https only, except ``security.allow_http`` hosts (:meth:`Outbound.check_url`).
+- Every connection passes the dial-time address policy of :mod:`dcr_sidecar.dial`; the request
+  names its destination authority so the policy knows whether it is a configured one.
+- At most ``limits.connections_per_upstream`` requests (hence connections) per upstream at a
+  time, whichever hosts they go to; waiting for a slot counts against ``timeouts.total``, so
+  a stalled AS exhausts only its own upstream's slots and never another upstream's.
 - Redirects are never followed here; discovery follows them itself under its own rules.
-- Every destination address is checked at dial time by :class:`PolicyResolver` (DNS answers)
-  or :meth:`Outbound._check_destination` (IP literals, which aiohttp never resolves); the
-  connection uses the address that was checked, so a rebinding DNS answer cannot swap it.
-- Every body read is capped while reading.
+- Every body read is capped while reading, and the connection is dropped at the cap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
-import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDictProxy
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings
+from dcr_sidecar.dial import (
+    AddressPolicy,
+    AddressRefused,
+    Authority,
+    PolicyResolver,
+    authority,
+    authority_text,
+    destination,
+    guarded_socket_factory,
+)
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
-from dcr_sidecar.oauth.addresses import IPNetwork, refusal
 from dcr_sidecar.oauth.text import safe_url
 
-
-class AddressRefused(OSError):
-    """A destination address the policy forbids (raised inside the connector)."""
-
-    def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(f"{host} resolves to {address} ({reason}), which the policy forbids")
-        self.reason = reason
-
-
-def authority(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an http(s) URL, the port made explicit."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
-class AddressPolicy:
-    """Which addresses may be dialled for which host:port (DESIGN §3.8).
-
-    Private-network allow-listing applies only to configured authorities; a host:port that
-    only a remote document named gets no exemptions.
-    """
-
-    def __init__(self, allowed: Sequence[IPNetwork], configured: set[tuple[str, int]]) -> None:
-        self.allowed = tuple(allowed)
-        self.configured = configured
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AddressPolicy:
-        configured = set()
-        for upstream in settings.upstreams:
-            for url in upstream.configured_urls():
-                _, host, port = authority(url)
-                configured.add((host, port))
-        return cls(settings.security.allow_private_networks, configured)
-
-    def refusal(self, host: str, port: int, address: str) -> str | None:
-        allowed = self.allowed if (host.lower(), port) in self.configured else ()
-        return refusal(ipaddress.ip_address(address.split("%", 1)[0]), allowed)
-
-
-class PolicyResolver(AbstractResolver):
-    """Resolves with the default resolver, then drops every forbidden address."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self.policy = policy
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        kept = [r for r in results if self.policy.refusal(host, port, r["host"]) is None]
-        if not kept:
-            first = results[0]["host"] if results else "?"
-            reason = self.policy.refusal(host, port, first) if results else "no address"
-            raise AddressRefused(host, first, reason or "refused")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
+__all__ = ["BodyTooLarge", "Outbound", "Response", "authority", "read_capped"]
 
 
 @dataclass(frozen=True)
@@ -108,33 +58,44 @@ class Response:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ProtocolError(f"{safe_url(self.url)} answered HTTP {self.status} with a body "
                                 "that is not JSON") from None
 
 
 class Outbound:
-    """The process's outbound client. Create with :meth:`start`, close with :meth:`close`."""
+    """The process's outbound client. Create with :meth:`start`, close with :meth:`close`.
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    `resolver` replaces the name resolver under the address policy; only tests pass one (to
+    map names onto loopback addresses). The policy applies to its answers like to any other.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 resolver: AbstractResolver | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        limits = self.settings.limits
+        self._session = self._new_session()
+
+    def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            resolver=PolicyResolver(self.policy),
-            limit=0,
-            limit_per_host=limits.connections_per_upstream,
-            ttl_dns_cache=10,
+            resolver=PolicyResolver(self.policy, self._resolver),
+            use_dns_cache=False,  # a cached answer would skip the policy of another authority
+            socket_factory=guarded_socket_factory(self.policy),
+            limit=0,  # bounded per upstream by the slots in request()
+            limit_per_host=0,
             enable_cleanup_closed=False,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
-            auto_decompress=True,
+            auto_decompress=True,  # decompressed bytes are what read_capped counts
             timeout=self._timeout(),
             headers={"User-Agent": "dcr-sidecar"},
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -142,6 +103,9 @@ class Outbound:
         )
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()  # _close_later closes its session when cancelled
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -152,11 +116,28 @@ class Outbound:
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
 
     def update(self, settings: Settings) -> None:
-        """Apply a reloaded configuration: timeouts, limits on reads and the address policy
-        take effect for the next request (the connection pool size needs a restart)."""
-        self.settings = settings
+        """Apply a reloaded configuration to the next request: timeouts, read limits,
+        connections_per_upstream (fresh slots) and the address policy. A changed policy also
+        retires the connection pool, so no keep-alive connection checked under the old policy
+        is reused; the old pool closes once its requests are over (after timeouts.total)."""
+        if settings.limits.connections_per_upstream != (
+                self.settings.limits.connections_per_upstream):
+            self._slots = {}  # requests holding an old slot release it into the old semaphore
         fresh = AddressPolicy.from_settings(settings)
-        self.policy.allowed, self.policy.configured = fresh.allowed, fresh.configured
+        changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
+                                                        self.policy.configured)
+        self.settings = settings
+        self.policy.replace(fresh)
+        if changed and self._session is not None:
+            self._retire_pool(self._session)
+
+    def _retire_pool(self, old: aiohttp.ClientSession) -> None:
+        self._session = self._new_session()
+        grace = self.settings.timeouts.total + 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_close_later(old, grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -165,24 +146,26 @@ class Outbound:
         return self._session
 
     def check_url(self, url: str, *, step: errors.Step, upstream: str | None) -> None:
-        """https only (or an allow_http host), and IP literals through the address policy."""
-        scheme, host, port = authority(url)
+        """https only (or an allow_http host), and IP literals through the address policy,
+        before any connection is attempted."""
+        try:
+            dest = authority(url)
+        except ValueError:
+            raise errors.PolicyRefused(f"refusing the URL {safe_url(url)}", step=step,
+                                       upstream=upstream) from None
+        scheme, host, _ = dest
+        if scheme not in ("http", "https"):
+            raise errors.PolicyRefused(f"refusing the URL {safe_url(url)}", step=step,
+                                       upstream=upstream)
         if scheme == "http" and host not in self.settings.security.allow_http:
             raise errors.PolicyRefused(
                 f"refusing plain http to {safe_url(url)} (only security.allow_http hosts may "
                 "use http)", step=step, upstream=upstream)
-        if scheme not in ("http", "https") or not host:
-            raise errors.PolicyRefused(f"refusing the URL {safe_url(url)}", step=step,
-                                       upstream=upstream)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return
-        reason = self.policy.refusal(host, port, host)
+        reason = _literal_refusal(self.policy, dest)
         if reason is not None:
             raise errors.PolicyRefused(
-                f"refusing {safe_url(url)}: {host} is a {reason} address and not allowed for "
-                "this authority", step=step, upstream=upstream)
+                f"refusing {safe_url(url)}: {host} is a {reason} address, not allowed for "
+                f"{authority_text(dest)}", step=step, upstream=upstream)
 
     async def request(
         self,
@@ -201,13 +184,15 @@ class Outbound:
         4xx/5xx answers) and the request fails beyond it."""
         self.check_url(url, step=step, upstream=upstream)
         limits = self.settings.limits
+        dest = authority(url)
         started = time.perf_counter()
         try:
-            with self.translate(step=step, upstream=upstream, url=url):
-                async with self.session.request(
-                    method, url, headers=headers, data=data, json=json_body,
-                    allow_redirects=False, timeout=self._timeout(),
-                ) as resp:
+            with self.translate(step=step, upstream=upstream, url=url), destination(dest):
+                async with asyncio.timeout(self.settings.timeouts.total), \
+                        self._slot(upstream or authority_text(dest)), \
+                        self._open_session(step, upstream).request(
+                            method, url, headers=headers, data=data, json=json_body,
+                            allow_redirects=False, timeout=self._timeout()) as resp:
                     cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
                         error_limit or limits.max_error_body_bytes)
                     body = await read_capped(resp, cap, url, step=step, upstream=upstream)
@@ -215,29 +200,79 @@ class Outbound:
         finally:
             self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
 
+    def _open_session(self, step: errors.Step, upstream: str | None) -> aiohttp.ClientSession:
+        """The session, or 503 when it closed while this request waited for a slot (shutdown)."""
+        if self._session is None or self._session.closed:
+            raise errors.Unavailable("the sidecar is shutting down", step=step,
+                                     upstream=upstream)
+        return self._session
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, key: str) -> AsyncIterator[None]:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = asyncio.Semaphore(self.settings.limits.connections_per_upstream)
+            self._slots[key] = slot
+        async with slot:
+            yield
+
     @contextlib.contextmanager
     def translate(self, *, step: errors.Step, upstream: str | None, url: str) -> Iterator[None]:
         """Foreign exceptions -> sidecar errors, always chained (``raise ... from``)."""
-        shown = safe_url(url)
         try:
             yield
         except errors.SidecarError:
             raise
-        except aiohttp.ClientConnectorDNSError as exc:
-            if isinstance(exc.os_error, AddressRefused):
-                raise errors.PolicyRefused(f"refusing {shown}: {exc.os_error}", step=step,
-                                           upstream=upstream) from exc
-            raise errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
-                                     upstream=upstream) from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
-                                         upstream=upstream) from exc
-        except aiohttp.InvalidURL as exc:
-            raise errors.BadUpstream(f"invalid URL {shown}", step=step,
-                                     upstream=upstream) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
-                                     upstream=upstream) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise _translated(exc, safe_url(url), step, upstream) from exc
+
+
+def _translated(exc: Exception, shown: str, step: errors.Step,
+                upstream: str | None) -> errors.UpstreamError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = _address_refused(exc)
+        if refused is not None:
+            return errors.PolicyRefused(f"refusing {shown}: {refused}", step=step,
+                                        upstream=upstream)
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
+                                      upstream=upstream)
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
+                                      upstream=upstream)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
+    return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
+                              upstream=upstream)
+
+
+def _literal_refusal(policy: AddressPolicy, dest: Authority) -> str | None:
+    """The policy's verdict on an IP-literal host (names are judged at dial time)."""
+    host = dest[1]
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return policy.refusal(dest, host)
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
+
+
+def _address_refused(exc: BaseException) -> AddressRefused | None:
+    """The policy refusal behind a connector error, if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, AddressRefused):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__
+    return None
 
 
 class BodyTooLarge(errors.BadUpstream):
@@ -248,9 +283,11 @@ async def read_capped(
     resp: aiohttp.ClientResponse, cap: int, url: str, *, step: errors.Step = "forward",
     upstream: str | None = None,
 ) -> bytes:
-    """Read at most `cap` bytes; fail as soon as the body goes beyond (never buffer it whole)."""
+    """Read at most `cap` bytes; fail as soon as the body goes beyond (never buffer it whole)
+    and drop the connection, whose unread rest must not be drained or reused."""
     declared = resp.content_length
     if declared is not None and declared > cap:
+        resp.close()
         raise BodyTooLarge(f"{safe_url(url)} announced a {declared}-byte body; the limit is "
                            f"{cap}", step=step, upstream=upstream)
     chunks: list[bytes] = []
@@ -261,7 +298,7 @@ async def read_capped(
             return b"".join(chunks)
         size += len(chunk)
         if size > cap:
+            resp.close()
             raise BodyTooLarge(f"{safe_url(url)} sent more than {cap} bytes", step=step,
                                upstream=upstream)
         chunks.append(chunk)
-

@@ -1,8 +1,14 @@
 """Logging as data: structlog configured once (by the CLI), with a redaction processor.
 
-The redaction processor is the last line of defence for DESIGN §3.9: known secret keys,
-``Authorization`` values, credential-bearing parameters and every secret value the process has
-seen (registered with :func:`remember_secret`) are masked; URLs lose userinfo and query.
+The redaction processor is the last line of defence for DESIGN §3.8/§3.9, applied to every log
+line — the sidecar's own and, through the standard library bridge, aiohttp's:
+- known secret keys, ``Authorization``-style values, credential-bearing parameters and every
+  secret value the process holds (registered with :func:`remember_secret`) are masked;
+- URLs lose userinfo, query and fragment, in URL-named fields and inside free text alike;
+- control and bidi characters are removed (a newline kept only in rendered tracebacks), so
+  nothing an AS or a client said can forge a log line.
+Requests that aiohttp's HTTP parser rejects are logged by aiohttp with the first bytes of the
+offending line; those bytes (possibly a credential) are dropped before rendering.
 """
 
 from __future__ import annotations
@@ -10,13 +16,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dcr_sidecar.oauth.secret import MASK, Secret
-from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.oauth.text import safe_url, strip_controls
 
 SECRET_KEYS = frozenset({
     "client_secret", "registration_access_token", "initial_access_token", "access_token",
@@ -25,10 +32,17 @@ SECRET_KEYS = frozenset({
     "set-cookie", "device_code", "user_code", "private_key", "encryption_keys",
 })
 URL_KEYS = frozenset({"url", "endpoint", "location", "redirect_uri", "registration_client_uri"})
+MULTILINE_KEYS = frozenset({"exception", "stack"})
 _CREDENTIAL_RE = re.compile(
     r"(?i)\b(basic|bearer|dpop)\s+[A-Za-z0-9._~+/=-]+|"
     r"((?:client_secret|access_token|refresh_token|id_token|code|code_verifier|"
     r"client_assertion|registration_access_token|token)=)[^&\s\"']+")
+# A URL inside prose: an IPv6 literal or a host, then anything up to a delimiter; trailing
+# sentence punctuation is not part of it.
+_URL_RE = re.compile(r"(?i)\bhttps?://(?:\[[0-9a-f:.%]+\]|[^\s\"'<>()\[\]{},;/?#]+)"
+                     r"[^\s\"'<>()\[\]{},;]*")
+_TRAILING = ".:!?"
+_MAY_HOLD_CREDENTIAL = re.compile(r"[\s=]")
 _known_secrets: set[str] = set()
 
 
@@ -39,8 +53,37 @@ def remember_secret(value: Secret | str | None) -> None:
         _known_secrets.add(text)
 
 
+def _secrets_in(node: Any) -> Iterator[Secret]:
+    if isinstance(node, Secret):
+        yield node
+    elif isinstance(node, list | tuple):
+        for item in node:
+            yield from _secrets_in(item)
+    elif hasattr(node, "__pydantic_fields__"):
+        for name in type(node).__pydantic_fields__:
+            yield from _secrets_in(getattr(node, name))
+
+
+def remember_settings_secrets(settings: Any) -> None:
+    """Register every secret written in the configuration (loaded ``Secret`` fields)."""
+    for secret in _secrets_in(settings):
+        remember_secret(secret)
+
+
+def _safe_url_in_text(match: re.Match[str]) -> str:
+    url = match.group(0)
+    kept = url.rstrip(_TRAILING)
+    return safe_url(kept) + url[len(kept):]
+
+
 def scrub(text: str) -> str:
-    text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
+    """Credentials and known secrets masked, URLs without userinfo and query."""
+    # Cheap scans first: most log values are short words with no URL and no credential (every
+    # _CREDENTIAL_RE match holds whitespace or "="), so the full patterns rarely run.
+    if "://" in text:
+        text = _URL_RE.sub(_safe_url_in_text, text)
+    if _MAY_HOLD_CREDENTIAL.search(text) is not None:
+        text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -54,8 +97,9 @@ def _redact_value(key: str, value: Any) -> Any:
         return MASK
     if isinstance(value, str):
         if key.lower() in URL_KEYS or key.endswith("_url"):
-            return scrub(safe_url(value))
-        return scrub(value)
+            value = safe_url(value)
+        keep = "\n\t" if key in MULTILINE_KEYS else ""
+        return strip_controls(scrub(value), keep=keep)
     if isinstance(value, dict):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -69,30 +113,74 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _renderer(fmt: str) -> Any:
+    return (structlog.processors.JSONRenderer() if fmt == "json"
+            else structlog.dev.ConsoleRenderer(colors=False))
+
+
 def processors(fmt: str) -> list[Any]:
-    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
-                     else structlog.dev.ConsoleRenderer(colors=False))
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         redact,
-        renderer,
+        _renderer(fmt),
     ]
 
 
+class _DropParserInput(logging.Filter):
+    """aiohttp logs a rejected request with up to 100 bytes of the line that broke its parser
+    (a header line may be ``Authorization: Basic ...``): keep the error's name only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.exc_info = None
+            record.msg = f"{record.getMessage()}: {type(exc).__name__} (HTTP {exc.code}); " \
+                         "the request was refused by aiohttp's parser, its content not logged"
+            record.args = None
+        return True
+
+
+class _Bridge(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler that renders standard-library records; at most one is installed."""
+
+
+def _bridges() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if isinstance(h, _Bridge)]
+
+
+def _bridge_stdlib(fmt: str, level: int, stream: TextIO) -> None:
+    """Render the standard library's log records (aiohttp's) through the same chain."""
+    handler = _Bridge(stream)
+    handler.setLevel(level)
+    handler.addFilter(_DropParserInput())
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors(fmt)[:-2]],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact, _renderer(fmt)]))
+    root = logging.getLogger()
+    for old in _bridges():
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, level))
+
+
 def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors(fmt),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _bridge_stdlib(fmt, numeric, stream or sys.stderr)
 
 
 def set_level(level: str) -> None:
     """Change the level at runtime (config reload)."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(
-        logging.getLevelNamesMapping()[level.upper()]))
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(numeric))
+    for handler in _bridges():
+        handler.setLevel(numeric)

@@ -16,7 +16,7 @@ import structlog
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream, read_secret
-from dcr_sidecar.net import Outbound, authority
+from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
 from dcr_sidecar.oauth.metadata import Metadata, synthesized_registration_endpoint
@@ -32,6 +32,7 @@ from dcr_sidecar.oauth.registration import (
 from dcr_sidecar.oauth.retry import parse_retry_after
 from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.observability import remember_secret
+from dcr_sidecar.provenance import check_iat_destination
 
 log = structlog.get_logger(__name__)
 Provenance = Literal["configured", "metadata", "guessed"]
@@ -49,10 +50,6 @@ def profile_of(upstream: Upstream, settings: Settings) -> RegistrationProfile:
         client_metadata=upstream.client_metadata,
         software_statement=upstream.software_statement,
     )
-
-
-def configured_authorities(upstream: Upstream) -> set[tuple[str, str, int]]:
-    return {authority(url) for url in upstream.configured_urls()}
 
 
 def registration_endpoint(upstream: Upstream, metadata: Metadata) -> tuple[str, Provenance]:
@@ -106,13 +103,7 @@ class Registrar:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         iat = read_secret(upstream.initial_access_token)
         if iat:
-            if authority(endpoint) not in configured_authorities(upstream):
-                raise errors.PolicyRefused(
-                    "an initial access token is configured but the registration endpoint "
-                    f"{safe_url(endpoint)} is on {_authority_text(endpoint)}, which the metadata "
-                    f"named, not a configured authority ({_configured_text(upstream)}); pin it "
-                    "with registration_endpoint if it is intended", step="register",
-                    upstream=upstream.name)
+            check_iat_destination(upstream, endpoint)  # before any connection
             remember_secret(iat)
             headers["Authorization"] = f"Bearer {iat.reveal()}"
         body = build_request(profile_of(upstream, self.outbound.settings), method, key)
@@ -166,11 +157,3 @@ class Registrar:
             rejected.reason, step="register", upstream=name, as_error=rejected.error,
             as_error_description=rejected.error_description)
 
-
-def _authority_text(url: str) -> str:
-    scheme, host, port = authority(url)
-    return f"{scheme}://{host}:{port}"
-
-
-def _configured_text(upstream: Upstream) -> str:
-    return ", ".join(sorted(f"{s}://{h}:{p}" for s, h, p in configured_authorities(upstream)))

@@ -21,6 +21,7 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.store.records import Record
 from tests.support.fake_server import FakeServer
+from tests.support.fakes import TOKEN_RESPONSE, FakeServers
 from tests.support.oidc import OidcProvider
 from tests.support.redis_server import RedisServer
 
@@ -178,3 +179,13 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     yield start
     for instance in reversed(running):
         await instance.stop()
+
+
+@pytest.fixture
+async def servers(leak_guard: LeakGuard) -> AsyncIterator[FakeServers]:
+    """In-process aiohttp servers on loopback addresses (tests/support/fakes.py); the fake
+    AS's access token is watched for in the logs like any other secret."""
+    leak_guard.add(TOKEN_RESPONSE["access_token"])
+    started = FakeServers()
+    yield started
+    await started.stop()

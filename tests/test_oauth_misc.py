@@ -17,6 +17,9 @@ from dcr_sidecar.oauth.addresses import (
     METADATA_ADDRESSES,
     IPNetwork,
     classify,
+    embedded_ipv4,
+    nat64_readings,
+    parse_address,
     refusal,
 )
 from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
@@ -224,6 +227,7 @@ SAMPLES: dict[str, str] = {
     "172.16.0.0/12": "172.31.255.254",
     "192.0.0.0/24": "192.0.0.8",
     "192.0.2.0/24": "192.0.2.1",
+    "192.88.99.0/24": "192.88.99.1",
     "192.168.0.0/16": "192.168.1.1",
     "198.18.0.0/15": "198.19.0.1",
     "198.51.100.0/24": "198.51.100.7",
@@ -234,15 +238,21 @@ SAMPLES: dict[str, str] = {
     "::/128": "::",
     "::1/128": "::1",
     "::ffff:0:0/96": "::ffff:8.8.8.8",
+    "::ffff:0:0:0/96": "::ffff:0:10.0.0.1",
     "::/96": "::1.2.3.4",
     "100::/64": "100::1",
+    "2001::/23": "2001:2::1",
     "2001::/32": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
     "2001:db8::/32": "2001:db8::1",
     "2002::/16": "2002:c000:204::1",
+    "3fff::/20": "3fff::1",
     "fc00::/7": "fd12:3456::1",
     "fe80::/10": "fe80::1",
     "fec0::/10": "fec0::1",
     "ff00::/8": "ff02::1",
+    "::/3": "1000::1",
+    "4000::/2": "5f00::1",
+    "8000::/1": "8000::1",
 }
 
 
@@ -297,8 +307,12 @@ def test_public_addresses_are_allowed(address: str) -> None:
         ("64:ff9b::127.0.0.1", "NAT64 of loopback"),
         ("64:ff9b::10.0.0.1", "NAT64 of private"),
         ("64:ff9b::169.254.169.254", "NAT64 of cloud metadata"),
-        ("64:ff9b:1::8.8.8.8", None),
+        ("64:ff9b::100.100.100.200", "NAT64 of cloud metadata"),
+        ("64:ff9b:1::8.8.8.8", None),  # local-use prefix deployed at /96
         ("64:ff9b:1::192.168.0.1", "NAT64 of private"),
+        ("64:ff9b:1:a00:0:100::", "NAT64 of private"),  # 10.0.0.1 at /48 (RFC 6052 §2.2)
+        ("64:ff9b:1:a9fe:a9:fe00::", "NAT64 of cloud metadata"),  # 169.254.169.254 at /48
+        ("64:ff9b:1::", "NAT64 of this network"),
     ],
 )
 def test_nat64_judged_by_the_embedded_ipv4(address: str, reason: str | None) -> None:
@@ -316,6 +330,14 @@ def test_nat64_judged_by_the_embedded_ipv4(address: str, reason: str | None) -> 
         ("fd00:ec2::254", ("fc00::/7", "::/0")),
         ("64:ff9b::169.254.169.254", ("169.254.0.0/16", "64:ff9b::/96")),
         ("::ffff:169.254.169.254", ("::ffff:0:0/96", "169.254.0.0/16")),
+        ("::169.254.169.254", ("::/96",)),
+        ("::ffff:0:169.254.169.254", ("::ffff:0:0:0/96",)),
+        ("2002:a9fe:a9fe::1", ("2002::/16",)),  # 6to4
+        ("2001:0:a9fe:a9fe::1", ("2001::/32",)),  # Teredo server
+        ("2001:0:4136:e378:8000:63bf:5601:5601", ("2001::/32",)),  # Teredo client (RFC 4380)
+        ("64:ff9b:1:a9fe:a9:fe00::", ("::/0", "0.0.0.0/0")),  # NAT64 local-use at /48
+        ("169.254.170.2", ("169.254.0.0/16",)),
+        ("168.63.129.16", ("0.0.0.0/0",)),
     ],
 )
 def test_cloud_metadata_blocked_even_when_allow_listed(
@@ -327,8 +349,10 @@ def test_cloud_metadata_blocked_even_when_allow_listed(
 
 
 def test_metadata_address_list() -> None:
-    """The always-blocked list is the three well-known cloud metadata addresses."""
-    assert set(METADATA_ADDRESSES) == {"169.254.169.254", "fd00:ec2::254", "100.100.100.200"}
+    """The always-blocked list: the instance metadata services (AWS, GCP, Azure, Oracle,
+    DigitalOcean, AWS over IPv6, Alibaba), AWS ECS task metadata and Azure WireServer."""
+    assert set(METADATA_ADDRESSES) == {"169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                       "169.254.170.2", "168.63.129.16"}
     for address in METADATA_ADDRESSES:
         assert classify(_ip(address)) == "cloud metadata"
 
@@ -342,6 +366,67 @@ def test_allow_listed_loopback_lifts_only_that_address() -> None:
     assert refusal(_ip("::1"), allowed) == "loopback"
     assert refusal(_ip("10.0.0.1"), allowed) == "private"
     assert refusal(_ip("::ffff:127.0.0.1"), allowed) == "IPv4-mapped"
+
+
+def test_local_use_nat64_is_read_at_every_rfc6052_length() -> None:
+    """64:ff9b:1::/48 may carry the IPv4 address at /48, /56, /64 or /96."""
+    assert ipaddress.IPv4Address("10.0.0.1") in nat64_readings(
+        ipaddress.IPv6Address("64:ff9b:1:a00:0:100::"))
+    assert nat64_readings(ipaddress.IPv6Address("64:ff9b::8.8.8.8")) == (
+        ipaddress.IPv4Address("8.8.8.8"),)
+    assert nat64_readings(ipaddress.IPv6Address("2001:db8::1")) == ()
+
+
+# RFC 6052 §2.4's examples of 192.0.2.33, moved under the local-use prefix 64:ff9b:1::/48.
+@pytest.mark.parametrize("address", [
+    "64:ff9b:1:c000:2:2100::",  # /48
+    "64:ff9b:1:c0:0:221::",  # /56
+    "64:ff9b:1:0:c0:2:2100:0",  # /64
+    "64:ff9b:1::c000:221",  # /96
+])
+def test_rfc6052_examples_read_back_their_ipv4_address(address: str) -> None:
+    parsed = ipaddress.IPv6Address(address)
+    assert ipaddress.IPv4Address("192.0.2.33") in nat64_readings(parsed)
+    assert classify(parsed) == "NAT64 of TEST-NET-1"
+
+
+def test_embedded_ipv4_forms() -> None:
+    teredo = dict(embedded_ipv4(ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")))
+    assert teredo == {"Teredo server": ipaddress.IPv4Address("65.54.227.120"),
+                      "Teredo client": ipaddress.IPv4Address("192.0.2.45")}  # RFC 4380 §4
+    assert dict(embedded_ipv4(ipaddress.IPv6Address("2002:c000:0201::1"))) == {
+        "6to4": ipaddress.IPv4Address("192.0.2.1")}
+    assert list(embedded_ipv4(ipaddress.IPv6Address("::1"))) == []
+
+
+def test_nat64_form_follows_the_allow_list_of_its_ipv4_address_other_forms_do_not() -> None:
+    allowed = _nets("127.0.0.1/32")
+    assert refusal(_ip("64:ff9b::127.0.0.2"), allowed) == "NAT64 of loopback"
+    assert refusal(_ip("2002:7f00:1::1"), allowed) == "6to4"
+    assert refusal(_ip("2002:7f00:1::1"), _nets("2002::/16")) is None
+    assert refusal(_ip("::ffff:127.0.0.1"), _nets("::ffff:127.0.0.1/128")) is None
+
+
+@NO_DB
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_every_non_global_ipv4_address_is_blocked(value: int) -> None:
+    """Anything the standard library does not consider global is blocked (and multicast)."""
+    address = ipaddress.IPv4Address(value)
+    if not address.is_global or address.is_multicast:
+        assert classify(address) is not None
+
+
+@NO_DB
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_ipv6_outside_global_unicast_is_blocked(value: int) -> None:
+    address = ipaddress.IPv6Address(value)
+    if address not in ipaddress.ip_network("2000::/3") and not nat64_readings(address):
+        assert classify(address) is not None
+
+
+def test_resolver_and_socket_addresses_parse_with_their_zone() -> None:
+    assert classify(parse_address("fe80::1%eth0")) == "link-local"
+    assert classify(parse_address("127.0.0.1")) == "loopback"
 
 
 def test_allow_list_matches_by_ip_version() -> None:

@@ -268,7 +268,7 @@ async def test_restart_only_keys_are_logged_and_not_applied(
     write_configmap(path.parent, changed, 2)
     assert watcher.reload("test")  # also the SIGHUP path: reload now, without waiting
     warning = events(leak_guard, "config_reload_restart_required")[-1]
-    assert warning["keys"] == ["management", "log.format", "limits.connections_per_upstream"]
+    assert warning["keys"] == ["management", "log.format"]
     applied = side.runtime.settings
     assert applied.management.port == 0
     assert applied.log.format == "json"

@@ -79,10 +79,12 @@ def issuer_from_discovery_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Metadata:
-    """A validated AS metadata document; `document` is the JSON object as received."""
+    """A validated AS metadata document; `document` is the JSON object as received and
+    `source` the URL it was fetched from (None for endpoints given in config)."""
 
     issuer: str
     document: Mapping[str, Any]
+    source: str | None = None
 
     def get_url(self, member: str) -> str | None:
         value = self.document.get(member)
@@ -101,7 +103,8 @@ class Metadata:
         return self.get_url("registration_endpoint")
 
 
-def validate_metadata(document: object, expected_issuer: str) -> Metadata:
+def validate_metadata(document: object, expected_issuer: str,
+                      source: str | None = None) -> Metadata:
     """Accept `document` only if it is a JSON object with the expected issuer and sane members."""
     if not isinstance(document, dict):
         raise ProtocolError("the metadata document is not a JSON object")
@@ -122,7 +125,7 @@ def validate_metadata(document: object, expected_issuer: str) -> Metadata:
             raise ProtocolError(f"metadata member {member} is not a list of strings")
     if not isinstance(document.get("token_endpoint"), str):
         raise ProtocolError("the metadata document has no token_endpoint")
-    return Metadata(issuer=expected_issuer, document=document)
+    return Metadata(issuer=expected_issuer, document=document, source=source)
 
 
 def _absolute_http_url(value: str) -> bool:

@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.oauth.text import clean_text
 
+_VSCHAR = re.compile(r"[\x20-\x7e]+")
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 # Methods the sidecar can perform once registered, given what it holds; private_key_jwt only
 # when the request carried the sidecar's `jwks`.
@@ -182,6 +184,10 @@ def check_response(
     client_id = _str_or_none(document, "client_id")
     if not client_id:
         raise InsufficientResponse("the registration answer has no client_id")
+    if not _VSCHAR.fullmatch(client_id):
+        # It reaches logs, files (client_id_file) and URLs: printable ASCII only.
+        raise InsufficientResponse("the client_id has characters outside RFC 6749 "
+                                   "Appendix A.1 (printable ASCII)")
     method = _checked_method(document, request)
     secret = _str_or_none(document, "client_secret")
     if method in SECRET_METHODS and not secret:

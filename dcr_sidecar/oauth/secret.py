@@ -6,6 +6,7 @@ protocol layer can hold secrets without depending on pydantic.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,10 @@ if TYPE_CHECKING:
     from pydantic_core import core_schema
 
 MASK = "**********"
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 class Secret:
@@ -29,8 +34,9 @@ class Secret:
         return self._value
 
     def matches(self, candidate: str) -> bool:
-        """Constant-time comparison (for inbound credentials)."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        """Constant-time comparison (for inbound credentials), length included: the digests
+        compared always have the same length."""
+        return hmac.compare_digest(_digest(self._value), _digest(candidate))
 
     def __repr__(self) -> str:
         return f"Secret('{MASK}')"
@@ -40,7 +46,7 @@ class Secret:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and hmac.compare_digest(
-            self._value.encode(), other._value.encode()
+            _digest(self._value), _digest(other._value)
         )
 
     def __hash__(self) -> int:

@@ -12,9 +12,14 @@ _CONTROL = re.compile(
 )
 
 
+def strip_controls(text: str, keep: str = "") -> str:
+    """Control and bidi characters removed, except those in `keep` (e.g. newlines)."""
+    return _CONTROL.sub(lambda m: m.group(0) if m.group(0) in keep else "", text)
+
+
 def clean_text(value: object, limit: int = 200) -> str:
     """Control and bidi characters removed, length capped (DESIGN §3.8)."""
-    text = _CONTROL.sub("", str(value))
+    text = strip_controls(str(value))
     return text if len(text) <= limit else text[:limit] + "…"
 
 

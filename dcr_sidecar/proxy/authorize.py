@@ -11,7 +11,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.callback import is_par_reference
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
-from dcr_sidecar.proxy.forms import single
+from dcr_sidecar.proxy.forms import parse_query, single
 from dcr_sidecar.proxy.mediation import mediate
 from dcr_sidecar.proxy.metadata import advertises_iss
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri, redirect, with_query
@@ -25,7 +25,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]
     upstream = runtime.upstream(name)
-    pairs = list(request.query.items())
+    pairs = parse_query(request)  # strict: a clear 400 for a malformed query
     # A PAR reference (RFC 9126 §4) carries only client_id beside request_uri: the rest,
     # redirect_uri included, was pushed (and checked) at /par.
     pushed = is_par_reference(pairs)

@@ -13,11 +13,13 @@ from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
 from dcr_sidecar.metrics import forward_route
+from dcr_sidecar.observability import scrub
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 log = structlog.get_logger("dcr_sidecar.request")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID = "X-Request-Id"
+MAX_HEADER_COUNT = 100
 # The id this request is known by (the app's valid one, else generated); forwarded to the AS.
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
@@ -28,7 +30,9 @@ def request_id_of(request: web.Request) -> str:
 
 
 def error_response(exc: errors.SidecarError) -> web.Response:
-    body = {"error": exc.error, "error_description": exc.description}
+    # Descriptions are written without secrets; scrub() is the backstop for anything an AS
+    # echoed (a secret it was sent, a URL with a query) inside one.
+    body = {"error": exc.error, "error_description": scrub(exc.description)}
     headers = {"Cache-Control": "no-store", **exc.headers()}
     return web.json_response(body, status=exc.status, headers=headers)
 
@@ -44,6 +48,10 @@ def _from_http_exception(exc: web.HTTPException) -> errors.SidecarError:
 
 
 def _check_headers(request: web.Request, limit: int) -> None:
+    """`limits.max_header_bytes` over all fields, and at most MAX_HEADER_COUNT fields. aiohttp's
+    parser limits (app.py) sit above both, so these JSON 431s answer first."""
+    if len(request.raw_headers) > MAX_HEADER_COUNT:
+        raise errors.HeadersTooLarge(f"more than {MAX_HEADER_COUNT} request header fields")
     size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
     if size > limit:
         raise errors.HeadersTooLarge(f"request headers exceed {limit} bytes")

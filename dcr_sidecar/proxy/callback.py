@@ -19,7 +19,7 @@ from dcr_sidecar.oauth.callback import (
     code_key,
     state_key,
 )
-from dcr_sidecar.proxy.forms import single
+from dcr_sidecar.proxy.forms import parse_query, single
 from dcr_sidecar.proxy.redirects import redirect, with_query
 from dcr_sidecar.proxy.runtime import RUNTIME
 
@@ -29,7 +29,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     upstream = runtime.upstream(request.match_info["name"])
     if upstream.callback != "sidecar":
         raise errors.NotFound(f"upstream {upstream.name!r} does not mediate callbacks")
-    pairs = list(request.query.items())
+    pairs = parse_query(request)  # strict: a clear 400 for a malformed query
     state, code = single(pairs, "state"), single(pairs, "code")
     metadata = await runtime.resolver.metadata(upstream.name)
     record = await runtime.flows.take(state_key(state)) if state else None

@@ -1,7 +1,14 @@
-"""Reading form bodies and queries within limits, with a clear 400 for malformed input."""
+"""Reading form bodies and queries within limits, with a clear 400 for malformed input.
+
+Forms (RFC 6749 App. B) and the authorization request's query are parsed by the same strict
+rules: UTF-8 after percent-decoding, every ``%`` followed by two hex digits, every field a
+``name=value`` pair, at most :data:`MAX_FIELDS` fields. aiohttp's own query parser is lenient
+(it keeps ``%zz`` and turns bad UTF-8 into U+FFFD), so its result is not used for OAuth input.
+"""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -9,6 +16,7 @@ from aiohttp import web
 from dcr_sidecar import errors
 
 MAX_FIELDS = 256
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -26,19 +34,31 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def parse_urlencoded(text: str, what: str) -> list[tuple[str, str]]:
+    """application/x-www-form-urlencoded pairs in order; 400 naming `what` when malformed."""
+    if _BAD_ESCAPE.search(text):
+        raise errors.BadRequest(f"the {what} has a malformed percent-escape")
+    try:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
+                         errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise errors.BadRequest(f"the {what} is not UTF-8 after percent-decoding") from None
+    except ValueError:
+        raise errors.BadRequest(f"the {what} is not valid "
+                                "application/x-www-form-urlencoded") from None
+
+
 def parse_form(body: bytes) -> list[tuple[str, str]]:
-    """application/x-www-form-urlencoded pairs in order (RFC 6749 App. B)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.BadRequest("the form body is not UTF-8") from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
-                          max_num_fields=MAX_FIELDS)
-    except ValueError:
-        raise errors.BadRequest("the form body is not valid "
-                                "application/x-www-form-urlencoded") from None
-    return pairs
+    return parse_urlencoded(text, "form body")
+
+
+def parse_query(request: web.Request) -> list[tuple[str, str]]:
+    """The request's query pairs, from the raw (still percent-encoded) query string."""
+    return parse_urlencoded(request.rel_url.raw_query_string, "query")
 
 
 def single(pairs: list[tuple[str, str]], name: str) -> str | None:

@@ -21,6 +21,7 @@ from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
+from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
@@ -146,6 +147,7 @@ def handler(route: str) -> Handler:
             auth = auth_parts(with_creds.auth)
             url = with_creds.metadata.get_url(member)
             assert url is not None
+            check_secret_destination(upstream, with_creds.metadata, with_creds.method, url)
             return await runtime.outbound.request(
                 "POST", url, step="forward", upstream=upstream.name,
                 headers=outbound_headers(request.headers, request[REQUEST_ID_KEY], auth),
