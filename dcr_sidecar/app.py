@@ -207,6 +207,11 @@ class Sidecar:
         if self.settings.listen.port == 0:
             self._adopt_port(self.listen.port)
         self._start_prefetch(self.settings.upstreams)
+        if self.settings.inbound.allow_unauthenticated and self.settings.inbound.client_secret \
+                is None:
+            log.warning("inbound_unauthenticated", listen=self.listen.url,
+                        detail="inbound.allow_unauthenticated is true: anyone who can reach the "
+                               "back channel can use the app's client credentials")
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
 

@@ -28,7 +28,7 @@
 ``ConfigError`` is separate: it never reaches HTTP, it stops start-up (exit 2).
 
 Descriptions are written for the app's developer and never carry a secret or a raw AS body;
-anything an AS said is passed through :func:`dcr_sidecar.redact.clean_text` first.
+anything an AS said is passed through :func:`dcr_sidecar.oauth.text.clean_text` first.
 """
 
 from __future__ import annotations
