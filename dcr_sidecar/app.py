@@ -80,13 +80,15 @@ def create_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Appli
                           client_max_size=runtime.settings.limits.max_request_bytes)
     app[RUNTIME] = runtime
     app.add_routes([
+        # The token-like routes first: aiohttp tries dynamic resources in order, and these
+        # are the hot path.
+        *(web.post(f"/{NAME}/{route}", token.handler(route)) for route in token.ROUTES),
         web.get(f"/{NAME}/authorize", authorize.authorize),
         web.get(f"/{NAME}/callback", callback.callback),
         web.get(f"/{NAME}/client", metadata.client),
         web.get(f"/{NAME}/.well-known/openid-configuration", metadata.metadata),
         web.get(f"/{NAME}/.well-known/oauth-authorization-server", metadata.metadata),
         web.get(f"/.well-known/oauth-authorization-server/{NAME}", metadata.metadata),
-        *(web.post(f"/{NAME}/{route}", token.handler(route)) for route in token.ROUTES),
     ])
     return app
 

@@ -63,6 +63,9 @@ class Response:
                                 "that is not JSON") from None
 
 
+MAX_REMEMBERED_URLS = 4096
+
+
 class Outbound:
     """The process's outbound client. Create with :meth:`start`, close with :meth:`close`.
 
@@ -79,6 +82,7 @@ class Outbound:
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._passed: set[str] = set()  # URLs check_url accepted under the current settings
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -127,6 +131,7 @@ class Outbound:
         changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
                                                         self.policy.configured)
         self.settings = settings
+        self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
         if changed and self._session is not None:
             self._retire_pool(self._session)
@@ -147,7 +152,17 @@ class Outbound:
 
     def check_url(self, url: str, *, step: errors.Step, upstream: str | None) -> None:
         """https only (or an allow_http host), and IP literals through the address policy,
-        before any connection is attempted."""
+        before any connection is attempted. A URL that passed is remembered until the security
+        settings change (the answer depends only on the URL and them); a refused one is judged
+        again every time."""
+        if url in self._passed:
+            return
+        self._check_url(url, step=step, upstream=upstream)
+        if len(self._passed) >= MAX_REMEMBERED_URLS:
+            self._passed.clear()
+        self._passed.add(url)
+
+    def _check_url(self, url: str, *, step: errors.Step, upstream: str | None) -> None:
         try:
             dest = authority(url)
         except ValueError:
