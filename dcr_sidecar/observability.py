@@ -29,6 +29,10 @@ _CREDENTIAL_RE = re.compile(
     r"(?i)\b(basic|bearer|dpop)\s+[A-Za-z0-9._~+/=-]+|"
     r"((?:client_secret|access_token|refresh_token|id_token|code|code_verifier|"
     r"client_assertion|registration_access_token|token)=)[^&\s\"']+")
+# Every _CREDENTIAL_RE match holds whitespace (after the scheme) or "=" (after the parameter),
+# so a value with neither cannot match: one character-class scan instead of the full pattern
+# on the many short values of each log line (the same result, several times cheaper).
+_MAY_HOLD_CREDENTIAL = re.compile(r"[\s=]")
 _known_secrets: set[str] = set()
 
 
@@ -40,7 +44,9 @@ def remember_secret(value: Secret | str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
+    if _MAY_HOLD_CREDENTIAL.search(text) is not None:
+        text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK,
+                                  text)
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -48,12 +54,11 @@ def scrub(text: str) -> str:
 
 
 def _redact_value(key: str, value: Any) -> Any:
-    if isinstance(value, Secret):
-        return MASK
-    if key.lower() in SECRET_KEYS and value is not None:
+    lowered = key.lower()
+    if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):
         return MASK
     if isinstance(value, str):
-        if key.lower() in URL_KEYS or key.endswith("_url"):
+        if lowered in URL_KEYS or key.endswith("_url"):
             return scrub(safe_url(value))
         return scrub(value)
     if isinstance(value, dict):
