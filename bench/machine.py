@@ -117,9 +117,9 @@ def _proc_stat(pid: int) -> tuple[int, int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
-def _own_ticks() -> int:
-    """CPU ticks of this process and every descendant, live or reaped."""
-    me = os.getpid()
+def _own_ticks(root: int | None = None) -> int:
+    """CPU ticks of `root` (default: this process) and every descendant, live or reaped."""
+    me = os.getpid() if root is None else root
     stats: dict[int, tuple[int, int, int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -181,6 +181,11 @@ class CpuMeter:
             "seconds": round(total / _TICKS / cpus, 1),
             "loadavg_1m": loadavg()[0],
         }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of `pid` and its descendants so far, in seconds."""
+    return _own_ticks(pid) / _TICKS
 
 
 def rss_mib(pid: int) -> float:

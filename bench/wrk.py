@@ -62,6 +62,7 @@ class WrkResult:
     latency_us: dict[str, float]
     capped: bool
     answers_ms: list[float]  # one-shot: when each answer came, ms after the first send
+    cpu_us_per_request: float = 0.0  # of the process under test, when the caller measured it
 
     @property
     def p50_ms(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.machine import cpu_seconds
 from bench.model import median, spread
 from bench.stack import Target
 from bench.wrk import WrkLoad, WrkResult, run
@@ -25,7 +26,12 @@ async def interleaved(targets: Sequence[Target], load_for: Callable[[Target], Wr
         for target in targets:
             load = load_for(target)
             commands[target.key] = load.command()
-            results[target.key].append(await run(load, cwd=cwd))
+            before = cpu_seconds(target.pid) if target.pid is not None else 0.0
+            result = await run(load, cwd=cwd)
+            if target.pid is not None and result.requests:
+                used = cpu_seconds(target.pid) - before
+                result.cpu_us_per_request = round(used / result.requests * 1e6, 1)
+            results[target.key].append(result)
     return results, commands
 
 
@@ -48,10 +54,16 @@ def p99(results: Sequence[WrkResult]) -> float:
 def row(key: str, label: str, results: Sequence[WrkResult]) -> list[str]:
     errors = sum(r.error_count for r in results)
     total = sum(r.requests for r in results)
+    cpu = [r.cpu_us_per_request for r in results if r.cpu_us_per_request]
     return [f"({key})", label, spread([r.rps for r in results]),
             spread([r.p50_ms for r in results], "{:.2f}"),
-            spread([r.p99_ms for r in results], "{:.2f}"), f"{total:,}", str(errors)]
+            spread([r.p99_ms for r in results], "{:.2f}"),
+            spread(cpu, "{:.0f}") if cpu else "–", f"{total:,}", str(errors)]
 
 
-COLUMNS = ["", "configuration", "req/s median (min–max)", "p50 ms", "p99 ms", "requests",
-           "errors"]
+def cpu_per_request(results: Sequence[WrkResult]) -> float:
+    return median([r.cpu_us_per_request for r in results])
+
+
+COLUMNS = ["", "configuration", "req/s median (min–max)", "p50 ms", "p99 ms",
+           "CPU µs/request", "requests", "errors"]

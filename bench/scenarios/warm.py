@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from bench.context import Context
 from bench.model import Check, ScenarioResult, Table, at_least, at_most
-from bench.scenarios.common import COLUMNS, interleaved, p50, p99, row, rps, secret_env
+from bench.scenarios.common import (
+    COLUMNS,
+    cpu_per_request,
+    interleaved,
+    p50,
+    p99,
+    row,
+    rps,
+    secret_env,
+)
 from bench.stack import Target, stack
 from bench.wrk import WrkLoad, WrkResult
 
@@ -43,11 +52,13 @@ async def run(ctx: Context) -> ScenarioResult:
         if c in runs and d in runs:
             ratios.append([f"({c})", f"{rps(runs[c]) / rps(runs[b]):.3f}",
                            f"{rps(runs[c]) / rps(runs[d]):.3f}",
+                           f"{cpu_per_request(runs[c]) / cpu_per_request(runs[d]):.2f}",
                            f"{p50(runs[c]) - p50(runs[d]):+.2f}",
                            f"{p99(runs[c]) - p99(runs[d]):+.2f}"])
     result.tables.append(Table("Ratios (medians of the same run)",
                                ["", "req/s ÷ (b) nginx", "req/s ÷ same-loop DIY",
-                                "p50 − DIY's, ms", "p99 − DIY's, ms"], ratios))
+                                "CPU/request ÷ DIY's", "p50 − DIY's, ms", "p99 − DIY's, ms"],
+                               ratios))
     result.checks = checks(runs)
     sent = sum(r.requests for r in runs["c"])
     lines = log_lines.get("sidecar-asyncio", 0)
