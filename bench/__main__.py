@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     report.write(stored)
     print(f"[bench] wrote {report.DOC.relative_to(REPO)} and plots in "
           f"{report.IMG.relative_to(REPO)}")
+    failed = [k for k, v in stored["scenarios"].items()
+              if str(v.get("skipped") or "").startswith("failed")]
+    if failed:
+        print(f"[bench] failed scenario(s): {', '.join(failed)} (see the report)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,7 +24,8 @@ import aiohttp
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the benchmark process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -93,7 +94,7 @@ async def spawn(name: str, argv: Sequence[str], *, log_dir: Path,
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=handle,
             stderr=asyncio.subprocess.STDOUT, env=dict(env) if env is not None else None,
-            cwd=cwd, preexec_fn=_die_with_parent)  # prctl only: safe before exec
+            cwd=cwd, preexec_fn=die_with_parent)  # prctl only: safe before exec
     finally:
         handle.close()
     return Proc(name, process, log_path, started)

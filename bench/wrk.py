@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.procs import die_with_parent
+
 LUA = Path(__file__).resolve().parent / "lua" / "token.lua"
 MARKER = "BENCH_RESULT "
 STOPPED = "BENCH_STOPPED"
@@ -112,7 +114,8 @@ async def run(load: WrkLoad, *, cwd: Path) -> WrkResult:
     env = dict(os.environ, **load.env(), **load.secret_env)
     process = await asyncio.create_subprocess_exec(
         *load.argv(), cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent)  # prctl only: safe before exec
     # wrk stops itself after -d at the latest; the margin only guards against a wedged wrk.
     try:
         text, err = await asyncio.wait_for(_read(process), load.duration_s + 30)

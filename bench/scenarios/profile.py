@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.context import Context
 from bench.model import ScenarioResult, Table
+from bench.procs import die_with_parent
 from bench.pyspy import Profile, parse, summarize
 from bench.stack import Target, stack
 from bench.wrk import WrkLoad
@@ -38,7 +39,8 @@ async def sample(ctx: Context, target: Target, tool: str) -> tuple[Profile, str]
     wrk_task = asyncio.create_task(run_wrk(load, cwd=ctx.repo))
     await asyncio.sleep(1)
     spy = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                               stderr=asyncio.subprocess.STDOUT)
+                                               stderr=asyncio.subprocess.STDOUT,
+                                               preexec_fn=die_with_parent)
     said, _ = await asyncio.wait_for(spy.communicate(), plan.profile_seconds + 30)
     await wrk_task
     if spy.returncode != 0 or not out.is_file():
