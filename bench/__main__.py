@@ -99,14 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan().shortened() if args.quick else Plan()
         started = datetime.now(UTC)
         results = asyncio.run(run_scenarios(keys, plan, args.keep))
-        stored["machine"] = machine.describe()
         given = " ".join(sys.argv[1:])
-        stored["run"] = {"date": started.strftime("%Y-%m-%d %H:%M UTC"),
-                         "command": "make bench" + (f" BENCH_ARGS={shlex.quote(given)}"
-                                                    if given else ""),
-                         "quick": plan.quick, "plan": plan.__dict__}
+        run = {"date": started.strftime("%Y-%m-%d %H:%M UTC"),
+               "command": "make bench" + (f" BENCH_ARGS={shlex.quote(given)}" if given else ""),
+               "quick": plan.quick, "plan": plan.__dict__, "scenarios": keys}
+        if set(keys) == set(SCENARIOS) or "run" not in stored:
+            stored["machine"] = machine.describe()
+            stored["run"], stored["partial_runs"] = run, []
+        else:  # the header keeps describing the last full run
+            stored.setdefault("partial_runs", []).append(run)
         for key, result in results.items():
-            stored["scenarios"][key] = result.as_dict() | {"date": stored["run"]["date"],
+            stored["scenarios"][key] = result.as_dict() | {"date": run["date"],
                                                           "quick": plan.quick}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")

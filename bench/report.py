@@ -105,7 +105,11 @@ def render(stored: dict[str, Any]) -> str:
             f"| memory | {info.get('memory', '?')} |",
             f"| OS / kernel | {info.get('os', '?')} / {info.get('kernel', '?')} |",
             f"| versions | {versions_line(info)} |",
-            f"| dcr-sidecar | {info.get('dcr-sidecar', '?')} (this branch) |", ""]
+            f"| dcr-sidecar | {info.get('dcr-sidecar', '?')} (this branch) |"]
+    for partial in stored.get("partial_runs", []):
+        out.append(f"| re-run since | {', '.join(partial['scenarios'])}: {partial['date']}, "
+                   f"`{partial['command']}` |")
+    out.append("")
     out += ["## Targets", "", *targets(results)]
     for key in ORDER:
         if key in scenarios:

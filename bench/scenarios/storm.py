@@ -182,5 +182,6 @@ def storm_checks(label: str, figures: dict[str, Any], floor_ms: float) -> list[C
             at_most(f"storm ({label}): p99 ≤ floor + 50 ms", figures["cold_p99_ms"],
                     floor_ms + 50, "{:.1f}", " ms"),
             # Not a target of issue #8: what registration adds to the same burst's queueing.
-            at_most(f"storm ({label}; informational): p99 ≤ registered burst's p99 + 50 ms",
-                    figures["cold_p99_ms"], figures["warm_p99_ms"] + 50, "{:.1f}", " ms")]
+            at_most(f"storm ({label}): p99 ≤ the registered burst's p99 + 50 ms (not an "
+                    "issue #8 target)", figures["cold_p99_ms"], figures["warm_p99_ms"] + 50,
+                    "{:.1f}", " ms")]
