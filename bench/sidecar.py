@@ -73,11 +73,12 @@ class SidecarProcess:
     """One ``serve`` process; ``start()`` returns once /healthz answers."""
 
     def __init__(self, run_dir: Path, name: str, config: dict[str, Any],
-                 loop: Loop = "asyncio") -> None:
+                 loop: Loop = "asyncio", source: Path | None = None) -> None:
         self.run_dir = run_dir
         self.name = name
         self.config = config
         self.loop = loop
+        self.source = source  # another tree's dcr_sidecar/ (bench.ab); None: this checkout
         self.config_path = run_dir / f"{name}.yaml"
         self.proc: Proc | None = None
         self.healthz_s: float | None = None
@@ -95,8 +96,13 @@ class SidecarProcess:
         return Path(self.config["store"]["path"])
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "bench.run_sidecar", "--loop", self.loop, "serve",
-                "--config", str(self.config_path)]
+        args = ["--loop", self.loop, "serve", "--config", str(self.config_path)]
+        if self.source is None:
+            return [sys.executable, "-m", "bench.run_sidecar", *args]
+        # The other tree's dcr_sidecar first on sys.path; bench.run_sidecar from this checkout.
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from bench.run_sidecar import main; raise SystemExit(main(sys.argv[1:]))")
+        return [sys.executable, "-c", code, str(self.source), *args]
 
     def command(self) -> str:
         return (f"python -m bench.run_sidecar --loop {self.loop} serve --config "

@@ -89,6 +89,10 @@ class Stack:
         await self.preflight()
         return self
 
+    def hold(self, sidecar: SidecarProcess) -> None:
+        """Stop `sidecar` with the stack."""
+        self._exit.push_async_callback(sidecar.stop)
+
     async def sidecar(self, name: str, loop: Loop) -> SidecarProcess:
         assert self.stub is not None
         config = base_config(self.ctx.run_dir, name, [static_upstream("bench", self.stub.url)])
