@@ -98,8 +98,9 @@ def loadavg() -> tuple[float, float, float]:
 
 
 def _machine_ticks() -> tuple[int, int, int]:
-    """(busy, total, interrupts) jiffies over all CPUs since boot. Interrupt time (mostly the
-    loopback traffic's softirq work) belongs to no process, so it is kept apart."""
+    """(busy, total, interrupts) jiffies over all CPUs since boot. Interrupt time is shown
+    apart but not subtracted: softirq work done in a process's context (the loopback receive
+    path inside a send) is charged to that process as well."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     total = sum(fields[:8])  # guest time is already inside user
@@ -150,7 +151,7 @@ class CpuSample:
 
 class CpuMeter:
     """Foreign CPU share between :meth:`start` and :meth:`stop` (0.0 = a quiet machine):
-    machine busy time less ours less interrupt time."""
+    machine busy time less the CPU time of this process and its descendants."""
 
     def __init__(self) -> None:
         self._start: CpuSample | None = None
@@ -170,7 +171,7 @@ class CpuMeter:
         busy = end.busy - self._start.busy
         own = end.own - self._start.own
         interrupts = end.interrupts - self._start.interrupts
-        foreign = max(0, busy - own - interrupts)
+        foreign = max(0, busy - own)
         cpus = os.cpu_count() or 1
         return {
             "machine_busy": round(busy / total, 3),

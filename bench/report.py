@@ -45,10 +45,10 @@ def _load_line(result: ScenarioResult, date: str, quick: bool) -> str:
         load.get("foreign_cores", 0) > NOISY) else ""
     return (f"*Run {date}{' (quick)' if quick else ''}, {result.seconds:.0f} s. Machine busy "
             f"{load['machine_busy'] * 100:.0f}% of {load.get('seconds', 0):.0f} s, of which "
-            f"this benchmark {load['ours'] * 100:.0f}%, interrupts "
-            f"{load.get('interrupts', 0) * 100:.0f}% and other work "
-            f"{load['foreign'] * 100:.0f}% (≈{load['foreign_cores']:.2f} cores); 1-min load "
-            f"average at the end {load['loadavg_1m']:.2f}.{flag}*")
+            f"this benchmark {load['ours'] * 100:.0f}% and other work "
+            f"{load['foreign'] * 100:.0f}% (≈{load['foreign_cores']:.2f} cores; interrupt time, "
+            f"partly ours, {load.get('interrupts', 0) * 100:.0f}%); 1-min load average at the "
+            f"end {load['loadavg_1m']:.2f}.{flag}*")
 
 
 def section(data: dict[str, Any]) -> list[str]:
