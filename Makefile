@@ -1,6 +1,8 @@
 # dcr-sidecar — the two commands a newcomer needs:
 #   make demo   the sidecar in front of a local, real OIDC provider, with a demo app to click through
 #   make test   ruff, mypy --strict and the whole test suite
+#   make bench  the benchmark suite (bench/, minutes; never part of `make test`): results in
+#               docs/benchmarks.md. BENCH_ARGS=--quick for a short check of the harness.
 # Everything is installed by these targets (a venv from pyproject + the lock file, npm ci for the
 # test provider); nothing needs to be on the machine but python3 (>= 3.11) and node (>= 20).
 
@@ -9,6 +11,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc/node_modules/.installed
+# The benchmarks get their own venv (with the bench and fast extras), so `make bench` never
+# changes what `make test` runs with (the CLI picks uvloop up whenever it is installed).
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
 
 .PHONY: install lint typecheck test demo bench clean
 
@@ -21,13 +29,19 @@ $(NODE_STAMP): tests/oidc/package-lock.json
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(BENCH_STAMP): pyproject.toml requirements-dev.lock requirements-bench.lock
+	@test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --disable-pip-version-check -c requirements-dev.lock \
+		-c requirements-bench.lock -e '.[bench,fast]'
+	@touch $@
+
 install: $(STAMP) $(NODE_STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dcr_sidecar tests
+	$(VENV)/bin/ruff check dcr_sidecar tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict dcr_sidecar tests
+	$(VENV)/bin/mypy --strict dcr_sidecar tests bench
 
 test: install lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -35,5 +49,9 @@ test: install lint typecheck
 demo: install
 	@scripts/demo.sh
 
+bench: $(BENCH_STAMP) $(NODE_STAMP)
+	bench/install-tools.sh
+	$(BENCH_PY) -m bench $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) tests/oidc/node_modules .dcr-sidecar .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) tests/oidc/node_modules .dcr-sidecar .mypy_cache .ruff_cache

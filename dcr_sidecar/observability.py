@@ -91,12 +91,11 @@ def scrub(text: str) -> str:
 
 
 def _redact_value(key: str, value: Any) -> Any:
-    if isinstance(value, Secret):
-        return MASK
-    if key.lower() in SECRET_KEYS and value is not None:
+    lowered = key.lower()
+    if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):
         return MASK
     if isinstance(value, str):
-        if key.lower() in URL_KEYS or key.endswith("_url"):
+        if lowered in URL_KEYS or key.endswith("_url"):
             value = safe_url(value)
         keep = "\n\t" if key in MULTILINE_KEYS else ""
         return strip_controls(scrub(value), keep=keep)

@@ -1,0 +1,1 @@
+"""One module per scenario of issue #8; each exposes ``KEY``, ``TITLE`` and ``async run(ctx)``."""
