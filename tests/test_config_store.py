@@ -46,7 +46,7 @@ async def test_redis_url_is_a_secret_field(source: str, tmp_path: Path) -> None:
 
 def test_sentinel_url_is_accepted() -> None:
     settings = parse(store_yaml("backend: redis\n"
-                                "url: redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/0"))
+                                "url: redis+sentinel://:pw@127.0.0.2:26379,127.0.0.3/mymaster/0"))
     assert settings.store.backend == "redis"
 
 
