@@ -375,7 +375,7 @@ def test_reload_that_breaks_a_kept_restart_only_key_is_rejected() -> None:
     from dcr_sidecar.errors import ConfigError
 
     old = parse_settings(yaml.safe_dump({
-        "version": 1, "listen": {"host": "0.0.0.0", "port": 8080},
+        "version": 1, "listen": {"host": "0.0.0.0", "port": 8080},  # noqa: S104 - parsed only
         "inbound": {"client_secret": "inbound-secret-value"}}), "old.yaml")
     new = parse_settings(yaml.safe_dump({"version": 1}), "new.yaml")
     with pytest.raises(ConfigError, match=r"inbound\.client_secret is not set"):
