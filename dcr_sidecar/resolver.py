@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -46,6 +44,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.client_keys import client_credentials, registration_key
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
+from dcr_sidecar.files import write_atomic
 from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
@@ -726,11 +725,16 @@ class Resolver:
             old_state.wake.set()
         return fresh
 
-    async def rotate(self, name: str) -> Credentials:
-        """Register a new client generation now, superseding the current one (admin API)."""
+    def _dynamic_state(self, name: str, action: str) -> UpstreamState:
+        """The state of a dynamic upstream; admin actions on a static client are a conflict."""
         state = self.state(name)
         if state.config.strategy == "static":
-            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to rotate")
+            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to {action}")
+        return state
+
+    async def rotate(self, name: str) -> Credentials:
+        """Register a new client generation now, superseding the current one (admin API)."""
+        state = self._dynamic_state(name, "rotate")
 
         async def work(state: UpstreamState) -> Credentials:
             metadata = await self._fresh_metadata(state)
@@ -752,9 +756,7 @@ class Resolver:
 
         Returns the deleted generation's number. The next request registers anew.
         """
-        state = self.state(name)
-        if state.config.strategy == "static":
-            raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to delete")
+        state = self._dynamic_state(name, "delete")
 
         async def work(state: UpstreamState) -> int:
             metadata = await self._fresh_metadata(state)
@@ -800,22 +802,6 @@ def _credentials(config: Upstream, metadata: Metadata, gen: Generation) -> Crede
         method=gen.token_endpoint_auth_method, generation=gen.generation,
         expires_at=gen.client_secret_expires_at, static=False,
         auth=client_credentials(gen, config, metadata))
-
-
-def write_atomic(path: Path, content: str, *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 async def wait_backoff(state: UpstreamState) -> None:

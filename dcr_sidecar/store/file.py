@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from dcr_sidecar.files import write_atomic
 from dcr_sidecar.store.errors import StoreCorrupt
 from dcr_sidecar.store.records import (
     PLAIN,
@@ -74,24 +75,8 @@ class FileStore:
         return doc
 
     def _write_document(self, doc: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True), mode=0o600,
+                     dir_mode=0o700)
 
     def _get_sync(self, key: RecordKey) -> Record | None:
         self._ready_sync()

@@ -1,0 +1,32 @@
+"""Atomic file replacement, shared by the file store and `client_id_file`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, content: str, *, mode: int, dir_mode: int = 0o777) -> None:
+    """Replace `path` with `content` so a reader sees the old or the new file, never half of
+    one, and a crash loses neither: a temporary file in the same directory (created with
+    `mode`), fsync, ``os.replace``, then fsync of the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
