@@ -1,4 +1,4 @@
-"""The admin API on the management listener (DESIGN §2.3, §2.4).
+"""The admin API on the management listener (design.md §2.3, §2.4).
 
 - Disabled (404 on every admin route) while ``admin.token`` is null.
 - Every call presents ``Authorization: Bearer <admin.token>``, compared in constant time;

@@ -3,7 +3,7 @@
 :class:`Sidecar` owns the process's resources — the metrics registry, the outbound session, the
 store, the resolver — and tears them down in reverse order. Tests start it in-process on port 0.
 
-Invariants (DESIGN §3.10):
+Invariants (design.md §3.10):
 - ``stop()`` first stops accepting on every listener, then waits for in-flight requests up to
   ``shutdown.grace`` (the value in force at that moment), then closes.
 - ``reload()`` swaps ``Runtime.settings`` in one assignment, to a complete validated object in
@@ -40,7 +40,7 @@ from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
-# DESIGN §2.2: these need a restart; everything else is applied by a reload.
+# design.md §2.2: these need a restart; everything else is applied by a reload.
 RESTART_KEYS = ("listen", "front", "management", "store", "public_base_url",
                 "backchannel_base_url")
 
@@ -104,7 +104,7 @@ def create_management_app(runtime: Runtime,
 
 def _handler_args(settings: Settings) -> dict[str, Any]:
     """aiohttp's own parser limits sit above the sidecar's (boundary._check_headers), so the
-    sidecar's JSON 431 answers first; beyond these, aiohttp's plain 400 (DESIGN §2.4)."""
+    sidecar's JSON 431 answers first; beyond these, aiohttp's plain 400 (design.md §2.4)."""
     size = settings.limits.max_header_bytes + 1024
     return {"max_line_size": size, "max_field_size": size,
             "max_headers": 2 * MAX_HEADER_COUNT}
@@ -269,7 +269,7 @@ class Sidecar:
                     await wait_backoff(self.resolver.state(name))
 
     def reload(self, new: Settings) -> ReloadResult:
-        """Apply what DESIGN §2.2 lists as reloadable; raise ConfigError (and change
+        """Apply what design.md §2.2 lists as reloadable; raise ConfigError (and change
         nothing) when `new` cannot be combined with the running restart-only settings."""
         old = self.settings
         if self._adopted_port is not None and new.listen.port == 0:
@@ -309,7 +309,7 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
-        # Stop accepting everywhere first, then drain what is in flight (DESIGN §3.10).
+        # Stop accepting everywhere first, then drain what is in flight (design.md §3.10).
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()

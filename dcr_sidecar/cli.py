@@ -1,4 +1,4 @@
-"""The command line (DESIGN §2.1): serve, check-config, config-schema, doctor, demo-app."""
+"""The command line (design.md §2.1): serve, check-config, config-schema, doctor, demo-app."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ async def _serve(settings: Settings, path: str, digest: str | None, poll_s: floa
     except OSError as exc:
         log.error("startup_failed", detail=f"{type(exc).__name__}: {exc.strerror or exc}")
         return EXIT_FAILURE
-    except StoreError as exc:  # wrong store.encryption_keys (DESIGN §3.9)
+    except StoreError as exc:  # wrong store.encryption_keys (design.md §3.9)
         log.error("startup_failed", detail=f"credential store ({settings.store.backend}): {exc}")
         return EXIT_FAILURE
     watcher = ConfigWatcher(sidecar, path, digest=digest, interval_s=poll_s)

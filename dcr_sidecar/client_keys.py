@@ -1,4 +1,4 @@
-"""The client's key pair for private_key_jwt (RFC 7523, DESIGN §3.3): made with `cryptography`,
+"""The client's key pair for private_key_jwt (RFC 7523, design.md §3.3): made with `cryptography`,
 kept as a private JWK in the stored generation, and wrapped in a signer for the pure encoder.
 
 Invariants:

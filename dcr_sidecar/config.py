@@ -50,7 +50,7 @@ SECRET_KEYS = frozenset(
         "encryption_keys",
     }
 )
-# Registration request fields the sidecar derives itself (DESIGN §2.2 client_metadata).
+# Registration request fields the sidecar derives itself (design.md §2.2 client_metadata).
 OWNED_METADATA = frozenset(
     {
         "redirect_uris",
@@ -470,7 +470,7 @@ class Upstream(_Model):
             raise _keyed("token_endpoint_auth_methods", "must not be empty")
 
     def _check_flow(self) -> None:
-        """DESIGN §2.2: the combinations of callback, app_issuer and pkce."""
+        """design.md §2.2: the combinations of callback, app_issuer and pkce."""
         for key in ("app_issuer", "pkce"):
             if getattr(self, key) == "sidecar" and self.callback != "sidecar":
                 raise _keyed(key, "sidecar needs callback: sidecar (the sidecar must see the "
@@ -590,7 +590,7 @@ class Settings(_Model):
         return self
 
     def _check_urls(self, index: int, upstream: Upstream) -> None:
-        """https only, except `security.allow_http` hosts (DESIGN §3.8); no query or fragment."""
+        """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
         for key in ("issuer", "discovery_url", "resource", "registration_endpoint"):
             url = getattr(upstream, key)
             if url is not None:
@@ -636,7 +636,7 @@ class Settings(_Model):
         return {u.name: u for u in self.upstreams}
 
     def callback_uri(self, name: str) -> str:
-        """The redirect URI registered at the AS under `callback: sidecar` (DESIGN §3.6)."""
+        """The redirect URI registered at the AS under `callback: sidecar` (design.md §3.6)."""
         return f"{self.public_base}/{name}/callback"
 
     def sidecar_issuer(self, name: str) -> str:

@@ -1,4 +1,4 @@
-"""The dial-time address policy (DESIGN §3.8): which addresses one outbound connection may use.
+"""The dial-time address policy (design.md §3.8): which addresses one outbound connection may use.
 
 Invariants:
 - The policy of a connection follows its destination **authority** (scheme, host, port), which

@@ -1,4 +1,4 @@
-"""Discovery I/O (DESIGN §3.1): probe candidates, apply the pure rules, record every answer.
+"""Discovery I/O (design.md §3.1): probe candidates, apply the pure rules, record every answer.
 
 ``serve`` takes the first valid document to arrive and cancels the other probes (but awaits them
 when the winner lacks ``registration_endpoint`` and DCR is needed); ``doctor`` awaits all.

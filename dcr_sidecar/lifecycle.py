@@ -1,4 +1,4 @@
-"""Configuration reload (DESIGN §3.10): on SIGHUP, and when the config file's content changes.
+"""Configuration reload (design.md §3.10): on SIGHUP, and when the config file's content changes.
 
 Invariants:
 - The file is watched by the sha256 of its content, read through the configured path, so a

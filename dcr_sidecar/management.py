@@ -1,4 +1,4 @@
-"""The management listener: /healthz, /readyz, /metrics and the admin API (DESIGN §2.3)."""
+"""The management listener: /healthz, /readyz, /metrics and the admin API (design.md §2.3)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when every `required` upstream has usable credentials (cached ones count). Store
     trouble is reported in the body and fails readiness only through an upstream that has
-    no credentials (DESIGN §2.3)."""
+    no credentials (design.md §2.3)."""
     runtime = request.app[RUNTIME]
     upstreams: dict[str, Any] = {}
     ready = True

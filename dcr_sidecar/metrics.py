@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §2.3 ``GET /metrics``), one registry per sidecar.
+"""Prometheus metrics (design.md §2.3 ``GET /metrics``), one registry per sidecar.
 
 Invariants:
 - Every metric lives in the :class:`Metrics` object's own ``CollectorRegistry``, never in the

@@ -1,6 +1,6 @@
 """Logging as data: structlog configured once (by the CLI), with a redaction processor.
 
-The redaction processor is the last line of defence for DESIGN §3.8/§3.9, applied to every log
+The redaction processor is the last line of defence for design.md §3.8/§3.9, applied to every log
 line — the sidecar's own and, through the standard library bridge, aiohttp's:
 - known secret keys, ``Authorization``-style values, credential-bearing parameters and every
   secret value the process holds (registered with :func:`remember_secret`) are masked;

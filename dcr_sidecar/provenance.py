@@ -1,4 +1,4 @@
-"""Where credentials may be sent (DESIGN §3.8): configured authorities versus server-supplied
+"""Where credentials may be sent (design.md §3.8): configured authorities versus server-supplied
 endpoints. Both checks run before any connection is attempted.
 
 Definitions:

@@ -1,8 +1,8 @@
-"""Registration I/O (RFC 7591, DESIGN §3.2): choose the endpoint and method, POST, judge the
+"""Registration I/O (RFC 7591, design.md §3.2): choose the endpoint and method, POST, judge the
 answer with the pure rules, and turn every failure into a typed error.
 
 The initial access token goes only to a registration endpoint on a configured authority
-(DESIGN §3.8); no request carrying a credential follows a redirect.
+(design.md §3.8); no request carrying a credential follows a redirect.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Registration:
 
 
 def choose_method(upstream: Upstream, metadata: Metadata) -> str:
-    """The token endpoint auth method to register (DESIGN §3.3), or a typed error."""
+    """The token endpoint auth method to register (design.md §3.3), or a typed error."""
     try:
         return select_auth_method(
             upstream.token_endpoint_auth_methods,

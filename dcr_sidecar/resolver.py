@@ -20,7 +20,7 @@ Guarantees:
 - Store trouble never takes away credentials already held: while unexpired they keep being
   served when a re-read or renewal fails; new resolutions get 503 + Retry-After until the
   store is back (no restart needed).
-- Client generations (DESIGN §3.4): a new generation supersedes the previous one, which stays
+- Client generations (design.md §3.4): a new generation supersedes the previous one, which stays
   usable for `generation_grace` (one-time fallback on invalid_grant) and is deleted (RFC 7592
   DELETE) after it. Static clients are never registered, renewed, invalidated or deleted.
 - Every failure is typed and names its step; unexpected exceptions become ``BadUpstream``.
@@ -65,7 +65,7 @@ log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")
 T = TypeVar("T")
 MAINTENANCE_IDLE = 300.0
-MAX_RECORD_AGE = 30.0  # DESIGN §3.4: replicas serve from a record at most this old
+MAX_RECORD_AGE = 30.0  # design.md §3.4: replicas serve from a record at most this old
 REREAD_AT = 0.75  # the maintenance loop re-reads at this fraction of the bound
 
 
@@ -237,7 +237,7 @@ class Resolver:
             raise
         except errors.SidecarError:
             raise  # a conflict or a not-found is an answer, not an upstream failure
-        except Exception as exc:  # parsers and bugs: typed, never a crash (DESIGN §3.7)
+        except Exception as exc:  # parsers and bugs: typed, never a crash (design.md §3.7)
             typed = errors.BadUpstream(f"unexpected failure during {state.step}: "
                                        f"{type(exc).__name__}", step=state.step, upstream=name)
             log.error("resolution_crashed", step=state.step, exc_info=exc)
@@ -286,7 +286,7 @@ class Resolver:
         return time.monotonic() - state.record_read_at
 
     def _fingerprint(self, config: Upstream) -> str:
-        """The fingerprint of the registration this config asks for (DESIGN §3.4)."""
+        """The fingerprint of the registration this config asks for (design.md §3.4)."""
         return fingerprint(profile_of(config, self.settings))
 
     def _renewal_due(self, state: UpstreamState, gen: Generation, now: float) -> bool:
@@ -347,7 +347,7 @@ class Resolver:
         except errors.UpstreamError:
             if state.discovery is None:
                 raise
-            # A failed refresh keeps serving the stale document (DESIGN §2.2 discovery).
+            # A failed refresh keeps serving the stale document (design.md §2.2 discovery).
             state.metadata_expires = time.monotonic() + self.settings.discovery.min_ttl
             log.warning("metadata_refresh_failed", upstream=state.config.name)
             self.metrics.discovery(state.config.name, "failure")
@@ -702,7 +702,7 @@ class Resolver:
     # ------------------------------------------------------------------ reload and admin
 
     def reload(self, settings: Settings) -> list[str]:
-        """Apply a reloaded configuration (DESIGN §3.10); returns the upstreams whose state is
+        """Apply a reloaded configuration (design.md §3.10); returns the upstreams whose state is
         new (added or changed), which need their own maintenance.
 
         Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or

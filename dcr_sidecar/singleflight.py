@@ -1,6 +1,6 @@
 """In-process single flight: concurrent callers for one key share one piece of work.
 
-Guarantees (DESIGN §3.4):
+Guarantees (design.md §3.4):
 - at most one task per key runs at a time; every waiter receives its result or the very same
   exception;
 - the slot is cleared when the task ends, whatever the outcome, so the next call starts afresh;

@@ -1,4 +1,4 @@
-"""The admin API (DESIGN §2.3, §2.4) against the real provider: disabled without a token,
+"""The admin API (design.md §2.3, §2.4) against the real provider: disabled without a token,
 Bearer authentication, the upstream list without secrets, rotate and RFC 7592 delete."""
 
 from __future__ import annotations

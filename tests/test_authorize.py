@@ -1,4 +1,4 @@
-"""GET /{name}/authorize when credentials cannot be had (DESIGN §2.3): the app hears it through
+"""GET /{name}/authorize when credentials cannot be had (design.md §2.3): the app hears it through
 its redirect URI (RFC 6749 §4.1.2.1) with its state, and with `iss` exactly when the metadata
 served to it advertises RFC 9207."""
 

@@ -1,4 +1,4 @@
-"""Callback mediation (`callback: sidecar`, DESIGN §3.6) in front of the real oidc-provider
+"""Callback mediation (`callback: sidecar`, design.md §3.6) in front of the real oidc-provider
 and a recording AS: the sidecar's own state and callback, the RFC 9207 `iss` check, one-time
 records with a TTL, sidecar-made PKCE, PAR, and the generation named in the record."""
 
@@ -279,7 +279,7 @@ async def test_the_sidecar_callback_is_what_gets_registered(sidecar: SidecarFact
 async def test_the_exchange_uses_the_generation_the_flow_started_with(
         sidecar: SidecarFactory) -> None:
     """A new client generation between authorize and token: the record names the old one,
-    whose client authenticates the exchange (DESIGN §3.4, §3.6)."""
+    whose client authenticates the exchange (design.md §3.4, §3.6)."""
     async with RecordingAS() as rec:
         side = await sidecar(mediated(rec.issuer))
         status, location, _ = await follow_once(authorize_url(side))

@@ -1,4 +1,4 @@
-"""private_key_jwt keys (RFC 7523, DESIGN §3.3): algorithm choice, key type, JWK shapes, and
+"""private_key_jwt keys (RFC 7523, design.md §3.3): algorithm choice, key type, JWK shapes, and
 assertions that a JOSE library other than ours verifies."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""YAML configuration version 1 (DESIGN §2.2) and the config-facing CLI commands (§2.1).
+"""YAML configuration version 1 (design.md §2.2) and the config-facing CLI commands (§2.1).
 
 Every error names the file, the YAML path and the offending value; secret values are masked.
 """
@@ -133,7 +133,7 @@ def test_minimal_upstream() -> None:
     ],
 )
 def test_top_level_defaults(attribute: str, default: object) -> None:
-    """Every top-level default of DESIGN §2.2 that the model has."""
+    """Every top-level default of design.md §2.2 that the model has."""
     assert attrgetter(attribute)(parse(MINIMAL)) == default
 
 
@@ -172,7 +172,7 @@ def test_top_level_defaults(attribute: str, default: object) -> None:
     ],
 )
 def test_upstream_defaults(attribute: str, default: object) -> None:
-    """Every upstream default of DESIGN §2.2 that the model has."""
+    """Every upstream default of design.md §2.2 that the model has."""
     assert attrgetter(attribute)(parse(MINIMAL).upstreams[0]) == default
 
 

@@ -1,4 +1,4 @@
-"""DESIGN §2.2 combinations of callback, app_issuer, pkce, scopes and auth methods."""
+"""design.md §2.2 combinations of callback, app_issuer, pkce, scopes and auth methods."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `store` block (DESIGN §2.2): redis URLs as secret fields, Sentinel forms, Fernet keys,
+"""The `store` block (design.md §2.2): redis URLs as secret fields, Sentinel forms, Fernet keys,
 and the combinations that are rejected rather than silently ignored."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Discovery's redirect rules (DESIGN §3.1): same origin only, at most 5, never https->http."""
+"""Discovery's redirect rules (design.md §3.1): same origin only, at most 5, never https->http."""
 
 from __future__ import annotations
 

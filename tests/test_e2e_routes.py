@@ -1,4 +1,4 @@
-"""Every token-like route against the real oidc-provider (DESIGN §2.3): PAR (RFC 9126),
+"""Every token-like route against the real oidc-provider (design.md §2.3): PAR (RFC 9126),
 revocation (RFC 7009), introspection (RFC 7662), device authorization (RFC 8628) and
 client_credentials, with a shared-secret and a private_key_jwt (RFC 7523) client; the key of
 the latter survives a restart."""

@@ -1,4 +1,4 @@
-"""Encryption at rest (DESIGN §3.9), for the file store and Redis alike, against the real
+"""Encryption at rest (design.md §3.9), for the file store and Redis alike, against the real
 provider: stored bytes hold no secret; records are unreadable without the key; rotating to a
 new key keeps the same client (old records read, resealed under the new key); a wrong key is
 `serve` exit 1 with a clear message, and changes nothing."""

@@ -1,4 +1,4 @@
-"""Failure isolation and backoff against in-process fault servers (DESIGN §3.7): every fault
+"""Failure isolation and backoff against in-process fault servers (design.md §3.7): every fault
 becomes one typed answer for the app, with backoff, and never a crash."""
 
 from __future__ import annotations

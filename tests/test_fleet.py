@@ -1,4 +1,4 @@
-"""Fleets of replicas (DESIGN §3.4): real `serve` processes sharing one redis-server in front of
+"""Fleets of replicas (design.md §3.4): real `serve` processes sharing one redis-server in front of
 the real oidc-provider register once; restarts register nothing; `serve` and `doctor
 --register` on one file store register once; a lease holder paused past its lease loses the
 race, deletes its orphan and adopts the winner.

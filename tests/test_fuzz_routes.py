@@ -1,6 +1,6 @@
 """The real aiohttp app under arbitrary input from the app side: bodies, queries, paths and
 client-authentication headers. Whatever arrives, the answer is never a 500 (an escaped
-exception) — only the typed 4xx/5xx of DESIGN §2.4.
+exception) — only the typed 4xx/5xx of design.md §2.4.
 
 One sidecar serves every example: it has inbound credentials and a static client in front of
 a fake AS on 127.0.0.1 that accepts any token request, so examples reach every stage (limits,

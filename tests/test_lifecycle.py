@@ -1,4 +1,4 @@
-"""Credentials that stay right, against the real oidc-provider (DESIGN §3.4-3.5): renewal
+"""Credentials that stay right, against the real oidc-provider (design.md §3.4-3.5): renewal
 before expiry (RFC 7592 PUT extending the expiry, or a new generation when it does not),
 invalid_client recovery for dynamic clients only, generations with grace, and deletion."""
 

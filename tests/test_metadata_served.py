@@ -1,4 +1,4 @@
-"""The metadata served to the app (DESIGN §2.3), GET /{name}/client and client_id_file."""
+"""The metadata served to the app (design.md §2.3), GET /{name}/client and client_id_file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /metrics (DESIGN §2.3): per-sidecar registry, bounded labels, request and resolver
+"""GET /metrics (design.md §2.3): per-sidecar registry, bounded labels, request and resolver
 counters, scrape-time gauges — against the real provider and real failures."""
 
 from __future__ import annotations

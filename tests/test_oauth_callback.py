@@ -1,4 +1,4 @@
-"""Callback mediation, the pure rules (DESIGN §3.6, RFC 9207 §2.4, RFC 9700 §4.4)."""
+"""Callback mediation, the pure rules (design.md §3.6, RFC 9207 §2.4, RFC 9700 §4.4)."""
 
 from __future__ import annotations
 

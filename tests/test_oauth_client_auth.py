@@ -1,4 +1,4 @@
-"""Client authentication encoders (RFC 6749 §2.3) and auth-method choice (DESIGN §3.3)."""
+"""Client authentication encoders (RFC 6749 §2.3) and auth-method choice (design.md §3.3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """AS metadata: discovery URL candidates, issuer derivation, validation and caching
-(RFC 8414 §3, §3.3; OIDC Discovery §4; DESIGN §3.1)."""
+(RFC 8414 §3, §3.3; OIDC Discovery §4; design.md §3.1)."""
 
 from __future__ import annotations
 
@@ -352,5 +352,5 @@ def test_cache_lifetime(cache_control: str | None, expected: float) -> None:
 def test_synthesized_registration_endpoint_keeps_the_issuer_path(
     issuer: str, expected: str
 ) -> None:
-    """`{issuer}/register` with the issuer's path (DESIGN §3.1), no doubled slash."""
+    """`{issuer}/register` with the issuer's path (design.md §3.1), no doubled slash."""
     assert synthesized_registration_endpoint(issuer) == expected

@@ -1,5 +1,5 @@
 """PKCE (RFC 7636), backoff and Retry-After (RFC 9110 §10.2.3), text sanitising, and the
-outbound address table (DESIGN §3.8). Addresses are only classified; nothing connects."""
+outbound address table (design.md §3.8). Addresses are only classified; nothing connects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RFC 7591 registration: fingerprint, request body and the §3.2.1 response rules (DESIGN §3.2)."""
+"""RFC 7591 registration: fingerprint, request body and the §3.2.1 response rules (design.md §3.2)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_fingerprint_is_a_sha256_hex_digest_and_stable() -> None:
     ],
 )
 def test_fingerprint_changes_with_the_registration(changes: dict[str, Any]) -> None:
-    """Any change of what would be registered gives a new fingerprint (DESIGN §3.4)."""
+    """Any change of what would be registered gives a new fingerprint (design.md §3.4)."""
     assert fingerprint(_profile(**changes)) != fingerprint(_profile())
 
 

@@ -1,4 +1,4 @@
-"""Secret hygiene (DESIGN §3.9) and sanitising what an AS said (§3.8): the redaction processor,
+"""Secret hygiene (design.md §3.9) and sanitising what an AS said (§3.8): the redaction processor,
 aiohttp's own log records, error descriptions, and `doctor`'s output."""
 
 from __future__ import annotations

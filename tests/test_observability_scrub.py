@@ -1,4 +1,4 @@
-"""Log redaction (DESIGN §3.9): what `scrub` and the `redact` processor mask, and that the
+"""Log redaction (design.md §3.9): what `scrub` and the `redact` processor mask, and that the
 fast path (values with neither whitespace nor "=" skip the credential pattern) changes nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN §3.10 lifecycle: SIGTERM keeps serving, then drains in-flight requests and exits 0;
+"""design.md §3.10 lifecycle: SIGTERM keeps serving, then drains in-flight requests and exits 0;
 SIGHUP and a changed config file (ConfigMap-style symlink swap) reload what is reloadable,
 reject an invalid file and keep credentials."""
 

@@ -1,4 +1,4 @@
-"""Provenance (DESIGN §3.8): configured authorities versus server-supplied endpoints — the
+"""Provenance (design.md §3.8): configured authorities versus server-supplied endpoints — the
 address allow-list, the initial access token and client secrets, each refused before any
 connection, with the refused server recording zero hits.
 

@@ -1,4 +1,4 @@
-"""The inbound side (DESIGN §2.4): sidecar-local client credentials on the back channel, the
+"""The inbound side (design.md §2.4): sidecar-local client credentials on the back channel, the
 non-loopback start-up rule, request limits, malformed input, and URLs that never come from the
 Host header."""
 

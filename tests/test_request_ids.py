@@ -1,4 +1,4 @@
-"""Generated request ids (DESIGN §2.4 `X-Request-Id`): 32 hex characters, unique in a process,
+"""Generated request ids (design.md §2.4 `X-Request-Id`): 32 hex characters, unique in a process,
 a new random prefix after a fork (so forked workers never repeat each other's ids)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Route behaviour and DESIGN §2.4 error answers: JSON bodies, request ids, status codes,
+"""Route behaviour and design.md §2.4 error answers: JSON bodies, request ids, status codes,
 Retry-After, and the authorize redirect when credentials cannot be had."""
 
 from __future__ import annotations

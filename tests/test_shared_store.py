@@ -1,4 +1,4 @@
-"""Replicas on one Redis, in process (DESIGN §3.4, §2.3, §2.4): what one replica writes is
+"""Replicas on one Redis, in process (design.md §3.4, §2.3, §2.4): what one replica writes is
 served by the others within the staleness bound; a Redis outage keeps resolved upstreams
 working, answers 503 + Retry-After for new ones, and resolution resumes when Redis is back;
 a registration whose write fails is deleted at the AS."""

@@ -1,4 +1,4 @@
-"""The in-process flow store (DESIGN §3.6): one-time, TTL-bound, memory-bounded."""
+"""The in-process flow store (design.md §3.6): one-time, TTL-bound, memory-bounded."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The one serializer (store/records.py): schema versions, sealed secret fields, key checks,
-resealing on rotation — and the file store built on it (DESIGN §3.4, §3.9)."""
+resealing on rotation — and the file store built on it (design.md §3.4, §3.9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The redis store against a real redis-server (DESIGN §3.4, §3.9): hash-tagged keys, the lease
+"""The redis store against a real redis-server (design.md §3.4, §3.9): hash-tagged keys, the lease
 (SET NX PX, extension while held, compare-and-delete release, waiters with a deadline),
 compare-token-and-set writes, encryption with key check and rotation, Sentinel, outages, and
 the one-time flow records for callback mediation."""

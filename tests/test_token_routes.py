@@ -1,4 +1,4 @@
-"""Token-like routes as a recording in-process AS sees them (DESIGN §2.3): exactly one client
+"""Token-like routes as a recording in-process AS sees them (design.md §2.3): exactly one client
 authentication per request, allow-listed headers only, nothing the app tried to smuggle in, the
 AS answer relayed as is, 404 for endpoints the AS lacks, inbound credentials checked."""
 
@@ -46,7 +46,7 @@ ROUTE_FORMS = {
 }
 ROUTE_PATHS = {"token": "/token", "par": "/par", "revoke": "/revoke",
                "introspect": "/introspect", "device_authorization": "/device"}
-# Transport headers aiohttp itself writes, plus the DESIGN §2.3 allow-list.
+# Transport headers aiohttp itself writes, plus the design.md §2.3 allow-list.
 ALLOWED = {"host", "accept", "accept-encoding", "user-agent", "content-type", "content-length",
            "x-request-id"}
 
@@ -168,7 +168,7 @@ async def test_assertion_audience_token_endpoint(sidecar: SidecarFactory) -> Non
         token = jwt.decode(seen.form_values("client_assertion")[0], KeySet.import_key_set(
             rec.requests("/register")[0].json["jwks"]))
     assert token.claims["aud"] == rec.issuer + "/token"
-    assert token.header["alg"] == "RS256"  # no list at the AS: RS256 (DESIGN §3.3)
+    assert token.header["alg"] == "RS256"  # no list at the AS: RS256 (design.md §3.3)
 
 
 @pytest.mark.parametrize("route", ["par", "revoke", "introspect", "device_authorization"])
@@ -223,7 +223,7 @@ async def test_answer_relayed_as_is_and_redirects_not_followed(sidecar: SidecarF
         assert (status, body) == (401, b'{"error":"invalid_client"}')
         assert headers["WWW-Authenticate"] == 'Basic realm="as"'
         # invalid_client for a dynamic client: one recovery registration and one transparent
-        # retry of the client_credentials grant (DESIGN §3.5); the retry's answer is relayed.
+        # retry of the client_credentials grant (design.md §3.5); the retry's answer is relayed.
         assert [r.path for r in rec.recorded if r.path != "/register"] == [
             "/introspect", "/revoke", "/token", "/token"]
         assert len(rec.requests("/register")) == 2

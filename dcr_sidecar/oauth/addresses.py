@@ -1,4 +1,4 @@
-"""Outbound address classification (DESIGN §3.8): which destination addresses are blocked.
+"""Outbound address classification (design.md §3.8): which destination addresses are blocked.
 
 Pure: a table of ranges, each with the reason it is blocked; ``docs/SECURITY.md`` shows the
 same table and a test compares the two.

@@ -1,4 +1,4 @@
-"""Choosing the token-endpoint authentication method (DESIGN §3.3).
+"""Choosing the token-endpoint authentication method (design.md §3.3).
 
 The first method of the operator's preference list that the AS supports (RFC 8414 §2: an absent
 `token_endpoint_auth_methods_supported` means `client_secret_basic`) and the client profile

@@ -1,4 +1,4 @@
-"""Callback mediation (DESIGN §3.6), the pure parts: which authorization requests can be
+"""Callback mediation (design.md §3.6), the pure parts: which authorization requests can be
 mediated, how they are rewritten, the one-time state, the RFC 9207 `iss` check and the redirect
 back to the app.
 
@@ -21,7 +21,7 @@ from typing import Any
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import clean_text
 
-STATE_BYTES = 32  # 256 bits; DESIGN §3.6 asks for at least 128
+STATE_BYTES = 32  # 256 bits; design.md §3.6 asks for at least 128
 PAR_REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 # What the AS may say on the way back that the app gets (RFC 6749 §4.1.2, §4.1.2.1).
 ERROR_PARAMS = ("error", "error_description", "error_uri")
@@ -64,7 +64,7 @@ def is_par_reference(pairs: Pairs) -> bool:
 
 
 def check_mediable(pairs: Pairs) -> None:
-    """Refuse what the sidecar cannot mediate (DESIGN §3.6: anything but code + query)."""
+    """Refuse what the sidecar cannot mediate (design.md §3.6: anything but code + query)."""
     if values(pairs, "response_type") != ["code"]:
         raise ProtocolError("callback mediation handles response_type=code only")
     if values(pairs, "response_mode") not in ([], ["query"]):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from dcr_sidecar.oauth import ProtocolError
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# DESIGN §3.3: ES256 first, then PS256, RS256; RS256 when the AS lists nothing.
+# design.md §3.3: ES256 first, then PS256, RS256; RS256 when the AS lists nothing.
 SIGNING_PREFERENCE = ("ES256", "PS256", "RS256")
 KEY_TYPES = {"ES256": "EC", "PS256": "RSA", "RS256": "RSA"}
 MAX_LIFETIME = 60

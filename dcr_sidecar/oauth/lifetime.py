@@ -1,4 +1,4 @@
-"""Client-secret lifetime arithmetic (DESIGN §3.5) and RFC 7592 wire shapes.
+"""Client-secret lifetime arithmetic (design.md §3.5) and RFC 7592 wire shapes.
 
 `client_secret_expires_at` = 0 means never (RFC 7591 §3.2.1). Renewal starts at expiry - margin,
 margin = min(max(60 s, 10 % of the lifetime), lifetime / 2), the lifetime measured from the local

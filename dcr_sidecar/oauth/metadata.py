@@ -48,7 +48,7 @@ class IssuerMismatch(ProtocolError):
 
 
 def issuer_candidates(issuer: str) -> list[str]:
-    """Discovery URLs for `issuer`, in order (DESIGN §3.1).
+    """Discovery URLs for `issuer`, in order (design.md §3.1).
 
     With a path `/p`: RFC 8414 insertion, OIDC insertion (some ASs serve it), OIDC appending.
     Without a path: the two root documents. A terminating `/` is stripped first (RFC 8414 §3.1).

@@ -1,5 +1,5 @@
 """RFC 7591 registration: the request derived from config, its fingerprint, and the response
-rules of RFC 7591 §3.2.1 as pass/fail decisions (DESIGN §3.2)."""
+rules of RFC 7591 §3.2.1 as pass/fail decisions (design.md §3.2)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def fingerprint(profile: RegistrationProfile) -> str:
-    """sha256 of the canonical request derived from config (DESIGN §3.4), never the jwks."""
+    """sha256 of the canonical request derived from config (design.md §3.4), never the jwks."""
     canonical = {
         "scope": "\n".join(sorted(set(profile.scopes))),
         "redirect_uris": sorted(set(profile.redirect_uris)),

@@ -13,7 +13,7 @@ PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 def resource_candidates(resource: str) -> list[str]:
     """RFC 9728 §3.1: the well-known suffix inserted before the path (trailing `/` stripped);
-    then the root document (the MCP-compatible fallback, DESIGN §3.1)."""
+    then the root document (the MCP-compatible fallback, design.md §3.1)."""
     parts = urlsplit(resource)
     path = parts.path.rstrip("/")
 

@@ -18,13 +18,13 @@ def strip_controls(text: str, keep: str = "") -> str:
 
 
 def clean_text(value: object, limit: int = 200) -> str:
-    """Control and bidi characters removed, length capped (DESIGN §3.8)."""
+    """Control and bidi characters removed, length capped (design.md §3.8)."""
     text = strip_controls(str(value))
     return text if len(text) <= limit else text[:limit] + "…"
 
 
 def safe_url(url: str) -> str:
-    """A URL fit for logs: no userinfo, no query, no fragment (DESIGN §3.9)."""
+    """A URL fit for logs: no userinfo, no query, no fragment (design.md §3.9)."""
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -1,5 +1,5 @@
 """GET /{name}/authorize: the app's authorization request, sent on to the AS with the real
-client_id (DESIGN §2.3), mediated under `callback: sidecar` (§3.6), with the configured RFC 8707
+client_id (design.md §2.3), mediated under `callback: sidecar` (§3.6), with the configured RFC 8707
 resource when the app named none."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one boundary where sidecar errors become HTTP answers (DESIGN §2.4), plus request ids,
+"""The one boundary where sidecar errors become HTTP answers (design.md §2.4), plus request ids,
 header limits and one canonical log line per request."""
 
 from __future__ import annotations

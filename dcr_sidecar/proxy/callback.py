@@ -1,5 +1,5 @@
 """GET /{name}/callback: the AS's authorization response under `callback: sidecar`
-(DESIGN §3.6), checked and handed on to the app's redirect URI.
+(design.md §3.6), checked and handed on to the app's redirect URI.
 
 The sidecar's state is one-time: it is taken from the flow store before the response itself is
 checked, so a refused response cannot be retried with the same state. (The AS's metadata is

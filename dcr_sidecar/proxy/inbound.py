@@ -1,4 +1,4 @@
-"""Inbound client authentication on back-channel routes (DESIGN §2.4 `inbound`).
+"""Inbound client authentication on back-channel routes (design.md §2.4 `inbound`).
 
 The app presents sidecar-local credentials as its client authentication, HTTP Basic or the
 form (RFC 6749 §2.3.1); the sidecar checks them in constant time and swaps them for the real

@@ -1,4 +1,4 @@
-"""Callback mediation on the request side (DESIGN §3.6): /authorize and /par hand the AS the
+"""Callback mediation on the request side (design.md §3.6): /authorize and /par hand the AS the
 sidecar's redirect URI and state; /token puts the sidecar's redirect URI (and its PKCE verifier)
 back into the code exchange and authenticates as the generation the flow started with.
 
@@ -82,7 +82,7 @@ async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Cre
 
 async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Credentials,
                                  number: int) -> Credentials:
-    """The credentials of client generation `number` (DESIGN §3.4: a mediated flow finishes
+    """The credentials of client generation `number` (design.md §3.4: a mediated flow finishes
     with the client it started with); the current ones when that generation is gone."""
     if creds.generation == number or creds.static:
         return creds

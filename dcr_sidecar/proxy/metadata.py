@@ -1,4 +1,4 @@
-"""AS metadata as served to the app (DESIGN §2.3), and GET /{name}/client.
+"""AS metadata as served to the app (design.md §2.3), and GET /{name}/client.
 
 The document is the AS's own with the sidecar in its place: the sidecar's endpoints, the auth
 methods the sidecar accepts from the app, no registration endpoint, and nothing the app cannot
@@ -40,7 +40,7 @@ AUTH_METHOD_LISTS = {
     "revocation_endpoint": "revocation_endpoint_auth_methods_supported",
     "introspection_endpoint": "introspection_endpoint_auth_methods_supported",
 }
-# What callback mediation can carry (DESIGN §3.6): code in the query, no request objects.
+# What callback mediation can carry (design.md §3.6): code in the query, no request objects.
 MEDIATED = {
     "response_types_supported": ["code"],
     "response_modes_supported": ["query"],

@@ -1,7 +1,7 @@
 """Token-like routes: token, PAR (RFC 9126), revocation (RFC 7009), introspection (RFC 7662),
 device authorization (RFC 8628).
 
-The request is rebuilt from parts (DESIGN §2.3): allow-listed headers only, the app's client
+The request is rebuilt from parts (design.md §2.3): allow-listed headers only, the app's client
 authentication removed, exactly the registered method injected (RFC 6749 §2.3), encoded afresh
 for each request; the AS answer is relayed as is. No redirects are followed. Under
 `callback: sidecar` PAR is mediated and code exchanges restored (:mod:`.mediation`).
@@ -89,7 +89,7 @@ GRACE_GRANTS = frozenset({"authorization_code", "refresh_token"})
 
 async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs: Pairs, *,
                         creds: Credentials, response: Response) -> Credentials | None:
-    """Credentials to retry once with, or None (DESIGN §3.4, §3.5).
+    """Credentials to retry once with, or None (design.md §3.4, §3.5).
 
     `invalid_client` for a dynamic client: the resolver finds out why and recovers; only a
     client_credentials grant is replayed transparently. `invalid_grant` for a code or refresh

@@ -3,7 +3,7 @@
 A store keeps :class:`~dcr_sidecar.store.records.Record` objects by key and offers a lock per
 key that the resolver holds across every change of a record (register, renew, delete). The
 memory lock is per process; the file lock also excludes other processes sharing the file; the
-redis lock is a lease shared by a fleet of replicas (DESIGN §3.4).
+redis lock is a lease shared by a fleet of replicas (design.md §3.4).
 
 Contract the resolver relies on:
 - ``open()`` runs once before use: it checks ``store.encryption_keys`` (``KeyMismatch`` — a

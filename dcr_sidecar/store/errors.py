@@ -1,5 +1,5 @@
 """What a credential store can fail with. The resolver turns each into a typed 503 naming its
-step (DESIGN §3.7); messages never carry a secret (a Redis URL's password included)::
+step (design.md §3.7); messages never carry a secret (a Redis URL's password included)::
 
     StoreError
     ├── StoreUnreachable   the backend cannot be reached or answered an error (Redis down)

@@ -1,4 +1,4 @@
-"""Callback-mediation records (DESIGN §3.6): short-lived, one-time entries keyed by the
+"""Callback-mediation records (design.md §3.6): short-lived, one-time entries keyed by the
 sidecar's `state` and by the hash of an authorization code.
 
 :class:`FlowStore` is the interface a shared backend (Redis: SET PX + GETDEL) implements; this

@@ -9,7 +9,7 @@ Invariants:
   adds sealed (encrypted) secret fields. A record is written with the lowest schema that
   describes it, so a store without encryption stays readable by versions that know only 1.
   A record of a newer schema than this version knows is refused, never guessed at.
-- With ``store.encryption_keys`` (DESIGN §3.9) every secret field of a generation is sealed
+- With ``store.encryption_keys`` (design.md §3.9) every secret field of a generation is sealed
   with Fernet under the newest key on every write (``{"fernet": token}``); older keys only
   decrypt. A plaintext secret is still read (encryption switched on for an existing store)
   and is sealed when its record is next written.
@@ -88,7 +88,7 @@ class Record:
         return next((g for g in self.generations if g.generation == number), None)
 
     def previous(self, current: Generation | None, grace: float, now: float) -> Generation | None:
-        """The newest superseded generation still within its grace period (DESIGN §3.4)."""
+        """The newest superseded generation still within its grace period (design.md §3.4)."""
         candidates = [
             g for g in self.generations
             if g.superseded_at is not None and g.superseded_at + grace > now

@@ -1,4 +1,4 @@
-"""Redis store: credentials shared by a fleet of replicas, a lease per key (DESIGN §3.4), and
+"""Redis store: credentials shared by a fleet of replicas, a lease per key (design.md §3.4), and
 short-lived one-time records for callback mediation (§3.6).
 
 Keys — one upstream's record and lease share a hash tag, so they sit in one cluster slot and
@@ -335,7 +335,7 @@ class RedisStore:
 
 
 class RedisFlowRecords:
-    """Short-lived one-time records in Redis: callback-mediation state (DESIGN §3.6).
+    """Short-lived one-time records in Redis: callback-mediation state (design.md §3.6).
 
     ``set(key, value, ttl)`` stores `value` for `ttl` seconds; ``pop(key)`` returns it once
     (atomic GETDEL, Redis ≥ 6.2): of two replicas popping one key, exactly one gets the value.
@@ -403,7 +403,7 @@ def _dumps(data: dict[str, Any]) -> str:
 
 class RedisFlowStore:
     """The callback-mediation :class:`~dcr_sidecar.store.flows.FlowStore` on Redis, so a login
-    started on one replica can finish on another (DESIGN §3.4: the records live in Redis with
+    started on one replica can finish on another (design.md §3.4: the records live in Redis with
     the redis store). Store failures become typed 503s."""
 
     def __init__(self, records: RedisFlowRecords, ttl: float = FLOW_TTL) -> None:
