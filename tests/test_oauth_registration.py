@@ -1,4 +1,4 @@
-"""RFC 7591 registration: fingerprint, request body and the §3.2.1 response rules (design.md §3.2)."""
+"""RFC 7591 registration: fingerprint, request body and the §3.2.1 response rules (design §3.2)."""
 
 from __future__ import annotations
 
