@@ -437,4 +437,4 @@ async def test_store_record_with_non_utf8_bytes_is_one_corrupt_upstream(
         finally:
             await second.stop()
         assert store.read_bytes() == before
-        assert rec.clients and len(rec.clients) == 2  # "bad" was not registered again
+        assert len(rec.clients) == 2  # "bad" was not registered again
