@@ -18,6 +18,7 @@ from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
     FlowRecord,
+    check_binding,
     check_mediable,
     code_key,
     new_state,
@@ -52,7 +53,8 @@ async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
     if upstream.pkce == "sidecar" and not values(pairs, "code_challenge"):
         verifier = make_verifier()
     state = new_state()
-    record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation)
+    record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation,
+                        upstream=upstream.name, issuer=creds.issuer)
     await runtime.flows.put(state_key(state), record)
     return rewrite_request(pairs, redirect_uri=runtime.settings.callback_uri(upstream.name),
                            state=state,
@@ -69,6 +71,10 @@ async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Cre
     if record is None:
         raise errors.InvalidGrant("the code did not come through this sidecar's callback, was "
                                   "already exchanged, or its record expired")
+    try:  # taken above: a code presented at the wrong upstream is spent
+        check_binding(record, upstream.name, creds.issuer, "code")
+    except ProtocolError as exc:
+        raise errors.InvalidGrant(exc.reason) from exc
     sent_redirect = single(pairs, "redirect_uri")
     if sent_redirect is not None and sent_redirect != record.app_redirect_uri:
         raise errors.InvalidGrant("redirect_uri differs from the authorization request's")
