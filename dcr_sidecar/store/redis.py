@@ -628,4 +628,10 @@ class RedisFlowStore:
             raw = await self.records.pop(key)
         except StoreError as exc:
             raise errors.StoreUnavailable(str(exc), step="store_read", retry_after=5) from exc
-        return FlowRecord(**json.loads(raw)) if raw is not None else None
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        # A record written before records were bound carries no binding: refused as foreign.
+        data.setdefault("upstream", "")
+        data.setdefault("issuer", "")
+        return FlowRecord(**data)
