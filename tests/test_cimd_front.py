@@ -181,7 +181,7 @@ async def test_front_tls_pair_is_reread_when_the_files_change(
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"front": {"host": "0.0.0.0", "port": 8081}},  # noqa: S104 - parsed only, never bound
-     "front: host is not loopback: set public_base_url"),
+     "front: host is not loopback"),
     ({"upstreams": [cimd_upstream(cimd={"max_age": 10, "key_rotation": 30})]},
      "upstreams[0].cimd.key_rotation: must exceed twice key_overlap"),
     ({"upstreams": [cimd_upstream(cimd={"document_url": "http://app.test/c.json"})]},
