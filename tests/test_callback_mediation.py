@@ -307,11 +307,14 @@ async def new_generation(side: Sidecar, issuer: str) -> None:
     """Stand-in for a rotation: a second generation of the same configuration in the store,
     the first superseded, and the resolver made to load it."""
     store = side.resolver.store
-    record = await store.get(RecordKey(issuer, "acme"))
-    assert record is not None
-    current = record.generations[-1]
-    second = replace(current, generation=2, client_id="client-gen-2", received_at=time.time())
-    await store.put(record.with_generation(second, time.time()))
+    key = RecordKey(issuer, "acme")
+    async with store.lock(key):  # a redis store takes writes only under the lease
+        record = await store.get(key)
+        assert record is not None
+        current = record.generations[-1]
+        second = replace(current, generation=2, client_id="client-gen-2",
+                         received_at=time.time())
+        await store.put(record.with_generation(second, time.time()))
     side.resolver.state("acme").credentials = None
 
 
@@ -419,3 +422,30 @@ async def test_a_code_from_one_upstreams_callback_is_refused_at_another_token_en
                 data={"grant_type": "authorization_code", "code": "c-honest"}) as resp:
             assert resp.status == 400  # spent by the refused attempt
         assert honest.requests("/token") == []
+
+
+@pytest.mark.parametrize("flows_in", ["redis", "memory"])
+async def test_redis_stopped_mid_flow_makes_the_code_exchange_a_503_with_retry_after(
+        sidecar: SidecarFactory, redis_server: RedisFactory, flows_in: str) -> None:
+    """design.md §3.7: a store failure is 503 + Retry-After, never 500 — also when the code
+    exchange reads the store for the generation the flow started with (a new generation came
+    between /authorize and /token), with the flow records in Redis or in process memory."""
+    redis = await redis_server()
+    async with RecordingAS() as rec:
+        side = await sidecar({**mediated(rec.issuer),
+                              "store": {"backend": "redis", "url": redis.url}},
+                             **({"flows": MemoryFlowStore()} if flows_in == "memory" else {}))
+        state = await sidecar_state(side, "acme")
+        await new_generation(side, rec.issuer)
+        assert (await follow_once(f"{side.listen.url}/acme/client"))[2]["generation"] == 2
+        status, _, _ = await follow_once(callback_url(side, "acme", code="c-1", state=state))
+        assert status == 302
+        await redis.stop()
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/acme/token",
+                data={"grant_type": "authorization_code", "code": "c-1"}) as resp:
+            body = await resp.json()
+            assert resp.status == 503, body
+            assert int(resp.headers["Retry-After"]) > 0
+        assert body["error"] == "temporarily_unavailable"
+        assert rec.requests("/token") == []

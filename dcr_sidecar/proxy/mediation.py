@@ -31,7 +31,6 @@ from dcr_sidecar.proxy.forms import single
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri
 from dcr_sidecar.proxy.runtime import Runtime
 from dcr_sidecar.resolver import Credentials
-from dcr_sidecar.store.records import RecordKey
 
 Pairs = list[tuple[str, str]]
 
@@ -92,14 +91,9 @@ async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Cr
     with the client it started with); the current ones when that generation is gone."""
     if creds.generation == number or creds.static:
         return creds
-    try:
-        record = await runtime.resolver.store.get(RecordKey(creds.issuer, upstream.name))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise errors.StoreUnavailable(
-            f"the credential store failed (store_read): {type(exc).__name__}",
-            step="store_read", upstream=upstream.name, retry_after=5) from exc
+    record = await runtime.resolver.stored(upstream.name, creds.issuer)
     now = time.time()
-    for gen in record.generations if record else ():
+    for gen in record.generations:
         usable = gen.superseded_at is None or gen.superseded_at + upstream.generation_grace > now
         if gen.generation == number and usable and not gen.expired(now):
             return dataclasses.replace(
