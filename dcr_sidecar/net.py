@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
 from dcr_sidecar import errors
@@ -271,6 +272,12 @@ def _translated(exc: Exception, shown: str, step: errors.Step,
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
                                       upstream=upstream)
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__,
+                                                                   HttpProcessingError):
+        # Not HTTP as aiohttp reads it (e.g. a two-digit status): the AS answered, badly.
+        # The offending bytes are the AS's and stay out of the description.
+        return errors.BadUpstream(f"{shown} answered a malformed status line or header",
+                                  step=step, upstream=upstream)
     if isinstance(exc, aiohttp.InvalidURL):
         return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
     return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
