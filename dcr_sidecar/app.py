@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.errors import ConfigError
+from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
@@ -39,7 +40,6 @@ from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
 from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
-from dcr_sidecar.tls import ReloadingTls
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -218,7 +218,7 @@ class Sidecar:
         self.listen = Bound(settings.listen.host, settings.listen.port)
         self.management = Bound(settings.management.host, settings.management.port)
         self.front: Bound | None = None
-        self.tls: ReloadingTls | None = None
+        self.tls: FrontTls | None = None
 
     async def start(self) -> None:
         await self.outbound.start()
@@ -253,8 +253,7 @@ class Sidecar:
         if front is None:
             return
         if front.tls is not None:
-            self.tls = ReloadingTls(front.tls)
-            self._background.append(asyncio.create_task(self.tls.watch()))
+            self.tls = FrontTls(front.tls)
         self.front = await self._serve(create_front_app(self.runtime, self.in_flight),
                                        front.host, front.port,
                                        ssl_context=self.tls.context if self.tls else None)

@@ -153,9 +153,6 @@ async def test_front_tls_pair_is_reread_when_the_files_change(
     try:
         assert app.front is not None
         assert app.tls is not None
-        app.tls.poll = 0.05
-        # Restart the watcher at the short interval.
-        app._background.append(asyncio.create_task(app.tls.watch()))
         url = f"https://127.0.0.1:{app.front.port}/acme/client-metadata.json"
         assert (await fetch(url, test_ca.client_context()))[0] == 200
         other = LocalCa.new_ca()
