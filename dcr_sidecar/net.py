@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
 from dcr_sidecar import errors
@@ -272,6 +273,12 @@ def _translated(exc: Exception, url: str, step: errors.Step, upstream: str | Non
         return errors.UpstreamTimeout(
             f"{host} did not answer in time: {_which_timeout(exc, settings)}", step=step,
             upstream=upstream)
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__,
+                                                                   HttpProcessingError):
+        # Not HTTP as aiohttp reads it (e.g. a two-digit status): the AS answered, badly.
+        # The offending bytes are the AS's and stay out of the description.
+        return errors.BadUpstream(f"{host} answered a malformed status line or header",
+                                  step=step, upstream=upstream)
     if isinstance(exc, aiohttp.InvalidURL):
         return errors.BadUpstream(f"invalid URL {safe_url(url)}", step=step, upstream=upstream)
     if isinstance(exc, aiohttp.ServerDisconnectedError):

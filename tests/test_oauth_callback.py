@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 
@@ -10,6 +11,7 @@ from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
     FlowRecord,
     app_response,
+    check_binding,
     check_iss,
     check_mediable,
     code_key,
@@ -18,7 +20,8 @@ from dcr_sidecar.oauth.callback import (
     rewrite_request,
 )
 
-RECORD = FlowRecord("https://app.example/cb", "app-state", "verifier-x", 3)
+RECORD = FlowRecord("https://app.example/cb", "app-state", "verifier-x", 3, upstream="acme",
+                    issuer="https://as.example")
 
 
 @pytest.mark.parametrize("pairs", [
@@ -100,7 +103,7 @@ def test_app_response_carries_code_app_state_and_the_apps_issuer() -> None:
 def test_app_response_passes_as_errors_on() -> None:
     pairs = [("error", "access_denied"), ("error_description", "no"), ("state", "s"),
              ("error_uri", "https://as/e")]
-    assert app_response(pairs, FlowRecord("https://app/cb", None, None, 1), "https://as") == [
+    assert app_response(pairs, replace(RECORD, app_state=None), "https://as") == [
         ("error", "access_denied"), ("error_description", "no"), ("error_uri", "https://as/e"),
         ("iss", "https://as")]
 
@@ -112,3 +115,18 @@ def test_app_response_without_code_or_error_is_refused() -> None:
 
 def test_record_repr_hides_the_verifier() -> None:
     assert "verifier-x" not in repr(RECORD)
+
+
+@pytest.mark.parametrize(("upstream", "issuer", "ok"), [
+    ("acme", "https://as.example", True),
+    ("evil", "https://as.example", False),          # another upstream's flow
+    ("acme", "https://other.example", False),       # the upstream now names another issuer
+    ("", "", False),
+])
+def test_a_record_is_honoured_only_by_the_upstream_and_issuer_it_was_made_for(
+        upstream: str, issuer: str, ok: bool) -> None:
+    if ok:
+        check_binding(RECORD, upstream, issuer, "state")
+    else:
+        with pytest.raises(ProtocolError, match="another upstream"):
+            check_binding(RECORD, upstream, issuer, "state")

@@ -45,6 +45,7 @@ CLIENT_ID_ROUTES = frozenset({"par"})
 FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
 FORM_TYPE = "application/x-www-form-urlencoded"
+RELAYED_STATUSES = range(200, 600)
 Pairs = list[tuple[str, str]]
 
 
@@ -64,6 +65,15 @@ def outbound_form(pairs: Pairs, auth: AuthParts, client_id: str | None = None) -
     if client_id is not None and not any(k == "client_id" for k, _ in auth.form):
         form.append(("client_id", client_id))
     return urlencode(form).encode("ascii")
+
+
+def relayed_status(response: Response, upstream: str) -> int:
+    """A final status the app's HTTP client can read (RFC 9110 §15: three digits, 1xx never
+    final); a 101 would tell it the connection changed protocol. Anything else is a 502."""
+    if response.status not in RELAYED_STATUSES:
+        raise errors.BadUpstream(f"the authorization server answered HTTP {response.status}; "
+                                 "only 200-599 is relayed", step="forward", upstream=upstream)
+    return response.status
 
 
 def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
@@ -160,6 +170,7 @@ def handler(route: str) -> Handler:
                                          response=response)
         if retry_with is not None:
             response = await send(retry_with)
-        return relay(response.status, response.headers, response.body)
+        return relay(relayed_status(response, upstream.name), response.headers,
+                     response.body)
 
     return forward
