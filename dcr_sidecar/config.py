@@ -375,9 +375,32 @@ IpNetwork = Annotated[
 ]
 
 
+class Tls(_Model):
+    """Trust anchors for outbound TLS (design.md §3.8); verification itself is never optional."""
+
+    ca_file: str | None = None
+    ca_dir: str | None = None
+    system: bool = True
+
+    @model_validator(mode="after")
+    def _anchors(self) -> Tls:
+        if not self.system and self.ca_file is None and self.ca_dir is None:
+            raise _keyed("system", "false needs ca_file or ca_dir (else nothing is trusted)")
+        if self.ca_file is None and self.ca_dir is None:
+            return self
+        from dcr_sidecar.tls import AnchorError, build_context
+
+        try:
+            build_context(self)
+        except AnchorError as exc:
+            raise _keyed(exc.key, exc.message) from None
+        return self
+
+
 class Security(_Model):
     allow_private_networks: list[IpNetwork] = Field(default_factory=list)
     allow_http: list[str] = Field(default_factory=list)
+    tls: Tls = Tls()
 
     @field_validator("allow_private_networks", mode="before")
     @classmethod

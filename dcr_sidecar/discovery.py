@@ -46,6 +46,7 @@ class Attempt:
     transient: bool = False
     timed_out: bool = False
     retry_after: float | None = None
+    certificate: bool = False  # the host's TLS certificate failed verification
 
     def report(self) -> dict[str, object]:
         return {"url": safe_url(self.url), "outcome": self.outcome, "status": self.status,
@@ -214,6 +215,7 @@ class Discoverer:
             response = await self._get_following(upstream, attempt)
         except errors.BadUpstream as exc:  # refused, too many redirects, body over the cap
             attempt.outcome, attempt.detail = "failed", exc.description
+            attempt.certificate = isinstance(exc, errors.CertificateRejected)
             return None
         except errors.UpstreamError as exc:
             attempt.outcome, attempt.detail = "failed", exc.description
@@ -266,6 +268,10 @@ class Discoverer:
     def _failure(self, upstream: Upstream, attempts: list[Attempt],
                  expected: str) -> errors.UpstreamError:
         summary = "; ".join(a.line() for a in attempts)
+        rejected = next((a for a in attempts if a.certificate), None)
+        if rejected is not None:  # the cause, said once rather than per candidate URL
+            return errors.CertificateRejected(rejected.detail, step="discover",
+                                              upstream=upstream.name)
         error: errors.UpstreamError
         if attempts and all(a.timed_out for a in attempts):
             headline = f"discovery for {clean_text(expected)!r} timed out"

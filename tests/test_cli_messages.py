@@ -173,7 +173,7 @@ def _expired_certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_doctor_on_an_expired_certificate_says_so(tmp_path: Path) -> None:
-    """The certificate is trusted (SSL_CERT_FILE) but expired: "TLS: certificate has expired"."""
+    """The certificate is trusted (SSL_CERT_FILE) but expired: the report says so, once."""
     cert, key = _expired_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -190,5 +190,8 @@ async def test_doctor_on_an_expired_certificate_says_so(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
     assert result.returncode == 1, result.stderr
-    assert f"TLS: certificate has expired (127.0.0.1:{port})" in result.stdout, result.stdout
+    out = result.stdout
+    assert f"TLS certificate check failed for 127.0.0.1:{port}" in out, out
+    assert "certificate has expired" in out, out
+    assert "Traceback" not in result.stderr
 
