@@ -30,7 +30,7 @@ def authorize(request: web.Request) -> Runtime:
     runtime = request.app[RUNTIME]
     token = runtime.settings.admin.token
     if token is None:
-        raise errors.NotFound("no such route")
+        raise errors.NotFound("the admin API is disabled: set admin.token")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Constant time in the content and the length (digests are compared), and safe for any
     # bytes a client sends (aiohttp hands undecodable ones over as surrogates); the scheme is

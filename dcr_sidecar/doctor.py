@@ -57,14 +57,11 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
         result = await Discoverer(outbound).discover(
             upstream, need_registration=upstream.strategy == "dcr", await_all=True)
     except errors.UpstreamError as exc:
-        report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.description}
+        report["attempts"] = list(exc.attempts)
+        report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.headline}
         return EXIT_FAILURE
-    finally:
-        pass
     meta = result.metadata
-    report["attempts"] = [
-        {"url": safe_url(a.url), "outcome": a.outcome, "status": a.status, "detail": a.detail}
-        for a in result.attempts]
+    report["attempts"] = [a.report() for a in result.attempts]
     report["chosen"] = safe_url(result.source_url) if result.source_url else "endpoints (config)"
     report["issuer"] = meta.issuer
     report["endpoints"] = {k: safe_url(v) for k, v in meta.document.items()
