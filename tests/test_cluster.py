@@ -116,7 +116,7 @@ async def test_slot_migration_during_writes_loses_nothing(
     slot = await cluster.keyslot(writer.record_key(KEY))
     source = await cluster.owner(slot)
     target = next(m for m in await cluster.masters_now() if m is not source)
-    stop, done = asyncio.Event(), []
+    stop, done = asyncio.Event(), list[int]()
     writing = asyncio.create_task(write_steadily(writer, stop, done))
     seen: list[int] = []
     loop = asyncio.get_running_loop()
@@ -148,7 +148,7 @@ async def test_master_failover_during_writes_loses_nothing(
     back, and the writes go on."""
     writer, reader = stores(cluster.url()), stores(cluster.url())
     slot = await cluster.keyslot(writer.record_key(KEY))
-    stop, done = asyncio.Event(), []
+    stop, done = asyncio.Event(), list[int]()
     writing = asyncio.create_task(write_steadily(writer, stop, done))
     loop = asyncio.get_running_loop()
     await until_written(done, 20, writing)
