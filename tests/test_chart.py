@@ -171,7 +171,8 @@ def test_rendered_config_is_a_valid_sidecar_config_and_its_checksum_rolls_the_po
     (configmap,) = of_kind(docs, "ConfigMap")
     text = configmap["data"]["sidecar.yaml"]
     settings = parse_settings(text, "configmap")
-    assert settings.store.path == "/var/lib/dcr-sidecar/credentials.json"
+    # An emptyDir is 0777 (the sidecar refuses such a directory): the store goes one level down.
+    assert settings.store.path == "/var/lib/dcr-sidecar/store/credentials.json"
     assert settings.store.ephemeral is True  # an emptyDir dies with the pod
     (deployment,) = of_kind(docs, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
