@@ -449,3 +449,37 @@ async def test_redis_stopped_mid_flow_makes_the_code_exchange_a_503_with_retry_a
             assert int(resp.headers["Retry-After"]) > 0
         assert body["error"] == "temporarily_unavailable"
         assert rec.requests("/token") == []
+
+
+async def test_a_request_uri_the_sidecar_did_not_push_is_refused_under_mediation(
+        sidecar: SidecarFactory) -> None:
+    """RFC 9126 under `callback: sidecar`: /authorize accepts only a request_uri the sidecar
+    pushed itself at this upstream's /par (mediated), once; anything else is 400, never a
+    redirect to the AS."""
+    async with RecordingAS() as rec, RecordingAS() as other:
+        config = two_mediated(rec.issuer, other.issuer)
+        side = await sidecar(config)
+
+        async def authorize_with(name: str, request_uri: str) -> tuple[int, str | None, Any]:
+            params = urlencode({"client_id": "placeholder", "request_uri": request_uri})
+            return await follow_once(f"{side.listen.url}/{name}/authorize?{params}")
+
+        forged = "urn:ietf:params:oauth:request_uri:made-up"
+        status, location, body = await authorize_with("honest", forged)
+        assert (status, location) == (400, None)
+        assert "request_uri" in body["error_description"]
+        form = {"response_type": "code", "redirect_uri": REDIRECT_URI, "state": "s"}
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/honest/par", data=form) as resp:
+            assert resp.status == 201
+            pushed = (await resp.json())["request_uri"]
+        status, location, _ = await authorize_with("evil", pushed)  # another upstream's
+        assert (status, location) == (400, None)
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/honest/par", data=form) as resp:
+            assert resp.status == 201
+        status, location, _ = await authorize_with("honest", pushed)
+        assert status == 302
+        assert location is not None
+        assert location.startswith(rec.issuer + "/authorize?")
+        assert (await authorize_with("honest", pushed))[0] == 400  # used once

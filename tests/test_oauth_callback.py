@@ -17,6 +17,8 @@ from dcr_sidecar.oauth.callback import (
     code_key,
     is_par_reference,
     new_state,
+    pushed_key,
+    pushed_request_uri,
     rewrite_request,
 )
 
@@ -130,3 +132,16 @@ def test_a_record_is_honoured_only_by_the_upstream_and_issuer_it_was_made_for(
     else:
         with pytest.raises(ProtocolError, match="another upstream"):
             check_binding(RECORD, upstream, issuer, "state")
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"request_uri": "urn:ietf:params:oauth:request_uri:abc", "expires_in": 60}',
+     "urn:ietf:params:oauth:request_uri:abc"),
+    (b'{"request_uri": "https://app.example/r"}', None),   # not a pushed request's reference
+    (b'{"request_uri": 1}', None),
+    (b'["urn:ietf:params:oauth:request_uri:abc"]', None),
+    (b"\xff", None),
+])
+def test_the_request_uri_of_a_par_answer(body: bytes, expected: str | None) -> None:
+    assert pushed_request_uri(body) == expected
+    assert "abc" not in pushed_key("urn:ietf:params:oauth:request_uri:abc")

@@ -10,12 +10,14 @@ Invariants:
 - a record is bound to the upstream (and its issuer) whose /authorize or /par made it: it is
   honoured only at that upstream's /callback and /token (:func:`check_binding`), so a state or
   code cannot cross from one AS's flow into another's (mix-up, RFC 9700 §4.4);
-- codes are stored by their SHA-256, never as given.
+- codes, and the `request_uri`s of requests the sidecar pushed, are stored by their SHA-256,
+  never as given; a mediated upstream's /authorize accepts only such a `request_uri`, once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +61,21 @@ def state_key(state: str) -> str:
 
 def code_key(code: str) -> str:
     return "code:" + hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+def pushed_key(request_uri: str) -> str:
+    """The record of a request the sidecar pushed (RFC 9126) under mediation."""
+    return "par:" + hashlib.sha256(request_uri.encode("utf-8")).hexdigest()
+
+
+def pushed_request_uri(body: bytes) -> str | None:
+    """The `request_uri` of a PAR answer (RFC 9126 §2.2), when it is one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    uri = document.get("request_uri") if isinstance(document, dict) else None
+    return uri if isinstance(uri, str) and uri.startswith(PAR_REQUEST_URI_PREFIX) else None
 
 
 def values(pairs: Pairs, name: str) -> list[str]:

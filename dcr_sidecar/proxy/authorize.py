@@ -12,7 +12,7 @@ from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.callback import is_par_reference
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
-from dcr_sidecar.proxy.mediation import mediate
+from dcr_sidecar.proxy.mediation import claim_pushed, mediate
 from dcr_sidecar.proxy.metadata import advertises_iss
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri, redirect, with_query
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -27,7 +27,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     upstream = runtime.upstream(name)
     pairs = parse_query(request)  # strict: a clear 400 for a malformed query
     # A PAR reference (RFC 9126 §4) carries only client_id beside request_uri: the rest,
-    # redirect_uri included, was pushed (and checked) at /par.
+    # redirect_uri included, was pushed (and checked) at /par. Under mediation only a request
+    # the sidecar pushed itself is taken; under `callback: app` the AS holds the pushed
+    # redirect_uri to the client's registered ones, which are the app's `redirect_uris`.
     pushed = is_par_reference(pairs)
     redirect_uri = None if pushed else allowed_redirect_uri(pairs, upstream)
     try:
@@ -40,7 +42,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         raise errors.NotFound(f"the authorization server of {name!r} has no "
                               "authorization_endpoint")
-    if not pushed:
+    if pushed and upstream.callback == "sidecar":
+        await claim_pushed(runtime, upstream, creds, pairs)
+    elif not pushed:
         pairs = await _prepared(runtime, upstream, creds, pairs)
     forwarded = [(k, v) for k, v in pairs if k != "client_id"]
     forwarded.append(("client_id", creds.client_id))
@@ -50,8 +54,17 @@ async def authorize(request: web.Request) -> web.StreamResponse:
 async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
                     pairs: Pairs) -> Pairs:
     if upstream.callback == "sidecar":
-        pairs = await mediate(runtime, upstream, creds, pairs)
+        pairs, _ = await mediate(runtime, upstream, creds, pairs)
+    if creds.mechanism == "cimd" and creds.method == "none" and not _has_s256(pairs):
+        raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
+                                "S256 (design.md §3.11); send it, or use callback: sidecar "
+                                "with pkce: sidecar")
     return with_default_resource(pairs, upstream.default_resource)
+
+
+def _has_s256(pairs: Pairs) -> bool:
+    return single(pairs, "code_challenge") is not None and \
+        single(pairs, "code_challenge_method") == "S256"
 
 
 def _unavailable_redirect(runtime: Runtime, upstream: Upstream, redirect_uri: str,

@@ -22,6 +22,8 @@ from dcr_sidecar.oauth.callback import (
     check_mediable,
     code_key,
     new_state,
+    pushed_key,
+    pushed_request_uri,
     rewrite_request,
     state_key,
     values,
@@ -36,9 +38,9 @@ Pairs = list[tuple[str, str]]
 
 
 async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
-                  pairs: Pairs) -> Pairs:
+                  pairs: Pairs) -> tuple[Pairs, FlowRecord]:
     """An authorization request (query of /authorize or form of /par) made to come back
-    through /{name}/callback, with a one-time state bound to a new record."""
+    through /{name}/callback, with a one-time state bound to a new record (returned too)."""
     try:
         check_mediable(pairs)
     except ProtocolError as exc:
@@ -57,7 +59,31 @@ async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
     await runtime.flows.put(state_key(state), record)
     return rewrite_request(pairs, redirect_uri=runtime.settings.callback_uri(upstream.name),
                            state=state,
-                           code_challenge=s256_challenge(verifier) if verifier else None)
+                           code_challenge=s256_challenge(verifier) if verifier else None), record
+
+
+async def remember_pushed(runtime: Runtime, record: FlowRecord, answer: bytes) -> None:
+    """The AS accepted a mediated pushed request: its `request_uri` is now one /authorize
+    takes (RFC 9126 §4), bound like the flow's state."""
+    request_uri = pushed_request_uri(answer)
+    if request_uri is not None:
+        await runtime.flows.put(pushed_key(request_uri), record)
+
+
+async def claim_pushed(runtime: Runtime, upstream: Upstream, creds: Credentials,
+                       pairs: Pairs) -> None:
+    """A mediated upstream's /authorize with a PAR reference: only a request this sidecar
+    pushed at this upstream's /par, once (else the app's redirect URI and state would have
+    skipped the allow-list and mediation)."""
+    request_uri = single(pairs, "request_uri")
+    record = await runtime.flows.take(pushed_key(request_uri)) if request_uri else None
+    if record is None:
+        raise errors.BadRequest("request_uri was not pushed through this sidecar's /par, was "
+                                "already used, or expired")
+    try:
+        check_binding(record, upstream.name, creds.issuer, "request_uri")
+    except ProtocolError as exc:
+        raise errors.BadRequest(exc.reason) from exc
 
 
 async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Credentials,

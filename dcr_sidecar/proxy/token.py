@@ -19,13 +19,14 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
+from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
-from dcr_sidecar.proxy.mediation import mediate, restore_code_exchange
+from dcr_sidecar.proxy.mediation import mediate, remember_pushed, restore_code_exchange
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Credentials
 
@@ -82,15 +83,17 @@ def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
 
 
 async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
-                   pairs: Pairs) -> tuple[Pairs, Credentials]:
-    """The app's form as the AS must see it: mediated, restored, the default resource added."""
+                   pairs: Pairs) -> tuple[Pairs, Credentials, FlowRecord | None]:
+    """The app's form as the AS must see it: mediated, restored, the default resource added;
+    with the flow record of a mediated push."""
+    record = None
     if upstream.callback == "sidecar" and route == "par":
-        pairs = await mediate(runtime, upstream, creds, pairs)
+        pairs, record = await mediate(runtime, upstream, creds, pairs)
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
     if route in RESOURCE_ROUTES:
         pairs = with_default_resource(pairs, upstream.default_resource)
-    return pairs, creds
+    return pairs, creds, record
 
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -151,7 +154,7 @@ def handler(route: str) -> Handler:
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
-        pairs, creds = await adjusted(route, runtime, upstream, creds, pairs)
+        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs)
 
         async def send(with_creds: Credentials) -> Response:
             auth = auth_parts(with_creds.auth)
@@ -170,6 +173,8 @@ def handler(route: str) -> Handler:
                                          response=response)
         if retry_with is not None:
             response = await send(retry_with)
+        if pushed is not None and response.status == 201:
+            await remember_pushed(runtime, pushed, response.body)
         return relay(relayed_status(response, upstream.name), response.headers,
                      response.body)
 
