@@ -10,6 +10,7 @@ from aiohttp import web
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.callback import is_par_reference
+from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
 from dcr_sidecar.proxy.mediation import mediate
@@ -51,7 +52,8 @@ async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
                     pairs: Pairs) -> Pairs:
     if upstream.callback == "sidecar":
         pairs = await mediate(runtime, upstream, creds, pairs)
-    return with_default_resource(pairs, upstream.default_resource)
+    pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
+    return with_default_resource(pairs, runtime.default_resource(upstream))
 
 
 def _unavailable_redirect(runtime: Runtime, upstream: Upstream, redirect_uri: str,
