@@ -2,7 +2,11 @@
 
 Invariants:
 - Unknown keys are errors; every error names the file, the YAML path and the offending value
-  (secret values are never echoed).
+  (secret values are never echoed), with a hint when there is one ("did you mean ...").
+- One pass reports every error: a missing ``${VAR}`` is one error among the rest, a field error
+  does not hide the cross-key checks of the keys that did validate, and each model's cross-key
+  checks (``_problems``) yield all they find. Paths travel as data (:class:`Problem` in the
+  pydantic error's context), never parsed back from a message.
 - ``${VAR}`` in string scalars is expanded after parsing; ``$${`` is a literal ``${``.
 - Secret fields accept a string, ``{env: NAME[, optional: true]}`` or ``{file: PATH}``. They are
   resolved at load time into :class:`Secret`, except ``initial_access_token`` given as ``{file:}``,
@@ -11,14 +15,16 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,12 +33,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth.secret import MASK, Secret
@@ -65,6 +73,18 @@ OWNED_METADATA = frozenset(
         "application_type",
     }
 )
+# Keys only registration reads: on a static client they do nothing (why, for the error).
+DCR_ONLY = {
+    "token_endpoint_auth_methods": "it ranks the methods to register with",
+    "initial_access_token": "it authorizes a registration request (RFC 7591 §3)",
+    "registration_endpoint": "it is where the sidecar registers",
+    "software_statement": "it is sent in the registration request (RFC 7591 §2.3)",
+    "client_metadata": "it is sent in the registration request",
+    "client_profile": "it chooses what kind of client to register",
+    "application_type": "it is sent in the registration request",
+    "assertion_audience": "it is for private_key_jwt, which static clients cannot use",
+    "generation_grace": "it keeps a replaced registration usable; a static client has one",
+}
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 DEFAULT_AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post", "none")
 ENDPOINT_URL_FIELDS = (
@@ -81,8 +101,61 @@ ENDPOINT_URL_FIELDS = (
 )
 
 
+YamlPath = tuple[str | int, ...]
+PROBLEMS = "config_problems"  # the pydantic error type that carries a list of Problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration error found by a model: `path` is relative to that model.
+
+    `involves` names the other keys of the model a cross-key check read: when one of them has
+    its own error, the check ran on a default in its place and its verdict is dropped.
+    """
+
+    path: YamlPath
+    message: str
+    hint: str | None = None
+    involves: tuple[str, ...] = ()
+
+
+class KeyedError(ValueError):
+    """A ValueError about one key of the model that raised it (its path, relative)."""
+
+    def __init__(self, path: YamlPath, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = Problem(path, message, hint)
+
+
+def _problems_error(problems: Sequence[Problem]) -> PydanticCustomError:
+    return PydanticCustomError(
+        PROBLEMS, "{count} configuration error(s)",
+        {"count": len(problems), "problems": tuple(problems)},
+    )
+
+
 class _Model(BaseModel):
+    """Frozen, no unknown keys; validation collects every error of the subtree (see module)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _all_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            found = [p for err in exc.errors() for p in _problems_of(cls, err, data)]
+            found += _partial_problems(data, handler, found)
+            raise _problems_error(found) from None
+        problems = list(model._problems())
+        if problems:
+            raise _problems_error(problems)
+        return model
+
+    def _problems(self) -> Iterator[Problem]:
+        """Cross-key checks of a model whose keys validated (override; yield every problem)."""
+        return iter(())
 
 
 class FileSecret(_Model):
@@ -275,24 +348,25 @@ class Store(_Model):
                 ) from None
         return keys
 
-    @model_validator(mode="after")
-    def _backend(self) -> Store:
+    def _problems(self) -> Iterator[Problem]:
         if self.backend == "redis":
             if self.url is None:
-                raise _keyed("url", "backend: redis needs url (redis://, rediss:// or "
-                                    "redis+sentinel://)")
+                yield Problem(("url",), "backend: redis needs url",
+                              "add url: redis://, rediss:// or redis+sentinel://",
+                              involves=("backend",))
+                return
             from dcr_sidecar.store.redis_url import parse_redis_url
 
             try:
                 parse_redis_url(self.url.reveal())
             except ValueError as exc:
-                raise _keyed("url", str(exc)) from None
+                yield Problem(("url",), str(exc))
         elif self.url is not None:
-            raise _keyed("url", f"is for backend: redis (backend is {self.backend})")
+            yield Problem(("url",), f"is for backend: redis (backend is {self.backend})",
+                          "remove url, or set backend: redis", involves=("backend",))
         if self.backend == "memory" and self.encryption_keys:
-            raise _keyed("encryption_keys", "encrypt stored records; the memory store keeps "
-                                            "nothing at rest")
-        return self
+            yield Problem(("encryption_keys",), "encrypt stored records; the memory store keeps "
+                          "nothing at rest", "remove encryption_keys", involves=("backend",))
 
 
 IpNetwork = Annotated[
@@ -301,12 +375,35 @@ IpNetwork = Annotated[
 ]
 
 
+class Tls(_Model):
+    """Trust anchors for outbound TLS (design.md §3.8); verification itself is never optional."""
+
+    ca_file: str | None = None
+    ca_dir: str | None = None
+    system: bool = True
+
+    @model_validator(mode="after")
+    def _anchors(self) -> Tls:
+        if not self.system and self.ca_file is None and self.ca_dir is None:
+            raise _keyed("system", "false needs ca_file or ca_dir (else nothing is trusted)")
+        if self.ca_file is None and self.ca_dir is None:
+            return self
+        from dcr_sidecar.tls import AnchorError, build_context
+
+        try:
+            build_context(self)
+        except AnchorError as exc:
+            raise _keyed(exc.key, exc.message) from None
+        return self
+
+
 class Security(_Model):
     allow_private_networks: list[IpNetwork] = Field(default_factory=list)
     # Also exempt for server-supplied authorities (an AS that a resource names on an internal
     # network, design.md §3.8); cloud metadata addresses stay blocked.
     allow_private_networks_server_supplied: list[IpNetwork] = Field(default_factory=list)
     allow_http: list[str] = Field(default_factory=list)
+    tls: Tls = Tls()
 
     @field_validator("allow_private_networks", "allow_private_networks_server_supplied",
                      mode="before")
@@ -431,74 +528,92 @@ class Upstream(_Model):
             ) from None
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Upstream:
-        self._check_source()
-        self._check_registration()
-        self._check_flow()
-        return self
+    def _problems(self) -> Iterator[Problem]:
+        yield from self._check_source()
+        yield from self._check_registration()
+        yield from self._check_flow()
 
-    def _check_source(self) -> None:
+    def _check_source(self) -> Iterator[Problem]:
         given = [k for k in ("discovery_url", "resource", "endpoints") if getattr(self, k)]
         if len(given) > 1:
-            raise _keyed(given[1], f"give exactly one source, not {' and '.join(given)}")
+            yield Problem((given[1],), f"give exactly one source, not {' and '.join(given)}",
+                          f"keep one of {', '.join(given)}", involves=tuple(given))
         if not given and not self.issuer:
-            raise ValueError("one source is required: issuer, discovery_url, resource or endpoints")
+            yield Problem((), "one source is required: issuer, discovery_url, resource or "
+                          "endpoints", "add issuer: https://your-as.example (the AS's issuer)",
+                          involves=("issuer", "discovery_url", "resource", "endpoints"))
         if self.endpoints is not None and not self.issuer:
-            raise _keyed("endpoints", "needs issuer beside it (the issuer the AS uses)")
+            yield Problem(("endpoints",), "needs issuer beside it (the issuer the AS uses)",
+                          "add issuer:", involves=("issuer",))
         if self.resource is not None and urlsplit(self.resource).fragment:
-            raise _keyed("resource", "must not have a fragment (RFC 8707 §2)")
+            yield Problem(("resource",), "must not have a fragment (RFC 8707 §2)")
         if self.resource is None:
-            if self.resource_metadata is not None:
-                raise _keyed("resource_metadata", "needs resource beside it")
-            if self.resource_probe != "get":
-                raise _keyed("resource_probe", "needs resource beside it")
+            for key, default in (("resource_metadata", None), ("resource_probe", "get")):
+                if getattr(self, key) != default:
+                    yield Problem((key,), "needs resource beside it",
+                                  f"remove {key}, or use a resource source",
+                                  involves=("resource",))
 
-    def _check_registration(self) -> None:
+    def _check_registration(self) -> Iterator[Problem]:
         if self.registration == "cimd":
-            raise _keyed(
-                "registration",
-                "cimd (Client ID Metadata Documents) is planned after "
-                "version 1 and not supported yet; use dcr or static",
-            )
-        strategy = self.strategy
-        if strategy == "static":
-            if not self.client_id:
-                raise _keyed("client_id", "registration: static needs client_id")
-            if self.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105 - a method name
-                raise _keyed(
-                    "token_endpoint_auth_method",
-                    "private_key_jwt is not supported for static clients in version 1",
-                )
-            if self.static_auth_method.startswith("client_secret") and not self.client_secret:
-                raise _keyed(
-                    "client_secret",
-                    f"token_endpoint_auth_method {self.static_auth_method} needs client_secret",
-                )
+            yield Problem(("registration",), "cimd (Client ID Metadata Documents) is planned "
+                          "after version 1 and not supported yet", "use dcr or static")
             return
+        deciding = ("registration", "client_id")
+        if self.strategy == "static":
+            yield from self._check_static(deciding)
+            return
+        why = "registration: dcr" if self.registration == "dcr" else "no client_id, so DCR"
         for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
-            if getattr(self, key) is not None:
-                raise _keyed(key, f"is for static clients only (registration: {strategy})")
+            if getattr(self, key) is None:
+                continue
+            hint = ("add client_id: to use a static client, or remove client_secret to "
+                    "register by DCR" if key == "client_secret" and self.registration != "dcr"
+                    else f"remove {key} (the sidecar registers its own client)")
+            yield Problem((key,), f"is for static clients only ({why})", hint,
+                          involves=deciding)
         if not self.token_endpoint_auth_methods:
-            raise _keyed("token_endpoint_auth_methods", "must not be empty")
+            yield Problem(("token_endpoint_auth_methods",), "must not be empty",
+                          f"for example {list(DEFAULT_AUTH_METHODS)}")
 
-    def _check_flow(self) -> None:
+    def _check_static(self, deciding: tuple[str, ...]) -> Iterator[Problem]:
+        if not self.client_id:
+            yield Problem(("client_id",), "registration: static needs client_id",
+                          "add client_id: (the id the AS issued), or use registration: dcr",
+                          involves=deciding)
+        if self.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105 - a method name
+            yield Problem(("token_endpoint_auth_method",), "private_key_jwt is not supported "
+                          "for static clients in version 1", "use client_secret_basic, "
+                          "client_secret_post or none")
+        elif self.static_auth_method.startswith("client_secret") and not self.client_secret:
+            yield Problem(("client_secret",), f"token_endpoint_auth_method "
+                          f"{self.static_auth_method} needs client_secret",
+                          "add client_secret: {env: NAME}",
+                          involves=("token_endpoint_auth_method",))
+        for key in sorted(self.model_fields_set & DCR_ONLY.keys()):
+            yield Problem((key,), f"does nothing for a static client: {DCR_ONLY[key]}",
+                          f"remove {key}, or remove client_id to register by DCR",
+                          involves=deciding)
+
+    def _check_flow(self) -> Iterator[Problem]:
         """design.md §2.2: the combinations of callback, app_issuer and pkce."""
         for key in ("app_issuer", "pkce"):
             if getattr(self, key) == "sidecar" and self.callback != "sidecar":
-                raise _keyed(key, "sidecar needs callback: sidecar (the sidecar must see the "
-                                  "authorization response)")
+                yield Problem((key,), "sidecar needs callback: sidecar (the sidecar must see "
+                              "the authorization response)", "add callback: sidecar",
+                              involves=("callback",))
         if self.app_issuer == "sidecar" and "openid" in self.scopes:
-            raise _keyed("app_issuer", "sidecar cannot be used with the openid scope: ID tokens "
-                                       "carry the AS's issuer, which must equal the one the "
-                                       "app discovered (OIDC Core §3.1.3.7); use app_issuer: "
-                                       "upstream for OIDC apps")
+            yield Problem(("app_issuer",), "sidecar cannot be used with the openid scope: ID "
+                          "tokens carry the AS's issuer, which must equal the one the app "
+                          "discovered (OIDC Core §3.1.3.7)", "use app_issuer: upstream for "
+                          "OIDC apps", involves=("scopes",))
         if "authorization_code" in self.grant_types and not self.redirect_uris:
             role = "are the app-side allow-list" if self.callback == "sidecar" else "are registered"
-            raise _keyed(
-                "redirect_uris",
+            yield Problem(
+                ("redirect_uris",),
                 "must list the app's redirect URIs when grant_types has authorization_code "
-                f"(they {role})",
+                f"(they {role})", "add redirect_uris: [https://your-app.example/callback]",
+                involves=("grant_types", "callback"),
             )
 
     @property
@@ -532,9 +647,15 @@ class Upstream(_Model):
         return [u for u in urls if isinstance(u, str)]
 
 
-def _keyed(key: str, message: str) -> ValueError:
-    """A model-level error about one key: the loader shows that key's path and value."""
-    return ValueError(f"<<{key}>>{message}")
+def _keyed(key: str, message: str) -> KeyedError:
+    """A model-level error about one key (``issuer`` or ``upstreams[0].issuer``, relative to
+    the model raising it): the path travels in the exception, which pydantic keeps in the
+    error's context. Prefer yielding a Problem from ``_problems`` (it does not stop the checks)."""
+    return KeyedError(_split_key(key), message)
+
+
+def _split_key(key: str) -> YamlPath:
+    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key))
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -565,66 +686,64 @@ class Settings(_Model):
     admin: Admin = Admin()
     upstreams: list[Upstream] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _problems(self) -> Iterator[Problem]:
         names = [u.name for u in self.upstreams]
         for index, name in enumerate(names):
             if name in names[:index]:
-                raise _keyed(
-                    f"upstreams[{index}].name",
-                    f"upstream names must be unique: already used by "
-                    f"upstreams[{names.index(name)}]",
-                )
+                yield Problem(("upstreams", index, "name"), "upstream names must be unique: "
+                              f"already used by upstreams[{names.index(name)}]",
+                              "rename one of them (the name is the route prefix)")
         if (
             not _is_loopback_host(self.listen.host)
             and self.inbound.client_secret is None
             and not self.inbound.allow_unauthenticated
         ):
-            raise _keyed(
-                "listen.host",
+            yield Problem(
+                ("listen", "host"),
                 f"host {self.listen.host!r} is not loopback and inbound.client_secret is "
                 "not set: anyone who can reach the back channel could spend the app's "
-                "credentials. Set inbound.client_secret, or inbound.allow_unauthenticated: true",
+                "credentials", "set inbound.client_secret, or inbound.allow_unauthenticated: true",
+                involves=("inbound",),
             )
         if self.front and not _is_loopback_host(self.front.host) and not self.public_base_url:
-            raise _keyed(
-                "front", "host is not loopback: set public_base_url to the address browsers use"
-            )
+            yield Problem(("front",), "host is not loopback",
+                          "set public_base_url to the address browsers use",
+                          involves=("public_base_url",))
         if self.front is not None:
-            raise _keyed(
-                "front", "a separate browser-facing listener is not available in this build yet"
-            )
-        for base in (self.public_base_url, self.backchannel_base_url):
+            yield Problem(("front",), "a separate browser-facing listener is not available in "
+                          "this build yet", "remove front")
+        for key in ("public_base_url", "backchannel_base_url"):
+            base = getattr(self, key)
             if base is not None and (
                 urlsplit(base).scheme not in ("http", "https") or urlsplit(base).query
             ):
-                raise ValueError(f"{base!r} must be an http(s) URL without query")
+                yield Problem((key,), "must be an http(s) URL without query")
         for index, upstream in enumerate(self.upstreams):
-            self._check_urls(index, upstream)
-        return self
+            yield from self._check_urls(index, upstream)
 
-    def _check_urls(self, index: int, upstream: Upstream) -> None:
+    def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
         for key in ("issuer", "discovery_url", "resource", "resource_metadata",
                     "registration_endpoint"):
             url = getattr(upstream, key)
             if url is not None:
-                self._check_url(url, f"upstreams[{index}].{key}", issuer=key == "issuer")
+                yield from self._check_url(url, ("upstreams", index, key), issuer=key == "issuer")
         if upstream.endpoints is not None:
             for key, url in upstream.endpoints.model_dump().items():
                 if key in ENDPOINT_URL_FIELDS and isinstance(url, str):
-                    self._check_url(url, f"upstreams[{index}].endpoints.{key}", issuer=False)
+                    yield from self._check_url(url, ("upstreams", index, "endpoints", key),
+                                               issuer=False)
 
-    def _check_url(self, url: str, path: str, *, issuer: bool) -> None:
+    def _check_url(self, url: str, path: YamlPath, *, issuer: bool) -> Iterator[Problem]:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise _keyed(path, "must be an absolute https URL")
-        if parts.scheme == "http" and parts.hostname not in self.security.allow_http:
-            raise _keyed(
-                path, f"must use https (or list {parts.hostname!r} in security.allow_http)"
-            )
+            yield Problem(path, "must be an absolute https URL")
+        elif parts.scheme == "http" and parts.hostname not in self.security.allow_http:
+            yield Problem(path, "must use https",
+                          f"or list {parts.hostname!r} in security.allow_http",
+                          involves=("security",))
         if parts.fragment or (issuer and parts.query):
-            raise _keyed(
+            yield Problem(
                 path, "must not have a query or fragment" if issuer else "must not have a fragment"
             )
 
@@ -698,30 +817,31 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return _VAR_RE.sub(sub, text)
 
 
-def _expand_tree(node: Any, env: Mapping[str, str], path: tuple[str | int, ...]) -> Any:
+def _missing_vars(text: str, env: Mapping[str, str]) -> list[str]:
+    """The ``${VAR}`` names in `text` that are unset and have no fallback."""
+    return [
+        m.group(1) for m in _VAR_RE.finditer(text)
+        if m.group(1) is not None and m.group(2) is None and env.get(m.group(1)) is None
+    ]
+
+
+def _expand_tree(node: Any, env: Mapping[str, str], path: YamlPath,
+                 missing: list[Problem]) -> Any:
+    """Expand every string; a missing variable is recorded and its string kept as written."""
     if isinstance(node, str):
         try:
             return expand_vars(node, env)
-        except KeyError as exc:
-            raise _PathError(
-                path,
-                f"environment variable {exc.args[0]} is not set "
-                "(write ${VAR:-default} for a fallback)",
-                None,
-            ) from None
+        except KeyError:
+            names = _missing_vars(node, env)
+            missing.append(Problem(
+                path, f"environment variable {', '.join(names)} is not set",
+                f"export {names[0]}=..., or write ${{{names[0]}:-default}} for a fallback"))
+            return node
     if isinstance(node, dict):
-        return {k: _expand_tree(v, env, (*path, str(k))) for k, v in node.items()}
+        return {k: _expand_tree(v, env, (*path, str(k)), missing) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_tree(v, env, (*path, i)) for i, v in enumerate(node)]
+        return [_expand_tree(v, env, (*path, i), missing) for i, v in enumerate(node)]
     return node
-
-
-class _PathError(Exception):
-    def __init__(self, path: Sequence[str | int], message: str, value: Any) -> None:
-        super().__init__(message)
-        self.path = tuple(path)
-        self.message = message
-        self.value = value
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -732,51 +852,97 @@ def format_path(path: Sequence[str | int]) -> str:
 
 
 def _shown(path: Sequence[str | int], value: Any) -> str:
+    if value is _ABSENT:
+        return "null"
     if any(isinstance(p, str) and p in SECRET_KEYS for p in path):
         return MASK
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-def _errors_of(exc: ValidationError, raw: Any) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = [
-            p
-            for p in err["loc"]
-            if not (isinstance(p, str) and p.startswith(("function-", "union[")))
-        ]
-        # pydantic names union members in loc ("str", "EnvSecret"...): keep YAML keys only.
-        path = _yaml_path(raw, loc)
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        keyed = re.match(r"<<([^>]+)>>(.*)", msg, re.DOTALL)
-        if keyed:
-            path, value = _extend(raw, path, keyed.group(1))
-            msg = keyed.group(2)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{format_path(path)}: {msg} (got {_shown(path, value)})")
-    return lines
+# ------------------------------------------------------- pydantic errors -> Problem
+
+_ABSENT: Any = object()
+# A hint per pydantic error type (prefix match), for errors raised by pydantic itself.
+_TYPE_HINTS = (
+    ("missing", "this key is required here; add it"),
+    ("int_", "write a whole number, e.g. 8080"),
+    ("float_", "write a number, e.g. 5 or 0.5"),
+    ("bool_", "write true or false"),
+    ("string_type", "write a string (quote it if YAML reads it as a number or a date)"),
+    ("list_type", "write a YAML list, e.g. [a, b] or one '- item' per line"),
+    ("model_type", "write a mapping of keys under it"),
+    ("dict_type", "write a mapping of keys under it"),
+    ("model_attributes_type", "write a mapping of keys under it"),
+    ("literal_error", "use one of the values listed"),
+    ("greater_than", "use a larger value"),
+    ("less_than", "use a smaller value"),
+)
+_MESSAGES = {"missing": "required key is missing", "extra_forbidden": "unknown key"}
 
 
-def _extend(raw: Any, path: list[str | int], key: str) -> tuple[list[str | int], Any]:
-    """Append a dotted/indexed key (``upstreams[0].issuer`` or ``issuer``) to `path`."""
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key)]
-    full = parts if key.startswith("upstreams[") else [*path, *parts]
-    node = raw
-    for part in full:
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
+def _problems_of(model: type[BaseModel], err: Any, data: Any) -> list[Problem]:
+    """Translate one pydantic error raised while validating `model` from `data`."""
+    path = _yaml_path(data, err["loc"])
+    ctx = err.get("ctx") or {}
+    if err["type"] == PROBLEMS:  # a nested model's errors: prefix their relative paths
+        return [replace(p, path=(*path, *p.path)) for p in ctx["problems"]]
+    cause = ctx.get("error")
+    if isinstance(cause, KeyedError):  # raised by an after-validator with its key
+        return [replace(cause.problem, path=(*path, *cause.problem.path))]
+    message = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+    return [Problem(tuple(path), message, _hint(model, err["type"], path, data))]
+
+
+def _hint(model: type[BaseModel], kind: str, path: Sequence[str | int], data: Any) -> str | None:
+    if kind == "extra_forbidden":
+        if len(path) != 1 or not isinstance(path[0], str):
+            return None
+        known = list(model.model_fields)
+        close = difflib.get_close_matches(path[0], known, n=1, cutoff=0.6)
+        if close:
+            return f"did you mean {close[0]}?"
+        return f"the keys here are: {', '.join(known)}"
+    return next((hint for prefix, hint in _TYPE_HINTS if kind.startswith(prefix)), None)
+
+
+def _partial_problems(data: Any, handler: Any, found: Sequence[Problem]) -> list[Problem]:
+    """Cross-key checks on what did validate: drop the keys (and list items) with errors, validate
+    the rest, and keep the problems that involve no dropped key (indexes mapped back)."""
+    if not isinstance(data, dict):
+        return []
+    bad: set[Any] = set()
+    bad_items: dict[str, set[int]] = {}
+    for problem in found:
+        if not problem.path:
+            return []  # the model as a whole is wrong: nothing to check beside it
+        key, rest = problem.path[0], problem.path[1:]
+        if rest and isinstance(rest[0], int) and isinstance(data.get(key), list):
+            bad_items.setdefault(str(key), set()).add(rest[0])
         else:
-            node = None
-    return full, node
+            bad.add(key)
+    kept = {key: [i for i in range(len(data[key])) if i not in items]
+            for key, items in bad_items.items()}
+    trimmed = {k: v for k, v in data.items() if k not in bad}
+    trimmed.update({key: [data[key][i] for i in idx] for key, idx in kept.items()})
+    try:
+        partial = handler(trimmed)
+    except ValidationError:
+        return []
+    out = []
+    for problem in partial._problems():
+        path = problem.path
+        if bad & {path[0] if path else None, *problem.involves}:
+            continue
+        if path and path[0] in kept and len(path) > 1 and isinstance(path[1], int):
+            path = (path[0], kept[str(path[0])][path[1]], *path[2:])
+        out.append(replace(problem, path=path))
+    return out
 
 
-def _yaml_path(raw: Any, loc: Sequence[Any]) -> list[str | int]:
-    """Keep only the parts of a pydantic location that exist in the YAML document."""
+def _yaml_path(raw: Any, loc: Sequence[Any]) -> YamlPath:
+    """Keep only the parts of a pydantic location that exist in the YAML document (pydantic
+    names union members and validator functions in it), plus a final missing/unknown key."""
     path: list[str | int] = []
     node = raw
     for part in loc:
@@ -793,11 +959,53 @@ def _yaml_path(raw: Any, loc: Sequence[Any]) -> list[str | int]:
             and part == loc[-1]
         ):
             path.append(part)
-    return path
+    return tuple(path)
+
+
+def _value_at(raw: Any, path: Sequence[str | int]) -> Any:
+    node = raw
+    for part in path:
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if not (in_list or (isinstance(node, dict) and part in node)):
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _document_order(raw: Any, path: YamlPath) -> tuple[int, ...]:
+    """Where `path` sits in the file (a key that is absent sorts after its siblings)."""
+    order, node = [], raw
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            order.append(list(node).index(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            order.append(part)
+            node = node[part]
+        else:
+            order.append(1 << 30)
+            node = None
+    return tuple(order)
+
+
+def _under(path: YamlPath, prefix: YamlPath) -> bool:
+    return path[: len(prefix)] == prefix
+
+
+def _problems_in(exc: ValidationError, raw: Any) -> list[Problem]:
+    return [p for err in exc.errors() for p in _problems_of(Settings, err, raw)]
+
+
+def format_problem(source: str, problem: Problem, raw: Any) -> str:
+    """``file: path: message (got value) — hint``."""
+    value = _shown(problem.path, _value_at(raw, problem.path))
+    hint = f" — {problem.hint}" if problem.hint else ""
+    return f"{source}: {format_path(problem.path)}: {problem.message} (got {value}){hint}"
 
 
 def parse_settings(text: str, source: str, env: Mapping[str, str] | None = None) -> Settings:
-    """Parse and validate YAML text; raise ConfigError naming `source`, the path and the value."""
+    """Parse and validate YAML text; raise ConfigError listing every error, each naming
+    `source`, the path, the value and a hint."""
     try:
         raw = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
@@ -809,16 +1017,21 @@ def parse_settings(text: str, source: str, env: Mapping[str, str] | None = None)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with version: 1")
     environ = os.environ if env is None else env
+    missing: list[Problem] = []
+    expanded = _expand_tree(raw, environ, (), missing)
     try:
-        expanded = _expand_tree(raw, environ, ())
-    except _PathError as exc:
-        raise ConfigError(f"{source}: {format_path(exc.path)}: {exc.message}") from None
-    try:
-        return Settings.model_validate(expanded, context={"env": environ})
+        settings = Settings.model_validate(expanded, context={"env": environ})
+        problems: list[Problem] = []
     except ValidationError as exc:
-        lines = _errors_of(exc, expanded)
-        head = f"{source}: invalid configuration ({len(lines)} error{'s' * (len(lines) > 1)})"
-        raise ConfigError("\n".join([head, *(f"  {source}: {line}" for line in lines)])) from None
+        problems = _problems_in(exc, expanded)
+    # An error at a missing variable's path is that variable's (its value is the raw ${...}).
+    problems = missing + [p for p in problems if not any(_under(p.path, m.path) for m in missing)]
+    if not problems:
+        return settings
+    problems.sort(key=lambda p: _document_order(expanded, p.path))
+    lines = [format_problem(source, p, expanded) for p in problems]
+    head = f"{source}: invalid configuration ({len(lines)} error{'s' * (len(lines) > 1)})"
+    raise ConfigError("\n".join([head, *(f"  {line}" for line in lines)]))
 
 
 def config_path(explicit: str | None) -> str:

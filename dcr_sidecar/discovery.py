@@ -48,6 +48,7 @@ class Attempt:
     transient: bool = False
     timed_out: bool = False
     retry_after: float | None = None
+    certificate: bool = False  # the host's TLS certificate failed verification
 
     def line(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no answer"
@@ -281,6 +282,7 @@ class Discoverer:
             response = await self._get_following(upstream, attempt)
         except errors.BadUpstream as exc:  # refused, too many redirects, body over the cap
             attempt.outcome, attempt.detail = "failed", exc.description
+            attempt.certificate = isinstance(exc, errors.CertificateRejected)
             return None
         except errors.UpstreamError as exc:
             attempt.outcome, attempt.detail = "failed", exc.description
@@ -335,6 +337,10 @@ class Discoverer:
                  subject: str) -> errors.UpstreamError:
         """`subject` names what was looked for: "issuer 'x'" or "protected resource 'y'"."""
         summary = "; ".join(a.line() for a in attempts)
+        rejected = next((a for a in attempts if a.certificate), None)
+        if rejected is not None:  # the cause, said once rather than per candidate URL
+            return errors.CertificateRejected(rejected.detail, step="discover",
+                                              upstream=upstream.name)
         if attempts and all(a.timed_out for a in attempts):
             return errors.UpstreamTimeout(
                 f"discovery for {subject} timed out: {summary}",

@@ -23,7 +23,9 @@
             ├── NoDynamicRegistration  404/405/501 from the registration endpoint
             ├── InsufficientRegistration  the §3.2 response rules failed
             ├── NoAuthMethod           no common client authentication method
-            └── PolicyRefused          the outbound address / authority policy refused a URL
+            ├── PolicyRefused          the outbound address / authority policy refused a URL
+            ├── CertificateRejected    the AS's TLS certificate failed verification
+            └── CredentialUnavailable  the client's key or ready-made assertion cannot be used
 
 ``ConfigError`` is separate: it never reaches HTTP, it stops start-up (exit 2).
 
@@ -196,6 +198,14 @@ class NoAuthMethod(BadUpstream):
 
 class PolicyRefused(BadUpstream):
     pass
+
+
+class CertificateRejected(BadUpstream):
+    """Host, failed check and the setting that fixes it (dcr_sidecar.tls.describe_failure)."""
+
+
+class CredentialUnavailable(BadUpstream):
+    """A static client's key file or client assertion file is unusable (expired, unreadable)."""
 
 
 class ConfigError(Exception):

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, content: str, *, mode: int, dir_mode: int = 0o777) -> None:
+def write_atomic(path: Path, content: str | bytes, *, mode: int, dir_mode: int = 0o777) -> None:
     """Replace `path` with `content` so a reader sees the old or the new file, never half of
     one, and a crash loses neither: a temporary file in the same directory (created with
     `mode`), fsync, ``os.replace``, then fsync of the directory."""
@@ -16,8 +16,9 @@ def write_atomic(path: Path, content: str, *, mode: int, dir_mode: int = 0o777) 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

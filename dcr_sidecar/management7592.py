@@ -19,6 +19,7 @@ from dcr_sidecar.net import Outbound, Response
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.lifetime import update_body
 from dcr_sidecar.oauth.retry import parse_retry_after
+from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.store.records import Generation
 
@@ -41,30 +42,33 @@ class Rfc7592:
         return bool(gen.registration_access_token and gen.registration_client_uri)
 
     async def read(self, upstream: Upstream, gen: Generation) -> Answer:
-        return await self._call(upstream, gen, "GET", None)
+        return await self._call(upstream, _management(gen), "GET", None)
 
     async def update(self, upstream: Upstream, gen: Generation,
                      document: dict[str, Any]) -> Answer:
-        return await self._call(upstream, gen, "PUT", update_body(document, gen.client_id))
+        return await self._call(upstream, _management(gen), "PUT",
+                                update_body(document, gen.client_id))
 
     async def delete(self, upstream: Upstream, gen: Generation) -> bool:
         """True when the client is deleted or already gone."""
-        answer = await self._call(upstream, gen, "DELETE", None)
+        return await self.delete_at(upstream, _management(gen))
+
+    async def delete_at(self, upstream: Upstream, management: tuple[str, Secret]) -> bool:
+        """DELETE the client at (registration_client_uri, registration_access_token): also for
+        a registration the sidecar refused, which has no generation."""
+        answer = await self._call(upstream, management, "DELETE", None)
         return answer.gone or not answer.forbidden
 
-    async def _call(self, upstream: Upstream, gen: Generation, method: str,
+    async def _call(self, upstream: Upstream, management: tuple[str, Secret], method: str,
                     body: dict[str, Any] | None) -> Answer:
-        assert gen.registration_client_uri
-        assert gen.registration_access_token
-        headers = {"Authorization": f"Bearer {gen.registration_access_token.reveal()}",
-                   "Accept": "application/json"}
+        uri, token = management
+        headers = {"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"}
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode()
         response = await self.outbound.request(
-            method, gen.registration_client_uri, step="renew", upstream=upstream.name,
-            headers=headers, data=data)
+            method, uri, step="renew", upstream=upstream.name, headers=headers, data=data)
         return self._judge(upstream, method, response)
 
     def _judge(self, upstream: Upstream, method: str, response: Response) -> Answer:
@@ -96,3 +100,9 @@ class Rfc7592:
             raise errors.BadUpstream(f"{where} answered a non-object to RFC 7592 {method}",
                                      step="renew", upstream=upstream.name)
         return Answer(document=document)
+
+
+def _management(gen: Generation) -> tuple[str, Secret]:
+    assert gen.registration_client_uri
+    assert gen.registration_access_token
+    return gen.registration_client_uri, gen.registration_access_token

@@ -2,8 +2,12 @@
 read caps, and the one place where foreign exceptions become sidecar errors.
 
 Invariants:
-- One pooled ``ClientSession`` per process, ``trust_env=False`` (no egress proxies in v1), no
-  cookies, the ``timeouts`` of the configuration on every request.
+- One pooled ``ClientSession`` per process, ``trust_env=False`` (the environment's proxy
+  variables count only through ``egress.from_environment``), no cookies, the ``timeouts`` of
+  the configuration on every request.
+- TLS is always verified against the ``security.tls`` anchors, read again when their files
+  change (:mod:`dcr_sidecar.tls`); a failed check becomes ``CertificateRejected`` naming the
+  host, the check and the setting that fixes it.
 - https only, except ``security.allow_http`` hosts (:meth:`Outbound.check_url`).
 - Every connection passes the dial-time address policy of :mod:`dcr_sidecar.dial`; the request
   names its destination authority so the policy knows whether it is a configured one.
@@ -27,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 
 from dcr_sidecar import errors
@@ -44,6 +49,7 @@ from dcr_sidecar.dial import (
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.tls import AnchorError, TrustAnchors, describe_failure
 
 __all__ = ["BodyTooLarge", "Outbound", "Response", "authority", "read_capped"]
 
@@ -78,6 +84,7 @@ class Outbound:
         self.settings = settings
         self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
+        self.trust = TrustAnchors(settings.security.tls)
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -130,6 +137,8 @@ class Outbound:
         fresh = AddressPolicy.from_settings(settings)
         changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
                                                         self.policy.configured)
+        if settings.security.tls != self.settings.security.tls:
+            self.trust = TrustAnchors(settings.security.tls)
         self.settings = settings
         self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
@@ -207,7 +216,8 @@ class Outbound:
                         self._slot(upstream or authority_text(dest)), \
                         self._open_session(step, upstream).request(
                             method, url, headers=headers, data=data, json=json_body,
-                            allow_redirects=False, timeout=self._timeout()) as resp:
+                            allow_redirects=False, timeout=self._timeout(),
+                            ssl=self.trust.context()) as resp:
                     cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
                         error_limit or limits.max_error_body_bytes)
                     body = await read_capped(resp, cap, url, step=step, upstream=upstream)
@@ -238,12 +248,19 @@ class Outbound:
             yield
         except errors.SidecarError:
             raise
+        except AnchorError as exc:  # the files went away before they were ever loaded
+            raise errors.CertificateRejected(f"cannot verify {safe_url(url)}: {exc}", step=step,
+                                             upstream=upstream) from exc
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             raise _translated(exc, safe_url(url), step, upstream) from exc
 
 
 def _translated(exc: Exception, shown: str, step: errors.Step,
                 upstream: str | None) -> errors.UpstreamError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return errors.CertificateRejected(
+            describe_failure(exc.certificate_error, exc.host, exc.port), step=step,
+            upstream=upstream)
     if isinstance(exc, aiohttp.ClientConnectorError):
         refused = _address_refused(exc)
         if refused is not None:
@@ -255,6 +272,12 @@ def _translated(exc: Exception, shown: str, step: errors.Step,
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
                                       upstream=upstream)
+    if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__,
+                                                                   HttpProcessingError):
+        # Not HTTP as aiohttp reads it (e.g. a two-digit status): the AS answered, badly.
+        # The offending bytes are the AS's and stay out of the description.
+        return errors.BadUpstream(f"{shown} answered a malformed status line or header",
+                                  step=step, upstream=upstream)
     if isinstance(exc, aiohttp.InvalidURL):
         return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
     return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,

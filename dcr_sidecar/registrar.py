@@ -16,7 +16,8 @@ import structlog
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream, read_secret
-from dcr_sidecar.net import Outbound
+from dcr_sidecar.management7592 import Rfc7592
+from dcr_sidecar.net import Outbound, Response
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
 from dcr_sidecar.oauth.metadata import Metadata, synthesized_registration_endpoint
@@ -27,14 +28,16 @@ from dcr_sidecar.oauth.registration import (
     RegistrationProfile,
     build_request,
     check_response,
+    management_of,
     parse_error_response,
 )
 from dcr_sidecar.oauth.retry import parse_retry_after
-from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.oauth.text import clean_text, safe_url
 from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.provenance import check_iat_destination
 
 log = structlog.get_logger(__name__)
+audit = structlog.get_logger("dcr_sidecar.audit")
 Provenance = Literal["configured", "metadata", "guessed"]
 
 
@@ -91,6 +94,7 @@ def choose_method(upstream: Upstream, metadata: Metadata) -> str:
 class Registrar:
     def __init__(self, outbound: Outbound) -> None:
         self.outbound = outbound
+        self.rfc7592 = Rfc7592(outbound)
 
     def choose_method(self, upstream: Upstream, metadata: Metadata) -> str:
         return choose_method(upstream, metadata)
@@ -110,12 +114,40 @@ class Registrar:
         response = await self.outbound.request(
             "POST", endpoint, step="register", upstream=upstream.name, headers=headers,
             data=json.dumps(body).encode())
-        client = self._judge(upstream, response.status, response, body, endpoint)
+        try:
+            client = self._judge(upstream, response.status, response, body, endpoint)
+        except errors.InsufficientRegistration as exc:
+            await self._delete_refused(upstream, response, endpoint, exc)
+            raise
         for secret in (client.client_secret, client.registration_access_token):
             remember_secret(secret)
         for warning in client.warnings:
             log.warning("registration_warning", upstream=upstream.name, detail=warning)
         return Registration(client, endpoint, provenance)
+
+    async def _delete_refused(self, upstream: Upstream, response: Response, endpoint: str,
+                              cause: errors.InsufficientRegistration) -> None:
+        """The AS created a client the sidecar will not use: delete it (RFC 7592 §2.3) when the
+        answer lets us, so a refusal leaves no orphan. Never raises: `cause` is the answer."""
+        try:
+            document = response.json()
+        except ProtocolError:
+            document = None
+        client_id = document.get("client_id") if isinstance(document, dict) else None
+        shown = clean_text(client_id, 128) if isinstance(client_id, str) else None
+        management = management_of(document, endpoint,
+                                   self.outbound.settings.security.allow_http)
+        deleted = False
+        if management is not None:
+            remember_secret(management[1])
+            try:
+                deleted = await self.rfc7592.delete_at(upstream, management)
+            except errors.UpstreamError as exc:
+                log.warning("orphan_delete_failed", upstream=upstream.name, client_id=shown,
+                            detail=exc.description)
+        audit.warning("orphan_deleted" if deleted else "orphan_left", upstream=upstream.name,
+                      client_id=shown, cause_step="register", cause=cause.description,
+                      manageable=management is not None)
 
     def _judge(self, upstream: Upstream, status: int, response: Any, body: dict[str, Any],
                endpoint: str) -> RegisteredClient:

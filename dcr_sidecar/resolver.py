@@ -177,6 +177,12 @@ class Resolver:
             return state.previous
         return None
 
+    async def stored(self, name: str, issuer: str) -> Record:
+        """The upstream's record as the store holds it now (empty when there is none); a store
+        failure is a typed 503 naming `store_read` (design.md §3.7)."""
+        state = self.state(name)
+        return await self._read(state, RecordKey(issuer, name))
+
     async def recover(self, name: str, failed: Credentials) -> Credentials | None:
         """The AS said invalid_client to `failed`: find out why and, if the client is gone or
         its secret expired, register a new generation. None: nothing to retry with."""

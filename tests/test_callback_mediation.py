@@ -307,11 +307,14 @@ async def new_generation(side: Sidecar, issuer: str) -> None:
     """Stand-in for a rotation: a second generation of the same configuration in the store,
     the first superseded, and the resolver made to load it."""
     store = side.resolver.store
-    record = await store.get(RecordKey(issuer, "acme"))
-    assert record is not None
-    current = record.generations[-1]
-    second = replace(current, generation=2, client_id="client-gen-2", received_at=time.time())
-    await store.put(record.with_generation(second, time.time()))
+    key = RecordKey(issuer, "acme")
+    async with store.lock(key):  # a redis store takes writes only under the lease
+        record = await store.get(key)
+        assert record is not None
+        current = record.generations[-1]
+        second = replace(current, generation=2, client_id="client-gen-2",
+                         received_at=time.time())
+        await store.put(record.with_generation(second, time.time()))
     side.resolver.state("acme").credentials = None
 
 
@@ -342,3 +345,141 @@ async def test_a_login_started_on_one_replica_finishes_on_another(
     assert status == 200, body
     assert (await provider.stats())["registrations"] == 1
     assert (await follow_once(callback))[0] == 400  # the state was spent on replica B
+
+
+def two_mediated(honest: str, evil: str) -> dict[str, Any]:
+    """Two mediated upstreams on one sidecar: `honest` and `evil` (an AS an attacker runs)."""
+    [first] = mediated(honest, pkce="sidecar")["upstreams"]
+    [second] = mediated(evil, pkce="sidecar")["upstreams"]
+    return {"upstreams": [{**first, "name": "honest"}, {**second, "name": "evil"}]}
+
+
+async def sidecar_state(side: Sidecar, name: str) -> str:
+    """The state the sidecar hands the AS of upstream `name` for a fresh /authorize."""
+    url = authorize_url(side).replace("/acme/", f"/{name}/", 1)
+    status, location, _ = await follow_once(url)
+    assert status == 302
+    assert location is not None
+    return query(location)["state"][0]
+
+
+def callback_url(side: Sidecar, name: str, **params: str) -> str:
+    return f"{side.listen.url}/{name}/callback?{urlencode(params)}"
+
+
+async def test_a_state_minted_at_another_upstream_is_refused_at_the_callback_and_spent(
+        sidecar: SidecarFactory) -> None:
+    """Mix-up (RFC 9700 §4.4): a state from /evil/authorize presented at /honest/callback with
+    honest's `iss` is 400, never a redirect, and the record is consumed (design.md §3.6)."""
+    async with RecordingAS(metadata={"authorization_response_iss_parameter_supported": True}
+                           ) as honest, RecordingAS() as evil:
+        side = await sidecar(two_mediated(honest.issuer, evil.issuer))
+        state = await sidecar_state(side, "evil")
+        status, location, body = await follow_once(
+            callback_url(side, "honest", code="c-1", state=state, iss=honest.issuer))
+        assert (status, location) == (400, None)
+        assert "another upstream" in body["error_description"]
+        status, location, _ = await follow_once(callback_url(side, "evil", code="c-1",
+                                                             state=state))
+        assert (status, location) == (400, None)  # the record was spent by the mismatch
+
+
+async def test_a_state_minted_at_honest_cannot_skip_its_required_iss_at_another_callback(
+        sidecar: SidecarFactory) -> None:
+    """The other direction: honest's state at /evil/callback (whose AS does not advertise
+    RFC 9207, so no `iss` is required there) is refused too."""
+    async with RecordingAS(metadata={"authorization_response_iss_parameter_supported": True}
+                           ) as honest, RecordingAS() as evil:
+        side = await sidecar(two_mediated(honest.issuer, evil.issuer))
+        state = await sidecar_state(side, "honest")
+        status, location, body = await follow_once(callback_url(side, "evil", code="c-1",
+                                                                state=state))
+        assert (status, location) == (400, None)
+        assert "another upstream" in body["error_description"]
+
+
+async def test_a_code_from_one_upstreams_callback_is_refused_at_another_token_endpoint(
+        sidecar: SidecarFactory) -> None:
+    """Honest's code (with the sidecar-held PKCE verifier) never goes to evil's token
+    endpoint: 400 invalid_grant, and the code's record is consumed."""
+    async with RecordingAS(metadata={"authorization_response_iss_parameter_supported": True}
+                           ) as honest, RecordingAS() as evil:
+        side = await sidecar(two_mediated(honest.issuer, evil.issuer))
+        state = await sidecar_state(side, "honest")
+        status, _, _ = await follow_once(callback_url(side, "honest", code="c-honest",
+                                                     state=state, iss=honest.issuer))
+        assert status == 302
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/evil/token",
+                data={"grant_type": "authorization_code", "code": "c-honest"}) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+        assert body["error"] == "invalid_grant"
+        assert "another upstream" in body["error_description"]
+        assert evil.requests("/token") == []
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/honest/token",
+                data={"grant_type": "authorization_code", "code": "c-honest"}) as resp:
+            assert resp.status == 400  # spent by the refused attempt
+        assert honest.requests("/token") == []
+
+
+@pytest.mark.parametrize("flows_in", ["redis", "memory"])
+async def test_redis_stopped_mid_flow_makes_the_code_exchange_a_503_with_retry_after(
+        sidecar: SidecarFactory, redis_server: RedisFactory, flows_in: str) -> None:
+    """design.md §3.7: a store failure is 503 + Retry-After, never 500 — also when the code
+    exchange reads the store for the generation the flow started with (a new generation came
+    between /authorize and /token), with the flow records in Redis or in process memory."""
+    redis = await redis_server()
+    async with RecordingAS() as rec:
+        side = await sidecar({**mediated(rec.issuer),
+                              "store": {"backend": "redis", "url": redis.url}},
+                             **({"flows": MemoryFlowStore()} if flows_in == "memory" else {}))
+        state = await sidecar_state(side, "acme")
+        await new_generation(side, rec.issuer)
+        assert (await follow_once(f"{side.listen.url}/acme/client"))[2]["generation"] == 2
+        status, _, _ = await follow_once(callback_url(side, "acme", code="c-1", state=state))
+        assert status == 302
+        await redis.stop()
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/acme/token",
+                data={"grant_type": "authorization_code", "code": "c-1"}) as resp:
+            body = await resp.json()
+            assert resp.status == 503, body
+            assert int(resp.headers["Retry-After"]) > 0
+        assert body["error"] == "temporarily_unavailable"
+        assert rec.requests("/token") == []
+
+
+async def test_a_request_uri_the_sidecar_did_not_push_is_refused_under_mediation(
+        sidecar: SidecarFactory) -> None:
+    """RFC 9126 under `callback: sidecar`: /authorize accepts only a request_uri the sidecar
+    pushed itself at this upstream's /par (mediated), once; anything else is 400, never a
+    redirect to the AS."""
+    async with RecordingAS() as rec, RecordingAS() as other:
+        config = two_mediated(rec.issuer, other.issuer)
+        side = await sidecar(config)
+
+        async def authorize_with(name: str, request_uri: str) -> tuple[int, str | None, Any]:
+            params = urlencode({"client_id": "placeholder", "request_uri": request_uri})
+            return await follow_once(f"{side.listen.url}/{name}/authorize?{params}")
+
+        forged = "urn:ietf:params:oauth:request_uri:made-up"
+        status, location, body = await authorize_with("honest", forged)
+        assert (status, location) == (400, None)
+        assert "request_uri" in body["error_description"]
+        form = {"response_type": "code", "redirect_uri": REDIRECT_URI, "state": "s"}
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/honest/par", data=form) as resp:
+            assert resp.status == 201
+            pushed = (await resp.json())["request_uri"]
+        status, location, _ = await authorize_with("evil", pushed)  # another upstream's
+        assert (status, location) == (400, None)
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{side.listen.url}/honest/par", data=form) as resp:
+            assert resp.status == 201
+        status, location, _ = await authorize_with("honest", pushed)
+        assert status == 302
+        assert location is not None
+        assert location.startswith(rec.issuer + "/authorize?")
+        assert (await authorize_with("honest", pushed))[0] == 400  # used once

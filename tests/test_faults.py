@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
-from tests.conftest import FakeFactory, SidecarFactory
+from tests.conftest import FakeFactory, LeakGuard, SidecarFactory
 from tests.support.fake_server import FakeServer, as_metadata
 
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
@@ -255,3 +257,67 @@ async def test_one_failing_upstream_does_not_affect_another(
         {"name": "good", "issuer": good.url, "grant_types": ["client_credentials"]}]})
     assert (await get(f"{side.listen.url}/bad/client"))[0] == 503
     assert (await get(f"{side.listen.url}/good/client"))[0] == 200
+
+
+# ---------------------------------------------------------------- far-future expiry (issue 11 #7)
+
+ADMIN_TOKEN = "faults-admin-token-0123456789"
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def registration(fake: FakeServer, **changes: Any) -> dict[str, Any]:
+    """A usable registration answer carrying RFC 7592 management on the fake's origin."""
+    answer: dict[str, Any] = {
+        "client_id": "cid-1", "client_secret": "fault-secret-0123456789",
+        "client_secret_expires_at": 0, "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"],
+        "registration_access_token": "fault-rat-0123456789",
+        "registration_client_uri": f"{fake.url}/register/cid-1"}
+    answer.update(changes)
+    return answer
+
+
+@pytest.mark.parametrize("huge", [2**63 - 1, 10**400], ids=["int64-max", "1e400"])
+async def test_huge_expiry_is_clamped_and_admin_keeps_answering(
+        fake_server: FakeFactory, sidecar: SidecarFactory, leak_guard: LeakGuard,
+        huge: int) -> None:
+    """client_secret_expires_at 2^63-1 or 10^400: the client is adopted with the expiry clamped
+    to 9999-12-31, /admin/upstreams answers 200 (before: 500 for 2^63-1; 502 + an orphaned
+    client for 10^400), nothing is deleted."""
+    fake = await fake_server()
+    await registering_as(fake, registration(fake, client_secret_expires_at=huge))
+    leak_guard.add(ADMIN_TOKEN)
+    side = await sidecar({**upstream(fake.url), "admin": {"token": ADMIN_TOKEN}})
+    status, body, _ = await get(f"{side.listen.url}/acme/client")
+    assert status == 200, body
+    assert body["client_secret_expires_at"] == MAX_TIMESTAMP
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{side.management.url}/admin/upstreams",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        listed = (await resp.json())["upstreams"][0]
+    assert listed["client_secret_expires_at"] == MAX_TIMESTAMP
+    assert listed["next_renewal"] is not None
+    assert fake.count("DELETE", "/register/cid-1") == 0
+
+
+async def test_refused_registration_is_deleted_at_the_as(
+        fake_server: FakeFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """A 201 the sidecar refuses (an auth method it cannot perform) but that carries RFC 7592
+    management: the client is deleted at the AS (before: left orphaned), the app gets 502."""
+    fake = await fake_server()
+    await registering_as(fake, registration(fake, token_endpoint_auth_method="tls_client_auth"))
+    deleted: list[str] = []
+
+    async def delete(request: web.Request) -> web.StreamResponse:
+        deleted.append(request.headers.get("Authorization", ""))
+        return web.Response(status=204)
+
+    fake.route("DELETE", "/register/cid-1", delete)
+    side = await sidecar(upstream(fake.url))
+    status, body, _ = await get(f"{side.listen.url}/acme/client")
+    assert status == 502
+    assert "tls_client_auth" in body["error_description"]
+    assert deleted == ["Bearer fault-rat-0123456789"]
+    events = [json.loads(line) for line in leak_guard.log_text().splitlines() if line]
+    assert [e["client_id"] for e in events if e.get("event") == "orphan_deleted"] == ["cid-1"]

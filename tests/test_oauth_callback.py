@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 
@@ -10,15 +11,19 @@ from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
     FlowRecord,
     app_response,
+    check_binding,
     check_iss,
     check_mediable,
     code_key,
     is_par_reference,
     new_state,
+    pushed_key,
+    pushed_request_uri,
     rewrite_request,
 )
 
-RECORD = FlowRecord("https://app.example/cb", "app-state", "verifier-x", 3)
+RECORD = FlowRecord("https://app.example/cb", "app-state", "verifier-x", 3, upstream="acme",
+                    issuer="https://as.example")
 
 
 @pytest.mark.parametrize("pairs", [
@@ -100,7 +105,7 @@ def test_app_response_carries_code_app_state_and_the_apps_issuer() -> None:
 def test_app_response_passes_as_errors_on() -> None:
     pairs = [("error", "access_denied"), ("error_description", "no"), ("state", "s"),
              ("error_uri", "https://as/e")]
-    assert app_response(pairs, FlowRecord("https://app/cb", None, None, 1), "https://as") == [
+    assert app_response(pairs, replace(RECORD, app_state=None), "https://as") == [
         ("error", "access_denied"), ("error_description", "no"), ("error_uri", "https://as/e"),
         ("iss", "https://as")]
 
@@ -112,3 +117,31 @@ def test_app_response_without_code_or_error_is_refused() -> None:
 
 def test_record_repr_hides_the_verifier() -> None:
     assert "verifier-x" not in repr(RECORD)
+
+
+@pytest.mark.parametrize(("upstream", "issuer", "ok"), [
+    ("acme", "https://as.example", True),
+    ("evil", "https://as.example", False),          # another upstream's flow
+    ("acme", "https://other.example", False),       # the upstream now names another issuer
+    ("", "", False),
+])
+def test_a_record_is_honoured_only_by_the_upstream_and_issuer_it_was_made_for(
+        upstream: str, issuer: str, ok: bool) -> None:
+    if ok:
+        check_binding(RECORD, upstream, issuer, "state")
+    else:
+        with pytest.raises(ProtocolError, match="another upstream"):
+            check_binding(RECORD, upstream, issuer, "state")
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"request_uri": "urn:ietf:params:oauth:request_uri:abc", "expires_in": 60}',
+     "urn:ietf:params:oauth:request_uri:abc"),
+    (b'{"request_uri": "https://app.example/r"}', None),   # not a pushed request's reference
+    (b'{"request_uri": 1}', None),
+    (b'["urn:ietf:params:oauth:request_uri:abc"]', None),
+    (b"\xff", None),
+])
+def test_the_request_uri_of_a_par_answer(body: bytes, expected: str | None) -> None:
+    assert pushed_request_uri(body) == expected
+    assert "abc" not in pushed_key("urn:ietf:params:oauth:request_uri:abc")

@@ -274,6 +274,18 @@ def test_validate_metadata_rejects(document: object, match: str) -> None:
         validate_metadata(document, ISSUER)
 
 
+@pytest.mark.parametrize("member", URL_MEMBERS)
+@pytest.mark.parametrize("char", ["\x00", "\x0b", "\x7f", "\x1b", "\x85", " ", "\t", "\n"])
+def test_validate_metadata_rejects_control_and_space_characters_naming_the_member(
+        member: str, char: str) -> None:
+    """NUL, VT, DEL, ESC (any C0/C1 control) and whitespace have no place in a URL (RFC 3986
+    §2); urlsplit keeps most of them, so they are refused here, naming the member."""
+    document = _doc(**{member: f"{ISSUER}/end{char}point"})
+    with pytest.raises(ProtocolError, match=f"metadata member {member} ") as caught:
+        validate_metadata(document, ISSUER)
+    assert char == " " or char not in str(caught.value)
+
+
 @NO_DB
 @given(document=JSON)
 def test_validate_metadata_on_any_json_raises_only_protocol_error(document: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.lifetime import MAX_TIMESTAMP, management_fields, renew_at
 from dcr_sidecar.oauth.registration import (
     InsufficientResponse,
     RegisteredClient,
@@ -19,6 +21,7 @@ from dcr_sidecar.oauth.registration import (
     build_request,
     check_response,
     fingerprint,
+    management_of,
     parse_error_response,
 )
 from dcr_sidecar.oauth.secret import Secret
@@ -611,3 +614,40 @@ def test_parse_error_response_caps_the_length() -> None:
     assert result.error_description is not None
     assert len(result.error) <= 65
     assert len(result.error_description) <= 201
+
+
+# ------------------------------------------------ far-future timestamps (issue 11 #7)
+
+
+@pytest.mark.parametrize("huge", [2**63 - 1, 10**400, 1e300], ids=["int64-max", "1e400", "1e300"])
+def test_far_future_expiry_is_clamped_at_parse_time(huge: int | float) -> None:
+    """A far-future or huge client_secret_expires_at / client_id_issued_at is clamped to
+    MAX_TIMESTAMP (9999-12-31T23:59:59Z) at parse time: no OverflowError, and every later
+    use (datetime, renewal arithmetic) stays in range."""
+    request = _request()
+    client = _check(_answer(request, client_secret_expires_at=huge, client_id_issued_at=huge),
+                    request)
+    assert client.client_secret_expires_at == MAX_TIMESTAMP
+    assert client.client_id_issued_at == MAX_TIMESTAMP
+    when = renew_at(client.client_secret_expires_at, 1_700_000_000)
+    assert when is not None
+    datetime.fromtimestamp(when, UTC)  # representable
+
+
+@pytest.mark.parametrize("huge", [2**63 - 1, 10**400, 1e300], ids=["int64-max", "1e400", "1e300"])
+def test_rfc7592_answer_expiry_is_clamped(huge: int | float) -> None:
+    """The same clamp applies to the expiry of an RFC 7592 read/update answer."""
+    _, _, expires = management_fields({"client_secret_expires_at": huge})
+    assert expires == MAX_TIMESTAMP
+
+
+def test_management_of_a_refused_answer() -> None:
+    """What an RFC 7592 DELETE of a refused registration needs: the registration_client_uri
+    and access token, only when the URI passes the same origin rule as for accepted clients."""
+    uri = f"{REG}/client-1"
+    ok = _answer(_request(), registration_access_token="rat", registration_client_uri=uri)
+    assert management_of(ok, REG) == (uri, Secret("rat"))
+    assert management_of(dict(ok, registration_client_uri="https://other.test/x"), REG) is None
+    assert management_of(dict(ok, registration_access_token=None), REG) is None
+    assert management_of(dict(ok, registration_access_token=7), REG) is None
+    assert management_of("not an object", REG) is None

@@ -23,6 +23,8 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import load_settings
 from dcr_sidecar.lifecycle import ConfigWatcher
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory, sidecar_config
+from tests.support.recording_as import RecordingAS
+from tests.support.serve_process import ServeProcess
 from tests.test_cli import wait_http
 from tests.test_demo_e2e import free_port
 from tests.test_metrics import cc_upstream, token
@@ -380,3 +382,59 @@ def test_reload_that_breaks_a_kept_restart_only_key_is_rejected() -> None:
     new = parse_settings(yaml.safe_dump({"version": 1}), "new.yaml")
     with pytest.raises(ConfigError, match=r"inbound\.client_secret is not set"):
         combine(old, new)
+
+
+async def test_store_record_with_non_utf8_bytes_is_one_corrupt_upstream(
+        tmp_path: Path, leak_guard: LeakGuard) -> None:
+    """Bytes that are not UTF-8 inside one upstream's record of the file store: `serve` starts
+    (before: exit 1 at start-up), that upstream answers 503 with its record left byte for byte,
+    the other dynamic upstream and the static one keep serving, /readyz answers (before: 500)
+    and /metrics too."""
+    async with RecordingAS() as rec:
+        store = tmp_path / "credentials.json"
+        config = {"version": 1, "store": {"backend": "file", "path": str(store)},
+                  "security": {"allow_http": ["127.0.0.1"],
+                               "allow_private_networks": ["127.0.0.1/32"]},
+                  "shutdown": {"delay": 0, "grace": 2},
+                  "upstreams": [cc_upstream(rec.issuer, "good"), cc_upstream(rec.issuer, "bad"),
+                                {"name": "fixed", "issuer": rec.issuer,
+                                 "client_id": "static-client",
+                                 "client_secret": "static-secret-0123456789",
+                                 "grant_types": ["client_credentials"]}]}
+        first = ServeProcess(tmp_path, "first", config)
+        try:
+            await first.start()
+            async with aiohttp.ClientSession() as session:
+                for name in ("good", "bad"):
+                    async with session.get(f"{first.url}/{name}/client") as resp:
+                        assert resp.status == 200, await resp.text()
+        finally:
+            await first.stop()
+        leak_guard.add_store(store)
+        bad_id = next(g["client_id"] for r in json.loads(store.read_text())["records"].values()
+                      if r["upstream"] == "bad" for g in r["generations"])
+        corrupt = f'"{bad_id}'.encode() + b"\xff\xfe\x80"
+        store.write_bytes(store.read_bytes().replace(f'"{bad_id}'.encode(), corrupt))
+        before = store.read_bytes()
+
+        second = ServeProcess(tmp_path, "second", config)
+        try:
+            await second.start()  # before the fix: RuntimeError, exited with 1
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{second.url}/bad/client") as resp:
+                    assert resp.status == 503, await resp.text()
+                    assert "not UTF-8" in (await resp.json())["error_description"]
+                for name in ("good", "fixed"):
+                    async with session.post(f"{second.url}/{name}/token",
+                                            data={"grant_type": "client_credentials"}) as resp:
+                        assert resp.status == 200, await resp.text()
+                        leak_guard.add_token_response(await resp.json())
+                async with session.get(f"{second.mgmt_url}/readyz") as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["upstreams"]["bad"]["credentials"] is False
+                async with session.get(f"{second.mgmt_url}/metrics") as resp:
+                    assert resp.status == 200
+        finally:
+            await second.stop()
+        assert store.read_bytes() == before
+        assert len(rec.clients) == 2  # "bad" was not registered again

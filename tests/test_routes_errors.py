@@ -7,9 +7,11 @@ import socket
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import pytest
 
 from tests.conftest import ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI
+from tests.support.fakes import FakeServers, fake_as_routes
 
 
 def closed_port() -> int:
@@ -185,3 +187,26 @@ async def test_required_upstream_becomes_ready_after_prefetch(
             assert loop.time() < deadline, "never became ready"
             await asyncio.sleep(0.05)
     assert (await provider.stats())["registrations"] == 1
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x0b", "\x7f", "\x1b"])
+async def test_control_character_in_authorization_endpoint_is_a_502_naming_the_member(
+        servers: FakeServers, sidecar: SidecarFactory, char: str) -> None:
+    """An authorization_endpoint with NUL, VT, DEL or ESC is refused at discovery: /authorize
+    answers a JSON 502 naming the member instead of dropping the connection (then, during the
+    backoff that follows, 503s that still name it)."""
+    as_ = await servers.start(fake_as_routes(lambda issuer: {
+        "authorization_endpoint": f"{issuer}/auth{char}orize"}))
+    side = await sidecar({"upstreams": [{"name": "acme", "issuer": as_.base,
+                                         "client_id": "static-client",
+                                         "redirect_uris": [REDIRECT_URI]}]})
+    async with aiohttp.ClientSession() as session:
+        for path, status in (("/acme/authorize?response_type=code&client_id=x", 502),
+                             ("/acme/client", 503)):
+            async with session.get(f"{side.listen.url}{path}", allow_redirects=False) as resp:
+                body = await resp.json()
+                assert resp.status == status, body
+                assert "authorization_endpoint" in body["error_description"]
+                assert "X-Request-Id" in resp.headers
+            assert body["error"] == ("server_error" if status == 502
+                                     else "temporarily_unavailable")

@@ -6,7 +6,7 @@ from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.store.flows import MemoryFlowStore
 from tests.support.clock import Clock
 
-RECORD = FlowRecord("https://app/cb", "s", None, 1)
+RECORD = FlowRecord("https://app/cb", "s", None, 1, upstream="acme", issuer="https://as.example")
 
 
 async def test_take_is_one_time() -> None:

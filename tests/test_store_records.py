@@ -240,3 +240,33 @@ async def test_file_store_newer_document_schema_is_refused(tmp_path: Path) -> No
     with pytest.raises(StoreCorrupt):
         await store.get(KEY)
     assert json.loads(path.read_text())["schema"] == SCHEMA + 1
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "sealed"])
+async def test_file_store_record_with_non_utf8_bytes_is_corrupt_and_kept_byte_for_byte(
+        tmp_path: Path, encrypted: bool) -> None:
+    """Bytes that are not UTF-8 inside one record: open() and check() succeed (before: a
+    UnicodeDecodeError), that record reads as StoreCorrupt, other records read and write, and
+    its bytes are written back unchanged."""
+    path = tmp_path / "c.json"
+    keys = (fernet_key(),) if encrypted else ()
+    store = FileStore(str(path), sealer(*keys))
+    await put(store, record("victim"))
+    other = RecordKey("https://as.example", "other")
+    raw = path.read_bytes().replace(b'"victim"', b'"vic\xfftim\xc3"')
+    path.write_bytes(raw)
+    reopened = FileStore(str(path), sealer(*keys))
+    await reopened.open()
+    assert await reopened.check() is None
+    with pytest.raises(StoreCorrupt, match="not UTF-8"):
+        await reopened.get(KEY)
+    await reopened.put(Record(other, record().generations))
+    assert await reopened.get(other) is not None
+    assert b'"vic\xfftim\xc3"' in path.read_bytes()
+
+
+def test_a_record_with_a_lone_surrogate_escape_is_corrupt() -> None:
+    data = record_to_json(record())
+    data["generations"][0]["client_id"] = "\ud800"
+    with pytest.raises(StoreCorrupt, match="not UTF-8"):
+        record_from_json(data)

@@ -240,12 +240,13 @@ async def test_sentinel_url_reaches_the_master(redis_server: RedisFactory,
                                               stores: StoreFactory,
                                               leak_guard: LeakGuard) -> None:
     """redis+sentinel://:password@host:port/service/db against a real redis-server --sentinel
-    monitoring a password-protected master."""
+    monitoring a password-protected master. The master has no replica here, so the URL turns
+    the replica acknowledgement off (test_failover.py covers it)."""
     password = "sentinel-master-pass-0123"
     leak_guard.add(password)
     master = await redis_server(password=password)
     sentinel = await redis_server(sentinel_of=master, service="creds")
-    url = f"redis+sentinel://:{password}@127.0.0.1:{sentinel.port}/creds/3"
+    url = f"redis+sentinel://:{password}@127.0.0.1:{sentinel.port}/creds/3?replica_acks=0"
     store = stores(url, fernet_key())
     assert store.target.describe() == f"redis+sentinel://127.0.0.1:{sentinel.port}/creds/3"
     await store.open()
@@ -265,7 +266,15 @@ async def test_sentinel_url_reaches_the_master(redis_server: RedisFactory,
     ("redis+sentinel://:pw@s1:26379,s2,[::1]:26380/mymaster/1?sentinel_password=sp",
      {"sentinels": (("s1", 26379), ("s2", 26379), ("::1", 26380)), "service_name": "mymaster",
       "db": 1, "password": "pw", "sentinel_password": "sp"}),
-    ("rediss+sentinel://s1/m", {"tls": True, "service_name": "m", "db": 0}),
+    ("rediss+sentinel://s1/m", {"tls": True, "service_name": "m", "db": 0,
+                                "replica_acks": 1, "fails_over": True}),
+    ("redis+sentinel://s1/m?replica_acks=0", {"replica_acks": 0}),
+    ("redis://127.0.0.1:6390/2", {"replica_acks": 0, "fails_over": False}),
+    ("redis+cluster://:pw@127.0.0.1:7000,127.0.0.2,[::1]:7002",
+     {"cluster_nodes": (("127.0.0.1", 7000), ("127.0.0.2", 6379), ("::1", 7002)),
+      "password": "pw", "replica_acks": 1, "fails_over": True, "tls": False, "db": 0}),
+    ("rediss+cluster://n1:7000/?replica_acks=2&ssl_ca_certs=/ca.pem",
+     {"tls": True, "replica_acks": 2, "ssl_ca_certs": "/ca.pem"}),
 ])
 def test_redis_url_forms(url: str, expected: dict[str, object]) -> None:
     target = parse_redis_url(url)
@@ -279,6 +288,8 @@ def test_redis_url_forms(url: str, expected: dict[str, object]) -> None:
     "http://127.0.0.1:6379", "redis://", "redis://h:99999/0", "redis://h/x",
     "redis+sentinel://s1:26379", "redis+sentinel://s1/m/x", "redis+sentinel:///m",
     "redis+sentinel://s1/m?nope=1", "redis+sentinel://s1:0/m",
+    "redis+sentinel://s1/m?replica_acks=many", "redis+cluster://", "redis+cluster://s1/0",
+    "redis+cluster://s1:7000?db=1", "redis+cluster://s1:x",
 ])
 def test_redis_url_errors_never_repeat_the_url(url: str) -> None:
     with pytest.raises(ValueError, match=r"\w") as caught:

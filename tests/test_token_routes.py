@@ -4,6 +4,7 @@ AS answer relayed as is, 404 for endpoints the AS lacks, inbound credentials che
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -285,3 +286,87 @@ async def test_the_as_sees_the_request_id_the_app_is_answered_with(
         [seen] = rec.requests("/token")
     assert seen.header("X-Request-Id") == [headers["X-Request-Id"]]
     assert len(headers["X-Request-Id"]) == 32
+
+
+class RawStatusServer:
+    """A raw-socket HTTP/1.1 server that answers every request with `status_line` (which
+    aiohttp's own server would refuse to write): a token endpoint answering 99, 101, 600..."""
+
+    def __init__(self) -> None:
+        self.status_line = b"HTTP/1.1 200 OK"
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawStatusServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await asyncio.wait_for(reader.readexactly(length), 5)
+            self.requests += 1
+            body = b'{"access_token": "never-relayed-0123"}'
+            writer.write(self.status_line + b"\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() +
+                         b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("status_line", "named"), [
+    (b"HTTP/1.1 099 Weird", "HTTP 99"),  # aiohttp reads it as 99
+    (b"HTTP/1.1 99", "malformed status line"),  # aiohttp's parser refuses it
+    (b"HTTP/1.1 101 Switching Protocols", "HTTP 101"),
+    (b"HTTP/1.1 600 Beyond", "HTTP 600"),
+    (b"HTTP/1.1 999 Nine", "HTTP 999"),
+])
+async def test_an_as_status_outside_200_to_599_becomes_a_502_naming_it(
+        sidecar: SidecarFactory, status_line: bytes, named: str) -> None:
+    """Only a final status of 200-599 is relayed; anything else is a 502 that names it. (Other
+    1xx answers are interim: aiohttp waits past them for the final one, RFC 9110 §15.2.)"""
+    async with RawStatusServer() as raw:
+        raw.status_line = status_line
+        side = await sidecar({"upstreams": [{
+            "name": "raw", "issuer": raw.url, "registration": "static",
+            "client_id": "static-client", "client_secret": "static-secret-0123456789",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "endpoints": {"token_endpoint": f"{raw.url}/token"}}]})
+        got, headers, body = await post(f"{side.listen.url}/raw/token", ROUTE_FORMS["token"])
+    assert raw.requests == 1
+    assert got == 502, (got, body)
+    answer = json.loads(body)
+    assert answer["error"] == "server_error"
+    assert named in answer["error_description"]
+    assert "X-Request-Id" in headers
+
+
+async def test_statuses_200_and_599_are_relayed(sidecar: SidecarFactory) -> None:
+    """The edges of the relayed range still pass as they are."""
+    async with RawStatusServer() as raw:
+        side = await sidecar({"upstreams": [{
+            "name": "raw", "issuer": raw.url, "registration": "static",
+            "client_id": "static-client", "client_secret": "static-secret-0123456789",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "endpoints": {"token_endpoint": f"{raw.url}/token"}}]})
+        for status in (200, 599):
+            raw.status_line = f"HTTP/1.1 {status} Edge".encode()
+            got, _, body = await post(f"{side.listen.url}/raw/token", ROUTE_FORMS["token"])
+            assert (got, body) == (status, b'{"access_token": "never-relayed-0123"}')

@@ -7,12 +7,17 @@ Invariants:
   JARM response, or a signed request object, could not be read or rewritten);
 - the sidecar's `state` carries at least 128 bits from `secrets` and means nothing by itself:
   it is a key to a stored :class:`FlowRecord`;
-- codes are stored by their SHA-256, never as given.
+- a record is bound to the upstream (and its issuer) whose /authorize or /par made it: it is
+  honoured only at that upstream's /callback and /token (:func:`check_binding`), so a state or
+  code cannot cross from one AS's flow into another's (mix-up, RFC 9700 §4.4);
+- codes, and the `request_uri`s of requests the sidecar pushed, are stored by their SHA-256,
+  never as given; a mediated upstream's /authorize accepts only such a `request_uri`, once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,17 +34,21 @@ ERROR_PARAMS = ("error", "error_description", "error_uri")
 Pairs = Sequence[tuple[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowRecord:
-    """One mediated authorization: where the app waits and what the token exchange needs."""
+    """One mediated authorization: where the app waits and what the token exchange needs,
+    bound to the upstream, issuer and client generation it started with."""
 
     app_redirect_uri: str
     app_state: str | None
     code_verifier: str | None  # only when the sidecar added PKCE itself
     generation: int
+    upstream: str
+    issuer: str
 
     def __repr__(self) -> str:  # the verifier stays out of logs
-        return f"FlowRecord({self.app_redirect_uri!r}, generation={self.generation})"
+        return (f"FlowRecord({self.app_redirect_uri!r}, upstream={self.upstream!r}, "
+                f"generation={self.generation})")
 
 
 def new_state() -> str:
@@ -54,6 +63,21 @@ def code_key(code: str) -> str:
     return "code:" + hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
+def pushed_key(request_uri: str) -> str:
+    """The record of a request the sidecar pushed (RFC 9126) under mediation."""
+    return "par:" + hashlib.sha256(request_uri.encode("utf-8")).hexdigest()
+
+
+def pushed_request_uri(body: bytes) -> str | None:
+    """The `request_uri` of a PAR answer (RFC 9126 §2.2), when it is one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    uri = document.get("request_uri") if isinstance(document, dict) else None
+    return uri if isinstance(uri, str) and uri.startswith(PAR_REQUEST_URI_PREFIX) else None
+
+
 def values(pairs: Pairs, name: str) -> list[str]:
     return [v for k, v in pairs if k == name]
 
@@ -61,6 +85,14 @@ def values(pairs: Pairs, name: str) -> list[str]:
 def is_par_reference(pairs: Pairs) -> bool:
     """An authorization request that points at a pushed request (RFC 9126 §4)."""
     return any(v.startswith(PAR_REQUEST_URI_PREFIX) for v in values(pairs, "request_uri"))
+
+
+def check_binding(record: FlowRecord, upstream: str, issuer: str, what: str) -> None:
+    """A record is honoured only by the upstream, and the issuer, whose flow made it; `what`
+    names the thing presented (``"state"``, ``"code"``) in the refusal."""
+    if record.upstream != upstream or record.issuer != issuer:
+        raise ProtocolError(f"the {what} belongs to another upstream's authorization request "
+                            "(mix-up refused)")
 
 
 def check_mediable(pairs: Pairs) -> None:

@@ -37,6 +37,14 @@ LIST_MEMBERS = (
 )
 
 
+# Controls (C0, DEL, C1), whitespace and bidi/format characters: no URL holds them (RFC 3986
+# §2), urlsplit keeps most of them (or silently drops tab and newline), and a NUL or VT in a
+# Location header breaks the answer. Refused in every URL member (design.md §3.1).
+_UNSAFE_IN_URL = re.compile(
+    r"[\x00-\x20\x7f-\x9f\u00a0\u061c\u1680\u2000-\u200f\u2028-\u202f\u205f\u2066-\u2069"
+    r"\u3000\ufeff]")
+
+
 class IssuerMismatch(ProtocolError):
     def __init__(self, expected: str, received: object) -> None:
         super().__init__(
@@ -113,6 +121,10 @@ def validate_metadata(document: object, expected_issuer: str,
         raise IssuerMismatch(expected_issuer, received)
     for member in URL_MEMBERS:
         value = document.get(member)
+        unsafe = _UNSAFE_IN_URL.search(value) if isinstance(value, str) else None
+        if unsafe is not None:
+            raise ProtocolError(f"metadata member {member} holds the character "
+                                f"U+{ord(unsafe.group(0)):04X}, which no URL may contain")
         if value is not None and not (isinstance(value, str) and _absolute_http_url(value)):
             raise ProtocolError(
                 f"metadata member {member} is not an absolute http(s) URL: {clean_text(value)!r}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.lifetime import timestamp
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.oauth.text import clean_text
 
@@ -159,13 +159,15 @@ def _str_or_none(doc: Mapping[str, Any], key: str) -> str | None:
 
 
 def _int_or_none(doc: Mapping[str, Any], key: str) -> int | None:
+    """A timestamp member, clamped to MAX_TIMESTAMP (json.loads accepts Infinity and NaN, and
+    integers of any size, such as 10^400, which no float holds)."""
     value = doc.get(key)
     if value is None:
         return None
-    # json.loads accepts Infinity and NaN, which int() cannot convert.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    clamped = timestamp(value)
+    if clamped is None:
         raise InsufficientResponse(f"{key} in the registration answer is not a number")
-    return int(value)
+    return clamped
 
 
 def check_response(
@@ -235,6 +237,21 @@ def _checked_method(document: Mapping[str, Any], request: Mapping[str, Any]) -> 
                 f"the AS registered token_endpoint_auth_signing_alg {clean_text(alg)!r}; the "
                 f"sidecar's key signs {request.get('token_endpoint_auth_signing_alg')}")
     return method
+
+
+def management_of(document: object, registration_endpoint: str,
+                  allow_http_hosts: Sequence[str] = ()) -> tuple[str, Secret] | None:
+    """(registration_client_uri, registration_access_token) of any registration answer, the
+    refused ones included, when RFC 7592 management is possible by the same origin rule as
+    for an accepted client: what deleting a registration the sidecar will not use needs."""
+    if not isinstance(document, dict):
+        return None
+    rat, uri = document.get("registration_access_token"), document.get("registration_client_uri")
+    if not (isinstance(rat, str) and rat and isinstance(uri, str)):
+        return None
+    if not _management_uri_ok(uri, registration_endpoint, allow_http_hosts):
+        return None
+    return uri, Secret(rat)
 
 
 def _check_echoes(

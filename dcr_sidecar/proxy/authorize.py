@@ -13,7 +13,7 @@ from dcr_sidecar.oauth.callback import is_par_reference
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
-from dcr_sidecar.proxy.mediation import mediate
+from dcr_sidecar.proxy.mediation import claim_pushed, mediate
 from dcr_sidecar.proxy.metadata import advertises_iss
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri, redirect, with_query
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -28,7 +28,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     upstream = runtime.upstream(name)
     pairs = parse_query(request)  # strict: a clear 400 for a malformed query
     # A PAR reference (RFC 9126 §4) carries only client_id beside request_uri: the rest,
-    # redirect_uri included, was pushed (and checked) at /par.
+    # redirect_uri included, was pushed (and checked) at /par. Under mediation only a request
+    # the sidecar pushed itself is taken; under `callback: app` the AS holds the pushed
+    # redirect_uri to the client's registered ones, which are the app's `redirect_uris`.
     pushed = is_par_reference(pairs)
     redirect_uri = None if pushed else allowed_redirect_uri(pairs, upstream)
     try:
@@ -41,7 +43,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         raise errors.NotFound(f"the authorization server of {name!r} has no "
                               "authorization_endpoint")
-    if not pushed:
+    if pushed and upstream.callback == "sidecar":
+        await claim_pushed(runtime, upstream, creds, pairs)
+    elif not pushed:
         pairs = await _prepared(runtime, upstream, creds, pairs)
     forwarded = [(k, v) for k, v in pairs if k != "client_id"]
     forwarded.append(("client_id", creds.client_id))
@@ -51,7 +55,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
 async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
                     pairs: Pairs) -> Pairs:
     if upstream.callback == "sidecar":
-        pairs = await mediate(runtime, upstream, creds, pairs)
+        pairs, _ = await mediate(runtime, upstream, creds, pairs)
     pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
     return with_default_resource(pairs, runtime.default_resource(upstream))
 

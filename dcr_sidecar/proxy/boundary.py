@@ -85,6 +85,35 @@ def _route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unknown"
 
 
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """The client closed its connection before it was answered: aiohttp fails the read of
+    its body with ConnectionResetError. A normal event, not a crash (design.md §2.4)."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None
+                                                      or transport.is_closing())
+
+
+class _ClientGone(Exception):
+    """Raised inside the boundary to skip the answer, its log line and its metrics."""
+
+
+async def _answer(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.SidecarError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(_from_http_exception(exc))
+    except Exception as exc:
+        if _client_gone(request, exc):
+            raise _ClientGone from exc
+        log.exception("request_crashed", path=request.path)
+        return error_response(errors.SidecarError("internal error; see the sidecar's log "
+                                                  f"for request id {request_id}"))
+
+
 @web.middleware
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -94,23 +123,21 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     runtime = request.app.get(RUNTIME)
     route = _route_label(request)
     forward_route.set(route.rsplit("/", 1)[-1])
+    name = request.match_info.get("name")
+    known = runtime is not None and name is not None and runtime.settings.upstream(name)
     try:
         if runtime is not None:
             _check_headers(request, runtime.settings.limits.max_header_bytes)
-        response = await handler(request)
+        response = await _answer(request, handler, request_id)
+    except _ClientGone:
+        # Nobody is left to answer: one info line, no status, nothing counted.
+        log.info("client_disconnected", method=request.method, route=route,
+                 upstream=name if known else None,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return web.Response(status=400)
     except errors.SidecarError as exc:
         response = error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = error_response(_from_http_exception(exc))
-    except Exception:
-        log.exception("request_crashed", path=request.path)
-        response = error_response(errors.SidecarError("internal error; see the sidecar's log "
-                                                      f"for request id {request_id}"))
     response.headers[REQUEST_ID] = request_id
-    name = request.match_info.get("name")
-    known = runtime is not None and name is not None and runtime.settings.upstream(name)
     elapsed = time.perf_counter() - started
     log.info("request_handled", method=request.method, route=route,
              upstream=name if known else None, status=response.status,

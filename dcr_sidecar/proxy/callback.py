@@ -2,7 +2,8 @@
 (design.md §3.6), checked and handed on to the app's redirect URI.
 
 The sidecar's state is one-time: it is taken from the flow store before the response itself is
-checked, so a refused response cannot be retried with the same state. (The AS's metadata is
+checked, so a refused response cannot be retried with the same state — nor a state made for
+another upstream (design.md §3.6) be tried again where it belongs. (The AS's metadata is
 fetched first: a moment of AS trouble should not spend a good state.)
 """
 
@@ -15,6 +16,7 @@ from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
     app_response,
     as_advertises_iss,
+    check_binding,
     check_iss,
     code_key,
     state_key,
@@ -36,6 +38,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     if record is None:
         raise errors.BadRequest("unknown, replayed or expired state")
     try:
+        check_binding(record, upstream.name, metadata.issuer, "state")
         check_iss(single(pairs, "iss"), metadata.issuer,
                   required=as_advertises_iss(metadata.document))
         response = app_response(pairs, record, runtime.app_issuer(upstream, metadata.issuer))

@@ -18,9 +18,12 @@ from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
     FlowRecord,
+    check_binding,
     check_mediable,
     code_key,
     new_state,
+    pushed_key,
+    pushed_request_uri,
     rewrite_request,
     state_key,
     values,
@@ -30,15 +33,14 @@ from dcr_sidecar.proxy.forms import single
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri
 from dcr_sidecar.proxy.runtime import Runtime
 from dcr_sidecar.resolver import Credentials
-from dcr_sidecar.store.records import RecordKey
 
 Pairs = list[tuple[str, str]]
 
 
 async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
-                  pairs: Pairs) -> Pairs:
+                  pairs: Pairs) -> tuple[Pairs, FlowRecord]:
     """An authorization request (query of /authorize or form of /par) made to come back
-    through /{name}/callback, with a one-time state bound to a new record."""
+    through /{name}/callback, with a one-time state bound to a new record (returned too)."""
     try:
         check_mediable(pairs)
     except ProtocolError as exc:
@@ -52,11 +54,36 @@ async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
     if upstream.pkce == "sidecar" and not values(pairs, "code_challenge"):
         verifier = make_verifier()
     state = new_state()
-    record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation)
+    record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation,
+                        upstream=upstream.name, issuer=creds.issuer)
     await runtime.flows.put(state_key(state), record)
     return rewrite_request(pairs, redirect_uri=runtime.settings.callback_uri(upstream.name),
                            state=state,
-                           code_challenge=s256_challenge(verifier) if verifier else None)
+                           code_challenge=s256_challenge(verifier) if verifier else None), record
+
+
+async def remember_pushed(runtime: Runtime, record: FlowRecord, answer: bytes) -> None:
+    """The AS accepted a mediated pushed request: its `request_uri` is now one /authorize
+    takes (RFC 9126 §4), bound like the flow's state."""
+    request_uri = pushed_request_uri(answer)
+    if request_uri is not None:
+        await runtime.flows.put(pushed_key(request_uri), record)
+
+
+async def claim_pushed(runtime: Runtime, upstream: Upstream, creds: Credentials,
+                       pairs: Pairs) -> None:
+    """A mediated upstream's /authorize with a PAR reference: only a request this sidecar
+    pushed at this upstream's /par, once (else the app's redirect URI and state would have
+    skipped the allow-list and mediation)."""
+    request_uri = single(pairs, "request_uri")
+    record = await runtime.flows.take(pushed_key(request_uri)) if request_uri else None
+    if record is None:
+        raise errors.BadRequest("request_uri was not pushed through this sidecar's /par, was "
+                                "already used, or expired")
+    try:
+        check_binding(record, upstream.name, creds.issuer, "request_uri")
+    except ProtocolError as exc:
+        raise errors.BadRequest(exc.reason) from exc
 
 
 async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Credentials,
@@ -69,6 +96,10 @@ async def restore_code_exchange(runtime: Runtime, upstream: Upstream, creds: Cre
     if record is None:
         raise errors.InvalidGrant("the code did not come through this sidecar's callback, was "
                                   "already exchanged, or its record expired")
+    try:  # taken above: a code presented at the wrong upstream is spent
+        check_binding(record, upstream.name, creds.issuer, "code")
+    except ProtocolError as exc:
+        raise errors.InvalidGrant(exc.reason) from exc
     sent_redirect = single(pairs, "redirect_uri")
     if sent_redirect is not None and sent_redirect != record.app_redirect_uri:
         raise errors.InvalidGrant("redirect_uri differs from the authorization request's")
@@ -86,14 +117,9 @@ async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Cr
     with the client it started with); the current ones when that generation is gone."""
     if creds.generation == number or creds.static:
         return creds
-    try:
-        record = await runtime.resolver.store.get(RecordKey(creds.issuer, upstream.name))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise errors.StoreUnavailable(
-            f"the credential store failed (store_read): {type(exc).__name__}",
-            step="store_read", upstream=upstream.name, retry_after=5) from exc
+    record = await runtime.resolver.stored(upstream.name, creds.issuer)
     now = time.time()
-    for gen in record.generations if record else ():
+    for gen in record.generations:
         usable = gen.superseded_at is None or gen.superseded_at + upstream.generation_grace > now
         if gen.generation == number and usable and not gen.expired(now):
             return dataclasses.replace(

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
+from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
@@ -26,7 +27,7 @@ from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
-from dcr_sidecar.proxy.mediation import mediate, restore_code_exchange
+from dcr_sidecar.proxy.mediation import mediate, remember_pushed, restore_code_exchange
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Credentials
 
@@ -46,6 +47,7 @@ CLIENT_ID_ROUTES = frozenset({"par"})
 FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
 RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
 FORM_TYPE = "application/x-www-form-urlencoded"
+RELAYED_STATUSES = range(200, 600)
 Pairs = list[tuple[str, str]]
 
 
@@ -67,23 +69,34 @@ def outbound_form(pairs: Pairs, auth: AuthParts, client_id: str | None = None) -
     return urlencode(form).encode("ascii")
 
 
+def relayed_status(response: Response, upstream: str) -> int:
+    """A final status the app's HTTP client can read (RFC 9110 §15: three digits, 1xx never
+    final); a 101 would tell it the connection changed protocol. Anything else is a 502."""
+    if response.status not in RELAYED_STATUSES:
+        raise errors.BadUpstream(f"the authorization server answered HTTP {response.status}; "
+                                 "only 200-599 is relayed", step="forward", upstream=upstream)
+    return response.status
+
+
 def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
     kept = {name: headers[name] for name in RELAYED_RESPONSE_HEADERS if name in headers}
     return web.Response(status=status, body=body, headers=kept)
 
 
 async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
-                   pairs: Pairs) -> tuple[Pairs, Credentials]:
-    """The app's form as the AS must see it: mediated, restored, the default resource added."""
+                   pairs: Pairs) -> tuple[Pairs, Credentials, FlowRecord | None]:
+    """The app's form as the AS must see it: mediated, restored, the default resource added;
+    with the flow record of a mediated push."""
+    record = None
     if upstream.callback == "sidecar" and route == "par":
-        pairs = await mediate(runtime, upstream, creds, pairs)
+        pairs, record = await mediate(runtime, upstream, creds, pairs)
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
     if route == "par":
         pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
     if route in RESOURCE_ROUTES:
         pairs = with_default_resource(pairs, runtime.default_resource(upstream))
-    return pairs, creds
+    return pairs, creds, record
 
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -144,7 +157,7 @@ def handler(route: str) -> Handler:
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
-        pairs, creds = await adjusted(route, runtime, upstream, creds, pairs)
+        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs)
 
         async def send(with_creds: Credentials) -> Response:
             auth = auth_parts(with_creds.auth)
@@ -163,6 +176,9 @@ def handler(route: str) -> Handler:
                                          response=response)
         if retry_with is not None:
             response = await send(retry_with)
-        return relay(response.status, response.headers, response.body)
+        if pushed is not None and response.status == 201:
+            await remember_pushed(runtime, pushed, response.body)
+        return relay(relayed_status(response, upstream.name), response.headers,
+                     response.body)
 
     return forward

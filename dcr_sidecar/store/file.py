@@ -8,7 +8,9 @@ Invariants:
   register. Keys have separate lock files so one slow upstream never delays another.
 - Each ``put`` is a read-modify-write of one key under a short lock on the document itself.
 - A document that cannot be parsed, and a record that will not decrypt, are never overwritten:
-  reads and writes fail instead (:class:`StoreCorrupt`).
+  reads and writes fail instead (:class:`StoreCorrupt`). Bytes that are not UTF-8 inside one
+  record make that record corrupt, not the document: they are read as lone surrogates
+  (``surrogateescape``) and written back as the same bytes when another record changes.
 - ``open()`` checks ``store.encryption_keys`` against the document's key check before anything
   is written (a wrong key set changes nothing), writes the key check on first start, and
   reseals every record not stored under the newest key (rotation; encryption switched on).
@@ -59,7 +61,10 @@ class FileStore:
 
     def _read_document(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            # Bytes that are not UTF-8 become lone surrogates: the record holding them is
+            # refused as corrupt (records.record_from_json), the others stay readable, and a
+            # write puts the same bytes back (see _write_document).
+            text = self.path.read_bytes().decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             return {"schema": SCHEMA, "records": {}}
         try:
@@ -75,8 +80,13 @@ class FileStore:
         return doc
 
     def _write_document(self, doc: dict[str, Any]) -> None:
-        write_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True), mode=0o600,
-                     dir_mode=0o700)
+        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False)
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no byte maps to: never write it
+            raise StoreCorrupt(f"{self.path} holds text that cannot be written back; "
+                               "it is left untouched") from None
+        write_atomic(self.path, data, mode=0o600, dir_mode=0o700)
 
     def _get_sync(self, key: RecordKey) -> Record | None:
         self._ready_sync()

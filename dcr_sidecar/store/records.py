@@ -13,8 +13,8 @@ Invariants:
   with Fernet under the newest key on every write (``{"fernet": token}``); older keys only
   decrypt. A plaintext secret is still read (encryption switched on for an existing store)
   and is sealed when its record is next written.
-- A value that will not decrypt makes the whole record unreadable (:class:`StoreCorrupt`):
-  the resolver then fails typed and never overwrites it.
+- A value that will not decrypt, or text that is not UTF-8, makes the whole record unreadable
+  (:class:`StoreCorrupt`): the resolver then fails typed and never overwrites it.
 - The key check is a Fernet token of a fixed text under the newest key, stored once per store:
   a key set that cannot open it is a startup error (:class:`KeyMismatch`).
 """
@@ -241,6 +241,9 @@ def record_to_json(record: Record, sealer: Sealer = PLAIN) -> dict[str, Any]:
 
 def record_from_json(data: Mapping[str, Any], sealer: Sealer = PLAIN) -> Record:
     """The record, or StoreCorrupt naming what could not be read (never a secret)."""
+    if _undecodable(data):
+        raise StoreCorrupt("a stored record holds bytes that are not UTF-8; it is left "
+                           "untouched")
     try:
         schema = data.get("schema", PLAIN_SCHEMA)
         if not isinstance(schema, int) or schema > SCHEMA:
@@ -254,6 +257,22 @@ def record_from_json(data: Mapping[str, Any], sealer: Sealer = PLAIN) -> Record:
         raise StoreCorrupt(f"a stored record is malformed ({type(exc).__name__}); "
                            "it is left untouched") from None
     return Record(key, gens)
+
+
+def _undecodable(value: object) -> bool:
+    """Text holding lone surrogates: bytes that were not UTF-8 (read with surrogateescape) or
+    an escape of half a surrogate pair. Neither is a value any AS sent."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, Mapping):
+        return any(_undecodable(k) or _undecodable(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_undecodable(v) for v in value)
+    return False
 
 
 def resealed(data: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] | None:

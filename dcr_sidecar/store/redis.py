@@ -6,6 +6,7 @@ one Lua script may touch both::
 
     {prefix}:{<upstream>:<sha256(issuer)[:16]>}:record   JSON made by records.record_to_json
     {prefix}:{<upstream>:<sha256(issuer)[:16]>}:lease    a random token, PX store.lease.ttl
+    {prefix}:{<upstream>:<sha256(issuer)[:16]>}:revision counts the record's writes
     {prefix}:key-check                                    the encryption key check (JSON)
     {prefix}:flow:<sha256(key)>                           one-time records, PX their TTL
 
@@ -22,6 +23,24 @@ Invariants:
   compare-and-swap on their exact bytes (safe beside a concurrent lease holder's write). When
   Redis is unreachable at start, this runs on first use instead.
 - Every redis-py failure becomes :class:`StoreUnreachable`; no message holds the URL's password.
+
+Failover (sentinel and cluster targets; design.md §3.4):
+- Lease takes and record writes wait for ``replica_acks`` replicas (``WAIT`` on the connection
+  that wrote, at most ``ACK_TIMEOUT``). A lease no replica acknowledged is given back and the
+  take fails; a record write no replica acknowledged is undone (compare-and-set back, under
+  the lease) and is retried like a missing master, then fails: so a write that counted as
+  done survives the promotion of a replica.
+- A command that finds no master (the old one killed, the new one not yet promoted, a
+  read-only former master, a moved slot) is retried for up to ``failover_wait`` (store.lease.
+  wait) before :class:`StoreUnreachable`: the store follows the new master without a restart.
+- A lease whose release failed is released in the background once a master answers again
+  (until it would have expired anyway), so a failover never strands the key for a lease TTL.
+- Revisions never go back in one process: each write bumps the key's revision (in the same
+  script); a read that finds an older revision than this process has already seen (a replica
+  promoted without the last write) is answered with the newer record it saw, and the next
+  write under the lease puts it back. A rotated-away secret is never served again after its
+  successor. (A single Redis found empty — restarted without persistence, flushed — was
+  emptied on purpose: that is read as empty.)
 """
 
 from __future__ import annotations
@@ -33,16 +52,26 @@ import hashlib
 import json
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dcr_sidecar import errors
 from dcr_sidecar.oauth.callback import FlowRecord
@@ -69,12 +98,25 @@ from dcr_sidecar.store.records import (
 from dcr_sidecar.store.redis_url import RedisTarget, parse_redis_url
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Client = Redis | RedisCluster
 
 CONNECT_TIMEOUT = 2.0  # seconds; an outage must turn into a quick 503, not a hung request
 COMMAND_TIMEOUT = 5.0
 CHECK_TIMEOUT = 1.0  # /readyz
 _POLL_MAX = 0.25
 _SCAN_LIMIT = 100_000  # records resealed at start; far beyond any real fleet's upstreams
+ACK_TIMEOUT = 1.0  # seconds a lease or record write waits for its replica acknowledgements
+
+
+class _Unacknowledged(RedisError):
+    """Fewer replicas than ``replica_acks`` acknowledged a write (it was given back or undone)."""
+
+
+# No master for now: a failover under way (sentinel promotion, cluster election, a moved slot),
+# or no replica caught up yet (the remaining replicas are being pointed at the new master).
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
+              TryAgainError, MovedError, AskError, _Unacknowledged)
 
 # KEYS[1] lease; ARGV[1] token, ARGV[2] ttl (ms)
 _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
@@ -82,15 +124,31 @@ _RENEW = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
 # KEYS[1] lease; ARGV[1] token
 _RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
             "return redis.call('DEL', KEYS[1]) end return 0")
-# KEYS[1] lease, KEYS[2] record; ARGV[1] token, ARGV[2] the record's JSON
-_WRITE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-          "redis.call('SET', KEYS[2], ARGV[2]) return 1 end return 0")
+# KEYS[1] lease, KEYS[2] record, KEYS[3] revision; ARGV[1] token, ARGV[2] the record's JSON,
+# ARGV[3] the newest revision the writer has seen. Returns {0} (refused) or {revision, the
+# record it replaced or ''}; the revision never goes below what the writer saw.
+_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local old = redis.call('GET', KEYS[2]) or ''
+local rev = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(ARGV[3])) + 1
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], rev)
+return {rev, old}
+"""
+# Undo an unacknowledged write: same keys; ARGV[1] token, ARGV[2] the JSON written, ARGV[3]
+# what it replaced ('' = nothing). The revision still counts up, so no reader goes back.
+_UNDO = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0 end
+if ARGV[3] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[3]) end
+return redis.call('INCR', KEYS[3])
+"""
 # KEYS[1] any key; ARGV[1] the exact bytes expected, ARGV[2] the new value
 _SWAP = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
          "redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0")
 
 
-def connect(url: Secret) -> tuple[Redis, RedisTarget, list[Redis]]:
+def connect(url: Secret) -> tuple[Client, RedisTarget, list[Redis]]:
     """A client for `url` (not yet connected: redis-py connects on first command), the parsed
     target, and any sentinel clients to close with it."""
     target = parse_redis_url(url.reveal())
@@ -101,10 +159,15 @@ def connect(url: Secret) -> tuple[Redis, RedisTarget, list[Redis]]:
         # One quick retry: a pooled connection may be dead after Redis restarted.
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     }
-    if not target.sentinel:
-        return Redis.from_url(target.url, **common), target, []
     tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": target.ssl_ca_certs} if target.tls \
         else {}
+    if target.cluster:
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.cluster_nodes],
+            username=target.username, password=target.password, **common, **tls)
+        return cluster, target, []
+    if not target.sentinel:
+        return Redis.from_url(target.url, **common), target, []
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels),
         sentinel_kwargs={**common, **tls, "password": target.sentinel_password},
@@ -117,6 +180,7 @@ def connect(url: Secret) -> tuple[Redis, RedisTarget, list[Redis]]:
 class _Lease:
     key: str
     token: str
+    until: float  # monotonic: when it expires unless extended again
     lost: bool = False
 
 
@@ -131,12 +195,15 @@ class RedisStore:
         self.sealer = sealer
         self.lease_ttl = lease_ttl
         self.lease_wait = lease_wait
+        self.replica_acks = self.target.replica_acks
+        self.failover_wait = lease_wait if self.target.fails_over else 0.0
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
-        self._write = self.client.register_script(_WRITE)
         self._swap = self.client.register_script(_SWAP)
         self._local: dict[RecordKey, asyncio.Lock] = {}
         self._held: dict[RecordKey, _Lease] = {}
+        self._newest: dict[RecordKey, tuple[int, Record | None]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
         self._prepared = False
         self._preparing = asyncio.Lock()
 
@@ -152,6 +219,9 @@ class RedisStore:
     def lease_key(self, key: RecordKey) -> str:
         return f"{self._tag(key)}:lease"
 
+    def revision_key(self, key: RecordKey) -> str:
+        return f"{self._tag(key)}:revision"
+
     @property
     def key_check_key(self) -> str:
         return f"{self.prefix}:key-check"
@@ -165,6 +235,66 @@ class RedisStore:
                 f"redis {self.target.describe()} failed ({doing}): {type(exc).__name__}: "
                 f"{scrub(str(exc))[:200]}") from exc
 
+    async def _run(self, doing: str, op: Callable[[], Awaitable[T]],
+                   wait: float | None = None) -> T:
+        """One store operation. On a target that fails over, a transient failure (no master
+        yet) is retried for up to `wait` (default ``failover_wait``) seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.failover_wait if wait is None else wait)
+        pause = 0.05
+        while True:
+            try:
+                with self._errors(doing):
+                    return await op()
+            except StoreUnreachable as exc:
+                if not isinstance(exc.__cause__, _TRANSIENT) or loop.time() + pause > deadline:
+                    raise
+                log.info("store_failover_wait", store=self.target.describe(), doing=doing,
+                         error=type(exc.__cause__).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+
+    async def _acked(self, key: str, *command: Any) -> tuple[Any, int]:
+        """Run `command` (on `key`'s node) and WAIT for ``replica_acks`` on that connection:
+        its reply and how many replicas acknowledged (``replica_acks`` when none are asked)."""
+        if not self.replica_acks:
+            return await self.client.execute_command(*command), 0
+        wait = ("WAIT", self.replica_acks, int(ACK_TIMEOUT * 1000))
+        if isinstance(self.client, RedisCluster):
+            return await self._acked_on_node(key, command, wait)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command(*wait)
+            reply, acks = await pipe.execute()
+        return reply, int(acks)
+
+    async def _acked_on_node(self, key: str, command: tuple[Any, ...],
+                             wait: tuple[Any, ...]) -> tuple[Any, int]:
+        assert isinstance(self.client, RedisCluster)
+        cluster = self.client
+        node = cluster.get_node_from_key(key)
+        assert node is not None
+        calls = [PipelineCommand(0, *command), PipelineCommand(1, *wait)]
+        try:
+            await node.execute_pipeline(calls)
+        except _TRANSIENT:
+            await self._refresh_slots()
+            raise
+        for call in calls:
+            if isinstance(call.result, Exception):
+                if isinstance(call.result, _TRANSIENT):
+                    await self._refresh_slots()
+                raise call.result
+        acks = calls[1].result
+        assert isinstance(acks, int)
+        return calls[0].result, acks
+
+    async def _refresh_slots(self) -> None:
+        """The slot moved or its master died: ask the cluster for its slots again."""
+        assert isinstance(self.client, RedisCluster)
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.nodes_manager.initialize()
+
     # -- start: the key check and resealing
 
     async def open(self) -> None:
@@ -176,7 +306,7 @@ class RedisStore:
 
     async def _ready(self) -> None:
         if not self._prepared:
-            await self._prepare()
+            await self._run("preparing the store", self._prepare)
 
     async def _prepare(self) -> None:
         async with self._preparing:
@@ -232,9 +362,22 @@ class RedisStore:
 
     async def get(self, key: RecordKey) -> Record | None:
         await self._ready()
-        with self._errors("reading a record"):
-            raw = await self.client.get(self.record_key(key))
-        return None if raw is None else record_from_json(_loads(raw), self.sealer)
+        names = [self.record_key(key), self.revision_key(key)]
+        raw, revision = await self._run("reading a record", lambda: self.client.mget(names))
+        record = None if raw is None else record_from_json(_loads(raw), self.sealer)
+        return self._no_going_back(key, int(revision or 0), record)
+
+    def _no_going_back(self, key: RecordKey, revision: int, record: Record | None) -> \
+            Record | None:
+        seen = self._newest.get(key)
+        emptied = revision == 0 and record is None and not self.target.fails_over
+        if seen is not None and revision < seen[0] and not emptied:
+            log.warning("store_went_back", key=str(key), stored_revision=revision,
+                        seen_revision=seen[0], then="serving the newer record; the next write "
+                                                    "under the lease restores it")
+            return seen[1]
+        self._newest[key] = (revision, record)
+        return record
 
     async def put(self, record: Record) -> None:
         await self._ready()
@@ -242,13 +385,32 @@ class RedisStore:
         if lease is None:
             raise LeaseLost(f"no lease is held on {record.key}; the write was refused")
         value = _dumps(record_to_json(record, self.sealer))
-        with self._errors("writing a record"):
-            written = await self._write(keys=[lease.key, self.record_key(record.key)],
-                                        args=[lease.token, value])
-        if not written:
+        keys = [lease.key, self.record_key(record.key), self.revision_key(record.key)]
+        seen = self._newest.get(record.key, (0, None))[0]
+        reply = await self._run("writing a record", lambda: self._write_acked(
+            keys, lease.token, value, seen))
+        if not reply[0]:
             lease.lost = True
             raise LeaseLost(f"the lease on {record.key} expired or was taken over by another "
                             "replica; the write was refused")
+        self._newest[record.key] = (int(reply[0]), record)
+
+    async def _write_acked(self, keys: list[str], token: str, value: str,
+                           seen: int) -> list[Any]:
+        reply, acks = await self._acked(keys[1], "EVAL", _WRITE, 3, *keys, token, value, seen)
+        if reply[0] and acks < self.replica_acks:
+            await self._undo(keys, token, value, _text(reply[1]))
+            raise _Unacknowledged(f"the record write was acknowledged by {acks} of "
+                                  f"{self.replica_acks} replica(s) within {ACK_TIMEOUT:g} s; "
+                                  "it was undone")
+        return list(reply)
+
+    async def _undo(self, keys: list[str], token: str, value: str, old: str) -> None:
+        try:
+            with self._errors("undoing an unacknowledged write"):
+                await self.client.execute_command("EVAL", _UNDO, 3, *keys, token, value, old)
+        except StoreUnreachable as exc:  # the master is gone: so, most likely, is the write
+            log.warning("store_undo_failed", detail=str(exc))
 
     # -- the lease
 
@@ -271,12 +433,14 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.lease_wait
-        lease = _Lease(self.lease_key(key), secrets.token_urlsafe(18))
+        lease = _Lease(self.lease_key(key), secrets.token_urlsafe(18), 0.0)
         pause = 0.02
         while True:
-            with self._errors("taking the lease"):
-                if await self.client.set(lease.key, lease.token, nx=True, px=self._ttl_ms):
-                    return lease
+            taken = await self._run(
+                "taking the lease", lambda: self._take_acked(lease),
+                wait=max(0.0, min(self.failover_wait, deadline - loop.time())))
+            if taken:
+                return lease
             left = deadline - loop.time()
             if left <= 0:
                 raise LeaseTimeout(f"another replica held the lease on {key} for longer than "
@@ -284,6 +448,21 @@ class RedisStore:
                                    waited=loop.time() - started)
             await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))  # noqa: S311
             pause = min(pause * 2, _POLL_MAX)
+
+    async def _take_acked(self, lease: _Lease) -> bool:
+        taken_at = asyncio.get_running_loop().time()
+        taken, acks = await self._acked(lease.key, "SET", lease.key, lease.token, "NX", "PX",
+                                        self._ttl_ms)
+        if not taken:
+            return False
+        lease.until = taken_at + self.lease_ttl
+        if acks < self.replica_acks:
+            with contextlib.suppress(RedisError):  # else it expires after its TTL
+                await self._release(keys=[lease.key], args=[lease.token])
+            raise _Unacknowledged(f"the lease was acknowledged by {acks} of "
+                                  f"{self.replica_acks} replica(s) within {ACK_TIMEOUT:g} s; "
+                                  "it was given back")
+        return True
 
     @property
     def _ttl_ms(self) -> int:
@@ -293,10 +472,13 @@ class RedisStore:
         """Extend the lease every ttl/3 while held; stop once it is found lost."""
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
+            sent_at = asyncio.get_running_loop().time()
             try:
                 with self._errors("extending the lease"):
                     extended = await self._renew(keys=[lease.key], args=[lease.token,
                                                                          self._ttl_ms])
+                if extended:
+                    lease.until = sent_at + self.lease_ttl
             except StoreError as exc:
                 log.warning("lease_extension_failed", lease=lease.key, detail=str(exc))
                 continue
@@ -313,7 +495,29 @@ class RedisStore:
                 await asyncio.wait_for(
                     self._release(keys=[lease.key], args=[lease.token]), COMMAND_TIMEOUT)
         except (StoreError, TimeoutError) as exc:  # it expires by itself after its TTL
-            log.warning("lease_release_failed", lease=lease.key, detail=str(exc))
+            log.warning("lease_release_failed", lease=lease.key, detail=str(exc),
+                        then="released once a master answers" if self.target.fails_over
+                        else "it expires after its TTL")
+            if self.target.fails_over:
+                task = asyncio.create_task(self._release_later(lease))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+
+    async def _release_later(self, lease: _Lease) -> None:
+        """Release on the new master once one answers, so waiters need not sit out the TTL
+        (the lease was replicated to the promoted replica with this holder's token)."""
+        left = lease.until - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        try:
+            released = await self._run(
+                "releasing the lease after a failover",
+                lambda: self._release(keys=[lease.key], args=[lease.token]), wait=left)
+        except StoreError as exc:
+            log.warning("lease_release_failed", lease=lease.key, detail=str(exc),
+                        then="it expires after its TTL")
+            return
+        log.info("lease_released_after_failover", lease=lease.key, released=bool(released))
 
     # -- health and end
 
@@ -329,6 +533,9 @@ class RedisStore:
         return None
 
     async def close(self) -> None:
+        for task in list(self._releasing):
+            task.cancel()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         for client in (self.client, *self._sentinels):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -343,7 +550,7 @@ class RedisFlowRecords:
     hold a PKCE verifier). Failures raise :class:`StoreUnreachable`.
     """
 
-    def __init__(self, client: Redis, *, key_prefix: str = "dcr-sidecar",
+    def __init__(self, client: Client, *, key_prefix: str = "dcr-sidecar",
                  sealer: Sealer = PLAIN) -> None:
         self.client = client
         self.prefix = key_prefix
@@ -421,4 +628,10 @@ class RedisFlowStore:
             raw = await self.records.pop(key)
         except StoreError as exc:
             raise errors.StoreUnavailable(str(exc), step="store_read", retry_after=5) from exc
-        return FlowRecord(**json.loads(raw)) if raw is not None else None
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        # A record written before records were bound carries no binding: refused as foreign.
+        data.setdefault("upstream", "")
+        data.setdefault("issuer", "")
+        return FlowRecord(**data)

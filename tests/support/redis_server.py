@@ -63,8 +63,12 @@ class RedisServer:
 
     def __init__(self, workdir: Path, *, password: str | None = None,
                  sentinel_of: RedisServer | None = None, service: str = "mymaster",
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
-        """`tls`: (certificate, key, CA) — then it listens on TLS only."""
+                 tls: tuple[Path, Path, Path] | None = None,
+                 replica_of: RedisServer | None = None, quorum: int = 1,
+                 down_after_ms: int = 5000, cluster: bool = False) -> None:
+        """`tls`: (certificate, key, CA) — then it listens on TLS only. `replica_of`: start as
+        that server's replica. `quorum`, `down_after_ms`: a sentinel's failure detection.
+        `cluster`: a Redis Cluster node (cluster-node-timeout 1 s)."""
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("redis-server is not installed: `.ci/run` installs it "
@@ -76,6 +80,10 @@ class RedisServer:
         self.sentinel_of = sentinel_of
         self.service = service
         self.tls = tls
+        self.replica_of = replica_of
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.cluster = cluster
         self.process: asyncio.subprocess.Process | None = None
         self.log = self.dir / "server.log"
 
@@ -94,8 +102,9 @@ class RedisServer:
             master = self.sentinel_of
             conf = self.dir / "sentinel.conf"
             lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
-                     f"sentinel monitor {self.service} 127.0.0.1 {master.port} 1",
-                     f"sentinel down-after-milliseconds {self.service} 5000"]
+                     f"sentinel monitor {self.service} 127.0.0.1 {master.port} {self.quorum}",
+                     f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                     f"sentinel failover-timeout {self.service} 10000"]
             if master.password:
                 lines.append(f"sentinel auth-pass {self.service} {master.password}")
             conf.write_text("\n".join(lines) + "\n")
@@ -103,7 +112,12 @@ class RedisServer:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", "dump.rdb"]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "1000"]
         if self.tls is not None:
             cert, key, ca = self.tls
             args[1] = "0"  # no plaintext port
@@ -161,6 +175,12 @@ class RedisServer:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL: the process dies at once, without a word to its clients or replicas."""
+        assert self.process is not None
+        self.process.kill()
+        await asyncio.wait_for(self.process.wait(), STOP_DEADLINE)
 
     async def shutdown(self, *, save: bool) -> None:
         """SHUTDOWN [NO]SAVE: an outage; with save=True the data comes back on restart()."""

@@ -1,0 +1,145 @@
+"""Replicated Redis for failover tests: a master, two replicas and three sentinels
+(``redis-server --sentinel``), all real processes on free loopback ports. Two replicas, so the
+promoted one still has a replica to acknowledge writes (the store WAITs for one).
+
+The sentinels agree with quorum 2 and call a master down after ``DOWN_AFTER_MS`` of silence, so
+a SIGKILLed master is replaced in a few seconds. Waiting is always on a condition with a
+deadline: the replica in sync, the sentinels knowing each other, the promotion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from tests.support.redis_server import RedisServer
+
+DOWN_AFTER_MS = 1000
+SETUP_DEADLINE = 30.0
+SERVICE = "fleet"
+
+
+async def _until(what: str, deadline_s: float, check: object) -> float:
+    """Poll the async callable `check` every 50 ms until it is true; the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await check():  # type: ignore[operator]
+        if loop.time() - started > deadline_s:
+            raise RuntimeError(f"{what}: not within {deadline_s} s")
+        await asyncio.sleep(0.05)
+    return loop.time() - started
+
+
+class SentinelGroup:
+    """A master, two replicas and three sentinels. ``kill_master()`` SIGKILLs the master;
+    ``wait_promoted()`` returns once the sentinels name a replica as master and the other
+    replica follows it; then ``master`` and ``replicas`` describe the new roles."""
+
+    def __init__(self, workdir: Path, *, password: str | None = None,
+                 replicas: int = 2) -> None:
+        self.workdir = workdir
+        self.password = password
+        self.replica_count = replicas
+        self.master: RedisServer | None = None
+        self.replicas: list[RedisServer] = []
+        self.sentinels: list[RedisServer] = []
+        self.dead: list[RedisServer] = []
+
+    @property
+    def replica(self) -> RedisServer:
+        return self.replicas[0]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [s for s in (self.master, *self.replicas, *self.dead, *self.sentinels)
+                if s is not None]
+
+    def url(self, **query: str) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        tail = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0" + (f"?{tail}" if tail else "")
+
+    def _client(self, server: RedisServer) -> Redis:
+        password = None if server in self.sentinels else self.password
+        return Redis(host="127.0.0.1", port=server.port, password=password,
+                     socket_timeout=2, decode_responses=True)
+
+    async def query(self, server: RedisServer, *command: str) -> object:
+        client = self._client(server)
+        try:
+            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+
+    async def start(self) -> SentinelGroup:
+        self.master = await RedisServer(self.workdir, password=self.password).start()
+        for _ in range(self.replica_count):
+            self.replicas.append(await RedisServer(self.workdir, password=self.password,
+                                                   replica_of=self.master).start())
+        for _ in range(3):
+            sentinel = RedisServer(self.workdir, sentinel_of=self.master, service=SERVICE,
+                                   quorum=2, down_after_ms=DOWN_AFTER_MS)
+            self.sentinels.append(await sentinel.start())
+        await _until("the replica in sync", SETUP_DEADLINE, self._replica_synced)
+        await _until("the sentinels seeing the replica and each other", SETUP_DEADLINE,
+                     self._sentinels_ready)
+        return self
+
+    async def _replica_synced(self) -> bool:
+        for replica in self.replicas:
+            info = await self.query(replica, "INFO", "replication")
+            if not isinstance(info, dict) or info.get("master_link_status") != "up" \
+                    or info.get("master_port") != self.master.port:  # type: ignore[union-attr]
+                return False
+        return True
+
+    async def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            state = await self.query(sentinel, "SENTINEL", "MASTER", SERVICE)
+            if not isinstance(state, dict) \
+                    or int(state.get("num-slaves", 0)) < self.replica_count \
+                    or int(state.get("num-other-sentinels", 0)) < 2:
+                return False
+        return True
+
+    async def master_port(self) -> int:
+        """The master's port as the first sentinel names it."""
+        addr = await self.query(self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                SERVICE)
+        assert isinstance(addr, list | tuple)
+        return int(addr[1])
+
+    async def kill_master(self) -> float:
+        """SIGKILL the master; the loop time it died."""
+        assert self.master is not None
+        await self.master.kill()
+        return asyncio.get_running_loop().time()
+
+    async def wait_promoted(self, deadline_s: float = 30.0) -> float:
+        """Wait until the sentinels name a replica master and it accepts writes (the seconds
+        waited); then until the other replicas follow it. ``master``/``replicas`` are updated."""
+        assert self.master is not None
+        old = self.master
+        by_port = {r.port: r for r in self.replicas}
+
+        async def promoted() -> bool:
+            port = await self.master_port()
+            if port not in by_port:
+                return False
+            info = await self.query(by_port[port], "INFO", "replication")
+            return isinstance(info, dict) and info.get("role") == "master"
+
+        took = await _until("a replica promoted", deadline_s, promoted)
+        self.master = by_port[await self.master_port()]
+        self.replicas = [r for r in self.replicas if r is not self.master]
+        self.dead.append(old)
+        await _until("the other replicas following the new master", deadline_s,
+                     self._replica_synced)
+        return took
+
+    async def stop(self) -> None:
+        for server in reversed(self.servers):
+            await server.stop()
