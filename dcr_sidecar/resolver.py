@@ -41,7 +41,12 @@ from typing import TypeVar
 import structlog
 
 from dcr_sidecar import errors
-from dcr_sidecar.client_keys import client_credentials, registration_key
+from dcr_sidecar.client_keys import (
+    KeySources,
+    client_credentials,
+    registration_key,
+    static_credentials,
+)
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
 from dcr_sidecar.files import write_atomic
@@ -130,6 +135,7 @@ class Resolver:
         self.rfc7592 = Rfc7592(outbound)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
+        self._key_sources: KeySources = {}  # static clients' key and assertion file readers
 
     # ------------------------------------------------------------------ public surface
 
@@ -391,7 +397,7 @@ class Resolver:
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True,
-            auth=ClientCredentials(config.client_id, config.client_secret, method))
+            auth=static_credentials(config, metadata, self._key_sources))
         self._switch(state, creds)
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:

@@ -61,6 +61,7 @@ class RecordedRequest(TypedDict):
     client_id: str | None  # the client the provider resolved for the request, if any
     route: str | None  # oidc-provider's route name, e.g. "token", "registration"
     status: int
+    assertion_kid: str | None  # the kid in a client_assertion's header, if one was sent
 
 
 class OidcProviderError(RuntimeError):
@@ -130,6 +131,7 @@ class OidcProvider:
         pkce_required: bool = False,
         access_token_ttl: int = 3600,
         extra_scopes: Sequence[str] = (),
+        clients: Sequence[Mapping[str, Any]] = (),
         port: int = 0,
         host: str = "127.0.0.1",
         startup_timeout: float = STARTUP_TIMEOUT,
@@ -144,6 +146,7 @@ class OidcProvider:
             "pkceRequired": pkce_required,
             "accessTokenTtl": access_token_ttl,
             "extraScopes": list(extra_scopes),
+            "clients": [dict(c) for c in clients],
         }
         self.startup_timeout = startup_timeout
         self._process: asyncio.subprocess.Process | None = None
