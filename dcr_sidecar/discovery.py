@@ -48,6 +48,10 @@ class Attempt:
     retry_after: float | None = None
     certificate: bool = False  # the host's TLS certificate failed verification
 
+    def report(self) -> dict[str, object]:
+        return {"url": safe_url(self.url), "outcome": self.outcome, "status": self.status,
+                "detail": self.detail}
+
     def line(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no answer"
         return f"{safe_url(self.url)} -> {self.outcome} ({status}{': ' if self.detail else ''}" \
@@ -268,18 +272,24 @@ class Discoverer:
         if rejected is not None:  # the cause, said once rather than per candidate URL
             return errors.CertificateRejected(rejected.detail, step="discover",
                                               upstream=upstream.name)
+        error: errors.UpstreamError
         if attempts and all(a.timed_out for a in attempts):
-            return errors.UpstreamTimeout(
-                f"discovery for {clean_text(expected)!r} timed out: {summary}",
-                step="discover", upstream=upstream.name)
-        if any(a.transient for a in attempts):
+            headline = f"discovery for {clean_text(expected)!r} timed out"
+            error = errors.UpstreamTimeout(f"{headline}: {summary}", step="discover",
+                                           upstream=upstream.name)
+        elif any(a.transient for a in attempts):
             waits = [a.retry_after for a in attempts if a.retry_after is not None]
-            return errors.Unavailable(
-                f"discovery for issuer {clean_text(expected)!r} failed: {summary}",
-                step="discover", upstream=upstream.name, retry_after=max(waits, default=None))
-        return errors.DiscoveryFailed(
-            f"no usable metadata for issuer {clean_text(expected)!r}: {summary}",
-            step="discover", upstream=upstream.name)
+            headline = f"discovery for issuer {clean_text(expected)!r} failed"
+            error = errors.Unavailable(
+                f"{headline}: {summary}", step="discover", upstream=upstream.name,
+                retry_after=max(waits, default=None))
+        else:
+            headline = f"no usable metadata for issuer {clean_text(expected)!r}"
+            error = errors.DiscoveryFailed(f"{headline}: {summary}", step="discover",
+                                           upstream=upstream.name)
+        error.headline = headline
+        error.attempts = tuple(a.report() for a in attempts)
+        return error
 
 
 def _same_origin(a: str, b: str) -> bool:

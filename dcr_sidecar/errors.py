@@ -118,6 +118,10 @@ class UpstreamError(SidecarError):
         super().__init__(description)
         self.step: Step = step
         self.upstream = upstream
+        # What `doctor` prints: the description without the per-URL summary, and the URLs
+        # tried, one mapping each (url, outcome, status, detail), so each is listed once.
+        self.headline = description
+        self.attempts: tuple[dict[str, object], ...] = ()
         # Set once the resolver has counted this failure toward backoff (nested flights).
         self.accounted = False
 

@@ -252,11 +252,13 @@ class Outbound:
             raise errors.CertificateRejected(f"cannot verify {safe_url(url)}: {exc}", step=step,
                                              upstream=upstream) from exc
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise _translated(exc, safe_url(url), step, upstream) from exc
+            raise _translated(exc, url, step, upstream, self.settings) from exc
 
 
-def _translated(exc: Exception, shown: str, step: errors.Step,
-                upstream: str | None) -> errors.UpstreamError:
+def _translated(exc: Exception, url: str, step: errors.Step, upstream: str | None,
+                settings: Settings) -> errors.UpstreamError:
+    """Say what went wrong as a person would, naming the host once (the URL is the caller's)."""
+    host = _host_port(url)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return errors.CertificateRejected(
             describe_failure(exc.certificate_error, exc.host, exc.port), step=step,
@@ -264,24 +266,56 @@ def _translated(exc: Exception, shown: str, step: errors.Step,
     if isinstance(exc, aiohttp.ClientConnectorError):
         refused = _address_refused(exc)
         if refused is not None:
-            return errors.PolicyRefused(f"refusing {shown}: {refused}", step=step,
+            return errors.PolicyRefused(f"refusing {safe_url(url)}: {refused}", step=step,
                                         upstream=upstream)
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
+            return errors.Unavailable(f"cannot resolve the host name of {host}", step=step,
                                       upstream=upstream)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return errors.BadUpstream(f"TLS: the handshake with {host} failed "
+                                      f"({getattr(exc.os_error, 'reason', None) or exc.os_error})",
+                                      step=step, upstream=upstream)
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return errors.Unavailable(f"connection refused by {host} — is the server running?",
+                                      step=step, upstream=upstream)
+        return errors.Unavailable(f"cannot connect to {host}: "
+                                  f"{exc.os_error.strerror or type(exc.os_error).__name__}",
+                                  step=step, upstream=upstream)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
-                                      upstream=upstream)
+        return errors.UpstreamTimeout(
+            f"{host} did not answer in time: {_which_timeout(exc, settings)}", step=step,
+            upstream=upstream)
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__,
                                                                    HttpProcessingError):
         # Not HTTP as aiohttp reads it (e.g. a two-digit status): the AS answered, badly.
         # The offending bytes are the AS's and stay out of the description.
-        return errors.BadUpstream(f"{shown} answered a malformed status line or header",
+        return errors.BadUpstream(f"{host} answered a malformed status line or header",
                                   step=step, upstream=upstream)
     if isinstance(exc, aiohttp.InvalidURL):
-        return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
-    return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
+        return errors.BadUpstream(f"invalid URL {safe_url(url)}", step=step, upstream=upstream)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return errors.Unavailable(f"{host} closed the connection without answering", step=step,
+                                  upstream=upstream)
+    reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+    return errors.Unavailable(f"cannot reach {host}: {reason or type(exc).__name__}", step=step,
                               upstream=upstream)
+
+
+def _which_timeout(exc: Exception, settings: Settings) -> str:
+    timeouts = settings.timeouts
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"could not connect within {timeouts.connect:g} s (timeouts.connect)"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return f"nothing read for {timeouts.read:g} s (timeouts.read)"
+    return f"timed out after {timeouts.total:g} s (timeouts.total)"
+
+
+def _host_port(url: str) -> str:
+    try:
+        _, host, port = authority(url)
+    except ValueError:
+        return safe_url(url)
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _literal_refusal(policy: AddressPolicy, dest: Authority) -> str | None:

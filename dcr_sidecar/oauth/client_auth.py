@@ -119,6 +119,9 @@ def _private_key_jwt(creds: ClientCredentials, fresh: Freshness) -> AuthParts:
     signer = creds.signer.current() if isinstance(creds.signer, SignerSource) else creds.signer
     if signer is None or creds.audience is None:
         raise ValueError("private_key_jwt needs a signing key and an audience")
+    scheduled = getattr(signer, "at", None)  # a key ring picks the key of this moment, once
+    if callable(scheduled):
+        signer = scheduled(fresh.now)
     assertion = client_assertion(signer, client_id=creds.client_id,
                                  audience=creds.audience, now=fresh.now, jti=fresh.jti)
     return AuthParts(form=(("client_assertion_type", JWT_BEARER),

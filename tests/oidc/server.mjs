@@ -16,6 +16,11 @@
 //   clients          []                       pre-registered (static) clients: oidc-provider
 //                                             client metadata, e.g. a private_key_jwt client
 //                                             with the public `jwks` its assertions verify with
+//   cimd             false                    true = Client ID Metadata Documents
+//                                             (features.clientIdMetadataDocument): the provider
+//                                             fetches https client_ids, loopback included (test
+//                                             only: the library's special-use address block is
+//                                             bypassed); trust a test CA with NODE_EXTRA_CA_CERTS
 //
 // Test instrumentation lives at the server root (never under the issuer prefix):
 //   GET  /__test/stats     {"registrations", "registration_attempts", "clients", "deleted"}
@@ -48,6 +53,7 @@ const CONFIG_DEFAULTS = {
   accessTokenTtl: 3600,
   extraScopes: [],
   clients: [],
+  cimd: false,
 };
 
 // Scopes beyond the OpenID ones: they are what a resource server (resource indicator) grants.
@@ -97,6 +103,7 @@ function loadConfig() {
   }
   if (typeof config.putExtendsExpiry !== 'boolean') fail('putExtendsExpiry must be a boolean');
   if (typeof config.pkceRequired !== 'boolean') fail('pkceRequired must be a boolean');
+  if (typeof config.cimd !== 'boolean') fail('cimd must be a boolean');
   if (!Number.isInteger(config.accessTokenTtl) || config.accessTokenTtl <= 0) fail('accessTokenTtl must be a positive integer');
   if (!Array.isArray(config.extraScopes) || !config.extraScopes.every((s) => typeof s === 'string' && /^[\x21\x23-\x5B\x5D-\x7E]+$/.test(s))) {
     fail('extraScopes must be a list of scope tokens');
@@ -198,7 +205,7 @@ setInterval(() => {
 // Instrumentation state
 // ---------------------------------------------------------------------------------------------
 
-const counters = { registrations: 0, registrationAttempts: 0 };
+const counters = { registrations: 0, registrationAttempts: 0, cimdFetches: 0 };
 let deleted = [];
 let requestLog = [];
 
@@ -297,6 +304,16 @@ async function buildProvider(issuer) {
 
     ...(config.pkceRequired ? { pkce: { required: () => true } } : {}),
 
+    // Test only: the library's fetch refuses special-use addresses (loopback included) through
+    // its own dispatcher; the documents a test serves live on 127.0.0.1, so drop it.
+    ...(config.cimd ? {
+      fetch: (url, options) => {
+        const { dispatcher, ...rest } = options ?? {};
+        counters.cimdFetches += 1;
+        return globalThis.fetch(url, rest);
+      },
+    } : {}),
+
     ttl: {
       AccessToken: config.accessTokenTtl,
       ClientCredentials: config.accessTokenTtl,
@@ -366,6 +383,7 @@ async function buildProvider(issuer) {
       },
       pushedAuthorizationRequests: { enabled: true },
       deviceFlow: { enabled: true },
+      clientIdMetadataDocument: { enabled: config.cimd, ack: config.cimd ? 'draft-02' : undefined },
     },
   });
 
@@ -424,6 +442,7 @@ async function handleTest(req, res, path) {
     sendJson(res, 200, {
       registrations: counters.registrations,
       registration_attempts: counters.registrationAttempts,
+      cimd_fetches: counters.cimdFetches,
       clients,
       deleted,
     });
@@ -435,6 +454,7 @@ async function handleTest(req, res, path) {
     grantIndex.clear();
     counters.registrations = 0;
     counters.registrationAttempts = 0;
+    counters.cimdFetches = 0;
     deleted = [];
     requestLog = [];
     await seedInitialAccessToken(provider);
