@@ -31,6 +31,8 @@ MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "native-sidecar": {"nativeSidecar": True},
     "metrics": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "id"}}}},
+    "monitoring": {"metrics": {"prometheusRule": {"enabled": True},
+                               "grafanaDashboard": {"enabled": True}}},
     "redis-replicas": REDIS,
     "secrets-pvc": {"existingSecret": "oauth-secrets", "store": {"file": {
         "existingClaim": "dcr-state"}}, "config": {"sidecar": {"admin": {
