@@ -64,6 +64,7 @@ class DiscoveryResult:
     source_url: str | None
     ttl: float
     attempts: list[Attempt] = field(default_factory=list)
+    fetched_at: float = field(default_factory=time.time)  # wall clock, for /client
 
 
 class Discoverer:
