@@ -50,12 +50,14 @@ def sidecar_panel(login: PendingLogin, calls: Sequence[RecordedCall]) -> str:
     """The sidecar's account of this login: its /client answer and the calls' request ids."""
     client = login.client
     method = client.get("token_endpoint_auth_method")
-    registration = client.get("registration")
-    if registration == "static":
+    mechanism = client.get("mechanism")
+    if mechanism == "static":
         registered = (f"a static client from the configuration: client_id "
                       f"<code>{esc(login.client_id)}</code>")
     else:
-        registered = (f"registered by Dynamic Client Registration (RFC 7591): client_id "
+        how = {"cimd": "a Client ID Metadata Document"}.get(
+            str(mechanism), "Dynamic Client Registration (RFC 7591)")
+        registered = (f"registered by {esc(how)}: client_id "
                       f"<code>{esc(login.client_id)}</code>, generation "
                       f"<code>{esc(client.get('generation'))}</code>, at "
                       f"<code>{esc(client.get('registered_at') or 'unknown')}</code>")

@@ -116,7 +116,6 @@ def _history(state: UpstreamState) -> dict[str, Any]:
     creds, current = state.credentials, state.current
     static = creds is not None and creds.static
     return {
-        "registration": "static" if static else "dcr",
         "registered_at": _iso(current.received_at) if current and not static else None,
         "discovered_from": (safe_url(found.source_url) if found.source_url
                             else "endpoints (configuration)") if found else None,
