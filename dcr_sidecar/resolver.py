@@ -612,6 +612,7 @@ class Resolver:
                 raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
+            self.metrics.renewal(config.name, "failure")
             return gen, record
         reason = "gone" if answer.gone else "expiry unchanged"
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
@@ -620,6 +621,7 @@ class Resolver:
 
     def _renewed(self, state: UpstreamState, gen: Generation, via: str) -> Generation:
         state.stats["renewals"] += 1
+        self.metrics.renewal(state.config.name, "success")
         audit.info("client_renewed", upstream=state.config.name, client_id=gen.client_id,
                    generation=gen.generation, via=via, expires_at=gen.client_secret_expires_at)
         return gen
