@@ -83,11 +83,8 @@ class DiscoveryResult:
     source_url: str | None
     ttl: float
     attempts: list[Attempt] = field(default_factory=list)
-<<<<<<< HEAD
-    fetched_at: float = field(default_factory=time.time)  # wall clock, for /client
-=======
     resource: ResourceFetch | None = None  # `resource` sources: the document that named the AS
->>>>>>> main
+    fetched_at: float = field(default_factory=time.time)  # wall clock, for /client
 
 
 class Discoverer:

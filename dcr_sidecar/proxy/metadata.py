@@ -17,11 +17,8 @@ from aiohttp import web
 
 from dcr_sidecar.config import Inbound, Settings, Upstream
 from dcr_sidecar.oauth.callback import as_advertises_iss
-<<<<<<< HEAD
-from dcr_sidecar.oauth.text import safe_url
-=======
 from dcr_sidecar.oauth.resource import ResourceMetadata
->>>>>>> main
+from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
 from dcr_sidecar.resolver import UpstreamState
