@@ -203,8 +203,8 @@ async def test_time_to_first_token_cimd_and_dcr(
         leak_guard: LeakGuard) -> None:
     """First contact, client_credentials, a fresh (warmed-up) AS and sidecar each round:
     discovery, then (CIMD) the AS fetching the document and JWKS from the sidecar's TLS front,
-    or (DCR) an RFC 7591 registration, then the token. Both succeed; the medians of 3 rounds are printed
-    for the report."""
+    or (DCR) an RFC 7591 registration, then the token. Both succeed; the medians of 3 rounds
+    are printed for the report."""
     times: dict[str, list[float]] = {"cimd": [], "dcr": []}
     for _ in range(ROUNDS):
         for label, cimd in (("cimd", True), ("dcr", False)):
