@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from dcr_sidecar import errors
+from dcr_sidecar.cimd import schedule
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -29,7 +30,7 @@ def authorize(request: web.Request) -> Runtime:
     runtime = request.app[RUNTIME]
     token = runtime.settings.admin.token
     if token is None:
-        raise errors.NotFound("no such route")
+        raise errors.NotFound("the admin API is disabled: set admin.token")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Constant time in the content and the length (digests are compared), and safe for any
     # bytes a client sends (aiohttp hands undecodable ones over as surrogates); the scheme is
@@ -58,7 +59,7 @@ def _next_renewal(state: UpstreamState) -> str | None:
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None
 
 
-def describe(state: UpstreamState) -> dict[str, Any]:
+def describe(state: UpstreamState, runtime: Runtime | None = None) -> dict[str, Any]:
     """One upstream as the admin API shows it (never a secret)."""
     config, creds = state.config, state.credentials
     issuer = (state.discovery.metadata.issuer if state.discovery is not None else config.issuer)
@@ -67,6 +68,8 @@ def describe(state: UpstreamState) -> dict[str, Any]:
         "source": source_of(config),
         "issuer": issuer,
         "registration": config.strategy,
+        "mechanism": state.mechanism,
+        "mechanism_reason": state.mechanism_reason,
         "client_id": creds.client_id if creds else None,
         "token_endpoint_auth_method": creds.method if creds else None,
         "generation": creds.generation if creds else None,
@@ -78,13 +81,36 @@ def describe(state: UpstreamState) -> dict[str, Any]:
         "backoff_until": _wall_clock(state.backoff_until),
         "last_error": state.last_error,
         "last_error_step": state.last_error_step,
+        **({"cimd": _cimd(state, runtime)} if runtime is not None and config.cimd_possible
+           else {}),
     }
+
+
+def _cimd(state: UpstreamState, runtime: Runtime) -> dict[str, Any]:
+    """The CIMD facts: the URLs, the key schedule (public parts), relayed invalid_client."""
+    config, settings = state.config, runtime.settings
+    record = runtime.resolver.cimd_keys.held(config.name)
+    keys = None
+    if record is not None and config.cimd.auth_method == "private_key_jwt":
+        keys = [{"kid": k.kid, "published_at": _iso(k.published_at),
+                 "signs_from": _iso(k.signs_from), "retires_at": _iso(k.retires_at)}
+                for k in schedule(record)]
+    return {"document_url": settings.cimd_document_url(config),
+            "jwks_url": (settings.cimd_jwks_url(config)
+                         if config.cimd.auth_method == "private_key_jwt" else None),
+            "auth_method": config.cimd.auth_method, "keys": keys,
+            "invalid_client": state.invalid_client}
+
+
+def _iso(when: float | None) -> str | None:
+    return None if when is None else datetime.fromtimestamp(when, UTC).isoformat(
+        timespec="seconds")
 
 
 async def list_upstreams(request: web.Request) -> web.StreamResponse:
     runtime = authorize(request)
     resolver = runtime.resolver
-    body = {"upstreams": [describe(resolver.state(name)) for name in resolver.names()]}
+    body = {"upstreams": [describe(resolver.state(name), runtime) for name in resolver.names()]}
     return web.json_response(body, headers=NO_STORE)
 
 
@@ -95,7 +121,7 @@ async def rotate(request: web.Request) -> web.StreamResponse:
     creds = await runtime.resolver.rotate(name)
     log.info("admin_rotated", upstream=name, previous_client_id=before and before.client_id,
              client_id=creds.client_id, generation=creds.generation)
-    return web.json_response(describe(runtime.resolver.state(name)), headers=NO_STORE)
+    return web.json_response(describe(runtime.resolver.state(name), runtime), headers=NO_STORE)
 
 
 async def delete_registration(request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,13 +26,15 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.errors import ConfigError
+from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.observability import remember_settings_secrets
-from dcr_sidecar.proxy import authorize, callback, metadata, token
+from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
@@ -85,11 +88,33 @@ def create_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Appli
         *(web.post(f"/{NAME}/{route}", token.handler(route)) for route in token.ROUTES),
         web.get(f"/{NAME}/authorize", authorize.authorize),
         web.get(f"/{NAME}/callback", callback.callback),
+        *(cimd_routes() if runtime.settings.front is None else ()),
         web.get(f"/{NAME}/client", metadata.client),
         web.get(f"/{NAME}/.well-known/openid-configuration", metadata.metadata),
         web.get(f"/{NAME}/.well-known/oauth-authorization-server", metadata.metadata),
         web.get(f"/.well-known/oauth-authorization-server/{NAME}", metadata.metadata),
     ])
+    return app
+
+
+def cimd_routes() -> list[web.RouteDef]:
+    """The public CIMD documents (design.md §3.11): on `front` when set, else on `listen`."""
+    return [web.get(f"/{NAME}/client-metadata.json", cimd.document),
+            web.get(f"/{NAME}/jwks.json", cimd.jwks)]
+
+
+def front_routes() -> list[web.RouteDef]:
+    """The browser-facing routes (design.md §2.3 front channel), nothing else."""
+    return [web.get(f"/{NAME}/authorize", authorize.authorize),
+            web.get(f"/{NAME}/callback", callback.callback), *cimd_routes()]
+
+
+def create_front_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Application:
+    """The `front` listener's application: only the front-channel routes, no request body."""
+    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
+    app = web.Application(middlewares=middlewares, client_max_size=1024)
+    app[RUNTIME] = runtime
+    app.add_routes(front_routes())
     return app
 
 
@@ -114,11 +139,12 @@ def _handler_args(settings: Settings) -> dict[str, Any]:
 class Bound:
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass
@@ -191,6 +217,8 @@ class Sidecar:
         self._background: list[asyncio.Task[None]] = []
         self.listen = Bound(settings.listen.host, settings.listen.port)
         self.management = Bound(settings.management.host, settings.management.port)
+        self.front: Bound | None = None
+        self.tls: FrontTls | None = None
 
     async def start(self) -> None:
         await self.outbound.start()
@@ -198,6 +226,7 @@ class Sidecar:
             await self.store.open()  # a wrong encryption key stops here, having changed nothing
             self.listen = await self._serve(create_app(self.runtime, self.in_flight),
                                             self.settings.listen.host, self.settings.listen.port)
+            await self._serve_front()
             self.management = await self._serve(create_management_app(self.runtime,
                                                                       self.in_flight),
                                                 self.settings.management.host,
@@ -209,13 +238,45 @@ class Sidecar:
         if self.settings.listen.port == 0:
             self._adopt_port(self.listen.port)
         self._start_prefetch(self.settings.upstreams)
+        self._start_cimd_keys(self.settings.upstreams)
         if self.settings.inbound.allow_unauthenticated and self.settings.inbound.client_secret \
                 is None:
             log.warning("inbound_unauthenticated", listen=self.listen.url,
                         detail="inbound.allow_unauthenticated is true: anyone who can reach the "
                                "back channel can use the app's client credentials")
         log.info("sidecar_started", listen=self.listen.url, management=self.management.url,
+                 front=self.front.url if self.front else None,
                  upstreams=[u.name for u in self.settings.upstreams], store=self.store.name)
+
+    async def _serve_front(self) -> None:
+        front = self.settings.front
+        if front is None:
+            return
+        if front.tls is not None:
+            self.tls = FrontTls(front.tls)
+        self.front = await self._serve(create_front_app(self.runtime, self.in_flight),
+                                       front.host, front.port,
+                                       ssl_context=self.tls.context if self.tls else None)
+        if front.port == 0 and not self.settings.public_base_url:
+            # Port 0 (tests): the default public base URL derives from the bound port.
+            self.settings = self.runtime.settings = self.resolver.settings = \
+                self.settings.model_copy(update={"front": front.model_copy(
+                    update={"port": self.front.port})})
+            self.outbound.update(self.settings)
+
+    def _start_cimd_keys(self, upstreams: Iterable[Upstream]) -> None:
+        """Key sets of `registration: cimd` upstreams are made at start-up (under the lock/lease),
+        so the JWKS exists before any AS asks for it; a failure is logged and retried by the
+        first request. Under `auto` they are made when CIMD is chosen or the JWKS is asked for."""
+        async def make(name: str) -> None:
+            try:
+                await self.resolver.cimd_keys.record(name)
+            except errors.SidecarError as exc:
+                log.warning("cimd_keys_not_ready", upstream=name, detail=exc.description)
+
+        for upstream in upstreams:
+            if upstream.registration == "cimd" and upstream.cimd.auth_method == "private_key_jwt":
+                self._background.append(asyncio.create_task(make(upstream.name)))
 
     def _adopt_port(self, port: int) -> None:
         """Port 0 (tests) is only known once bound; the default base URLs, and the callback
@@ -240,22 +301,24 @@ class Sidecar:
             creds = state.credentials
             yield UpstreamGauges(
                 name=name,
-                secret_expires_at=creds.expires_at if creds and not creds.static else None,
-                backoff_active=state.backoff_until > now)
+                secret_expires_at=(creds.expires_at if creds and creds.mechanism == "dcr"
+                                   else None),
+                backoff_active=state.backoff_until > now, mechanism=state.mechanism)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> Bound:
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     ssl_context: ssl.SSLContext | None = None) -> Bound:
         # In-flight requests are awaited by stop() itself (with the grace in force then);
         # the runner's own timeout only bounds the cancellation of what is left after that.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
                                **_handler_args(self.settings))
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port
-        return Bound(host, bound_port)
+        return Bound(host, bound_port, "https" if ssl_context is not None else "http")
 
     async def _prefetch(self, name: str) -> None:
         """Resolve at start-up; on failure, retry when the backoff ends (never crash); stop

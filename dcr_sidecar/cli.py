@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 
 import structlog
 
@@ -128,30 +129,67 @@ def cmd_demo_app(args: argparse.Namespace) -> int:
     return demo_app.main(args)
 
 
+EXIT_CODES = """\
+exit codes:
+  0  success (serve: stopped cleanly)
+  1  failure (doctor: a check failed; serve: cannot listen or read the store)
+  2  invalid configuration or arguments (every configuration error is listed)"""
+COMMANDS = {
+    "serve": ("run the sidecar (the OAuth listener and the management listener)",
+              "Run the sidecar until SIGTERM or Ctrl-C; SIGHUP or a changed file reloads."),
+    "check-config": ("validate the configuration and print a summary",
+                     "Validate the configuration file and list every error at once "
+                     "(file, YAML path, value, hint); contacts nothing."),
+    "config-schema": ("print the JSON Schema of the configuration file",
+                      "Print the JSON Schema of the configuration file (for editors and CI)."),
+    "doctor": ("check one upstream: discovery, registration endpoint, auth method",
+               "Diagnose one upstream: try every discovery URL and show what each answered, "
+               "the registration endpoint and the client authentication method the sidecar "
+               "would use. Only reads from the authorization server unless --register."),
+    "demo-app": ("a small web app to try a login through the sidecar",
+                 "Serve a small web app that logs in through the sidecar (make demo starts "
+                 "it with a local OIDC provider)."),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcr-sidecar",
-        description="OAuth 2 Dynamic Client Registration as a sidecar.")
-    parser.add_argument("--version", action="version", version=f"dcr-sidecar {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        description=textwrap.fill(
+            "OAuth 2 Dynamic Client Registration as a sidecar: your app talks to the sidecar "
+            "as if it were the authorization server; the sidecar discovers the AS, registers "
+            "a client and adds its credentials.", 79),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dcr-sidecar {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        short, long = COMMANDS[name]
+        return sub.add_parser(name, help=short, description=textwrap.fill(long, 79),
+                              epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", metavar="PATH", help="YAML file (default: "
+        p.add_argument("--config", metavar="PATH", help="the YAML configuration file (default: "
                        "$DCR_SIDECAR_CONFIG, then ./config/sidecar.yaml)")
         return p
 
-    with_config(sub.add_parser("serve", help="run the sidecar")).set_defaults(func=cmd_serve)
-    with_config(sub.add_parser("check-config", help="validate the configuration")).set_defaults(
-        func=cmd_check_config)
-    sub.add_parser("config-schema", help="print the JSON Schema of the configuration"
-                   ).set_defaults(func=cmd_config_schema)
-    doctor = with_config(sub.add_parser("doctor", help="diagnose discovery for one upstream"))
-    doctor.add_argument("upstream")
+    with_config(command("serve")).set_defaults(func=cmd_serve)
+    with_config(command("check-config")).set_defaults(func=cmd_check_config)
+    command("config-schema").set_defaults(func=cmd_config_schema)
+    doctor = with_config(command("doctor"))
+    doctor.add_argument("upstream", metavar="UPSTREAM",
+                        help="the name of the upstream to check (upstreams[].name)")
     doctor.add_argument("--register", action="store_true",
-                        help="also resolve credentials through the configured store")
-    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+                        help="also obtain credentials: registers a REAL client at the "
+                             "authorization server (or reuses the one in the configured "
+                             "store) and keeps it in that store")
+    doctor.add_argument("--json", action="store_true",
+                        help="print the report as JSON instead of text")
     doctor.set_defaults(func=cmd_doctor)
-    demo = sub.add_parser("demo-app", help="a small web app to try a login through the sidecar")
+    demo = command("demo-app")
     from dcr_sidecar import demo_app
 
     demo_app.add_arguments(demo)
@@ -160,12 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; a closed stdout (``| head``) or Ctrl-C ends it without a traceback."""
     try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_CONFIG
+        args = build_parser().parse_args(argv)
+        try:
+            code: int = args.func(args)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
+        sys.stdout.flush()
     except KeyboardInterrupt:
-        return EXIT_OK
+        return 130  # the shell's code for SIGINT
+    except BrokenPipeError:
+        # The reader went away: point stdout at /dev/null so the interpreter's final flush
+        # does not raise again (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     return code

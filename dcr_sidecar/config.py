@@ -262,6 +262,27 @@ class Listen(_Model):
     port: Port = 8080
 
 
+class FrontTls(_Model):
+    """PEM files for the front listener; re-read when they change (a Secret rotation)."""
+
+    cert_file: str
+    key_file: str
+
+    def _problems(self) -> Iterator[Problem]:
+        for key in ("cert_file", "key_file"):
+            if not Path(getattr(self, key)).is_file():
+                yield Problem((key,), "is not a readable file",
+                              "mount the TLS Secret there (PEM), or remove front.tls")
+
+
+class Front(_Model):
+    """The browser-facing listener (design.md §2.2, §3.11)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8081
+    tls: FrontTls | None = None
+
+
 class Management(_Model):
     host: str = "127.0.0.1"
     port: Port = 9090
@@ -377,9 +398,32 @@ IpNetwork = Annotated[
 ]
 
 
+class Tls(_Model):
+    """Trust anchors for outbound TLS (design.md §3.8); verification itself is never optional."""
+
+    ca_file: str | None = None
+    ca_dir: str | None = None
+    system: bool = True
+
+    @model_validator(mode="after")
+    def _anchors(self) -> Tls:
+        if not self.system and self.ca_file is None and self.ca_dir is None:
+            raise _keyed("system", "false needs ca_file or ca_dir (else nothing is trusted)")
+        if self.ca_file is None and self.ca_dir is None:
+            return self
+        from dcr_sidecar.tls import AnchorError, build_context
+
+        try:
+            build_context(self)
+        except AnchorError as exc:
+            raise _keyed(exc.key, exc.message) from None
+        return self
+
+
 class Security(_Model):
     allow_private_networks: list[IpNetwork] = Field(default_factory=list)
     allow_http: list[str] = Field(default_factory=list)
+    tls: Tls = Tls()
 
     @field_validator("allow_private_networks", mode="before")
     @classmethod
@@ -418,6 +462,40 @@ class Endpoints(BaseModel):
         return doc
 
 
+class Cimd(_Model):
+    """Client ID Metadata Documents (design.md §3.11)."""
+
+    auth_method: Literal["private_key_jwt", "none"] = "private_key_jwt"
+    max_age: Annotated[int, Field(ge=0, le=86400)] = 300
+    key_overlap: Annotated[float, Field(gt=0)] | None = None
+    key_rotation: Annotated[float, Field(gt=0)] | None = None
+    document_url: str | None = None
+    jwks_url: str | None = None
+
+    @field_validator("document_url", "jwks_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme != "https" or not parts.hostname or parts.fragment \
+                    or parts.username is not None or parts.password is not None:
+                raise ValueError("must be an https URL without userinfo or fragment "
+                                 "(the CIMD draft's client_id rules)")
+        return value
+
+    @property
+    def overlap(self) -> float:
+        """How long a new key is published before it signs, and an old one after it stops."""
+        return self.key_overlap if self.key_overlap is not None else 2.0 * self.max_age
+
+    def _problems(self) -> Iterator[Problem]:
+        if self.key_rotation is not None and self.key_rotation <= 2 * self.overlap:
+            yield Problem(("key_rotation",), f"must exceed twice key_overlap "
+                          f"({2 * self.overlap:g} s): a rotation ends only after two overlaps",
+                          "raise key_rotation or lower key_overlap / max_age",
+                          involves=("key_overlap", "max_age"))
+
+
 class Upstream(_Model):
     name: str
     issuer: str | None = None
@@ -425,6 +503,7 @@ class Upstream(_Model):
     resource: str | None = None
     endpoints: Endpoints | None = None
     registration: Literal["auto", "static", "dcr", "cimd"] = "auto"
+    cimd: Cimd = Cimd()
     client_id: str | None = None
     client_secret: SecretField = None
     token_endpoint_auth_method: AuthMethod | None = None
@@ -517,15 +596,12 @@ class Upstream(_Model):
             yield Problem(("resource",), "must not have a fragment (RFC 8707 §2)")
 
     def _check_registration(self) -> Iterator[Problem]:
-        if self.registration == "cimd":
-            yield Problem(("registration",), "cimd (Client ID Metadata Documents) is planned "
-                          "after version 1 and not supported yet", "use dcr or static")
-            return
         deciding = ("registration", "client_id")
         if self.strategy == "static":
             yield from self._check_static(deciding)
             return
-        why = "registration: dcr" if self.registration == "dcr" else "no client_id, so DCR"
+        why = (f"registration: {self.registration}" if self.registration != "auto"
+               else "no client_id, so DCR or CIMD")
         for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
             if getattr(self, key) is None:
                 continue
@@ -579,10 +655,18 @@ class Upstream(_Model):
             )
 
     @property
-    def strategy(self) -> Literal["static", "dcr"]:
+    def strategy(self) -> Literal["static", "dcr", "cimd"]:
+        """The configured way: `auto` is static with a client_id, else dynamic ("dcr"), where
+        the resolver may still pick CIMD (see :attr:`cimd_possible`)."""
         if self.registration == "auto":
             return "static" if self.client_id else "dcr"
-        return "static" if self.registration == "static" else "dcr"
+        return self.registration
+
+    @property
+    def cimd_possible(self) -> bool:
+        """Does the sidecar publish a CIMD document for this upstream (design.md §3.11)?"""
+        return self.registration == "cimd" or (self.registration == "auto"
+                                               and not self.client_id)
 
     @property
     def static_auth_method(self) -> str:
@@ -631,7 +715,7 @@ def _is_loopback_host(host: str) -> bool:
 class Settings(_Model):
     version: Literal[1]
     listen: Listen = Listen()
-    front: Listen | None = None
+    front: Front | None = None
     public_base_url: str | None = None
     backchannel_base_url: str | None = None
     inbound: Inbound = Inbound()
@@ -670,9 +754,6 @@ class Settings(_Model):
             yield Problem(("front",), "host is not loopback",
                           "set public_base_url to the address browsers use",
                           involves=("public_base_url",))
-        if self.front is not None:
-            yield Problem(("front",), "a separate browser-facing listener is not available in "
-                          "this build yet", "remove front")
         for key in ("public_base_url", "backchannel_base_url"):
             base = getattr(self, key)
             if base is not None and (
@@ -725,9 +806,9 @@ class Settings(_Model):
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
         if self.front is not None:
-            return f"http://{_url_host(self.front.host)}:{self.front.port}"
-        port = f":{self.listen.port}" if self.listen.port != 80 else ""  # as a browser writes it
-        return f"http://127.0.0.1{port}"
+            scheme = "https" if self.front.tls is not None else "http"
+            return _origin(scheme, _url_host(self.front.host), self.front.port)
+        return _origin("http", "127.0.0.1", self.listen.port)
 
     @property
     def backchannel_base(self) -> str:
@@ -747,6 +828,14 @@ class Settings(_Model):
         """The redirect URI registered at the AS under `callback: sidecar` (design.md §3.6)."""
         return f"{self.public_base}/{name}/callback"
 
+    def cimd_document_url(self, upstream: Upstream) -> str:
+        """The CIMD client_id: where the document is published (design.md §3.11)."""
+        default = f"{self.public_base}/{upstream.name}/client-metadata.json"
+        return upstream.cimd.document_url or default
+
+    def cimd_jwks_url(self, upstream: Upstream) -> str:
+        return upstream.cimd.jwks_url or f"{self.public_base}/{upstream.name}/jwks.json"
+
     def sidecar_issuer(self, name: str) -> str:
         """The issuer served to the app under `app_issuer: sidecar`."""
         return f"{self.backchannel_base}/{name}"
@@ -756,6 +845,12 @@ class Settings(_Model):
         if upstream.callback == "app":
             return list(upstream.redirect_uris)
         return [self.callback_uri(upstream.name)] if upstream.response_types else []
+
+
+def _origin(scheme: str, host: str, port: int) -> str:
+    """As a browser writes it: without the scheme's default port (WHATWG URL)."""
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port != default else "")
 
 
 def _url_host(host: str) -> str:

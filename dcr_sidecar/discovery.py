@@ -46,6 +46,11 @@ class Attempt:
     transient: bool = False
     timed_out: bool = False
     retry_after: float | None = None
+    certificate: bool = False  # the host's TLS certificate failed verification
+
+    def report(self) -> dict[str, object]:
+        return {"url": safe_url(self.url), "outcome": self.outcome, "status": self.status,
+                "detail": self.detail}
 
     def line(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no answer"
@@ -210,6 +215,7 @@ class Discoverer:
             response = await self._get_following(upstream, attempt)
         except errors.BadUpstream as exc:  # refused, too many redirects, body over the cap
             attempt.outcome, attempt.detail = "failed", exc.description
+            attempt.certificate = isinstance(exc, errors.CertificateRejected)
             return None
         except errors.UpstreamError as exc:
             attempt.outcome, attempt.detail = "failed", exc.description
@@ -262,18 +268,28 @@ class Discoverer:
     def _failure(self, upstream: Upstream, attempts: list[Attempt],
                  expected: str) -> errors.UpstreamError:
         summary = "; ".join(a.line() for a in attempts)
+        rejected = next((a for a in attempts if a.certificate), None)
+        if rejected is not None:  # the cause, said once rather than per candidate URL
+            return errors.CertificateRejected(rejected.detail, step="discover",
+                                              upstream=upstream.name)
+        error: errors.UpstreamError
         if attempts and all(a.timed_out for a in attempts):
-            return errors.UpstreamTimeout(
-                f"discovery for {clean_text(expected)!r} timed out: {summary}",
-                step="discover", upstream=upstream.name)
-        if any(a.transient for a in attempts):
+            headline = f"discovery for {clean_text(expected)!r} timed out"
+            error = errors.UpstreamTimeout(f"{headline}: {summary}", step="discover",
+                                           upstream=upstream.name)
+        elif any(a.transient for a in attempts):
             waits = [a.retry_after for a in attempts if a.retry_after is not None]
-            return errors.Unavailable(
-                f"discovery for issuer {clean_text(expected)!r} failed: {summary}",
-                step="discover", upstream=upstream.name, retry_after=max(waits, default=None))
-        return errors.DiscoveryFailed(
-            f"no usable metadata for issuer {clean_text(expected)!r}: {summary}",
-            step="discover", upstream=upstream.name)
+            headline = f"discovery for issuer {clean_text(expected)!r} failed"
+            error = errors.Unavailable(
+                f"{headline}: {summary}", step="discover", upstream=upstream.name,
+                retry_after=max(waits, default=None))
+        else:
+            headline = f"no usable metadata for issuer {clean_text(expected)!r}"
+            error = errors.DiscoveryFailed(f"{headline}: {summary}", step="discover",
+                                           upstream=upstream.name)
+        error.headline = headline
+        error.attempts = tuple(a.report() for a in attempts)
+        return error
 
 
 def _same_origin(a: str, b: str) -> bool:

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings
+from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.observability import remember_settings_secrets, scrub
 from dcr_sidecar.registrar import Registrar, registration_endpoint
@@ -55,19 +57,31 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
         result = await Discoverer(outbound).discover(
             upstream, need_registration=upstream.strategy == "dcr", await_all=True)
     except errors.UpstreamError as exc:
-        report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.description}
+        report["attempts"] = list(exc.attempts)
+        report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.headline}
         return EXIT_FAILURE
-    finally:
-        pass
     meta = result.metadata
-    report["attempts"] = [
-        {"url": safe_url(a.url), "outcome": a.outcome, "status": a.status, "detail": a.detail}
-        for a in result.attempts]
+    report["attempts"] = [a.report() for a in result.attempts]
     report["chosen"] = safe_url(result.source_url) if result.source_url else "endpoints (config)"
     report["issuer"] = meta.issuer
     report["endpoints"] = {k: safe_url(v) for k, v in meta.document.items()
                            if k.endswith("_endpoint") and isinstance(v, str)}
-    if upstream.strategy == "dcr":
+    try:
+        mechanism, why = cimd_rules.choose(
+            registration=upstream.registration, has_client_id=bool(upstream.client_id),
+            metadata=meta.document, metadata_url=result.source_url,
+            client_id_url=settings.cimd_document_url(upstream),
+            auth_method=upstream.cimd.auth_method)
+    except ProtocolError as exc:
+        report["error"] = {"step": "register", "error": "server_error", "detail": exc.reason}
+        return EXIT_FAILURE
+    report["mechanism"] = {"mechanism": mechanism, "why": why}
+    if upstream.cimd_possible:
+        report["cimd"] = await check_published(settings, upstream)
+    if mechanism == "cimd":
+        report["auth_method"] = {"method": upstream.cimd.auth_method,
+                                 "why": "cimd.auth_method (a CIMD client never uses a secret)"}
+    elif upstream.strategy == "dcr":
         endpoint, provenance = registration_endpoint(upstream, meta)
         report["registration_endpoint"] = {"url": safe_url(endpoint), "source": provenance}
         if provenance == "guessed":
@@ -112,13 +126,77 @@ async def _register(settings: Settings, name: str, report: dict[str, Any]) -> in
         await sidecar.store.close()
     state = sidecar.resolver.state(name)
     report["client"] = {
-        "client_id": creds.client_id, "generation": creds.generation,
+        "client_id": creds.client_id, "mechanism": creds.mechanism,
+        "generation": creds.generation,
         "token_endpoint_auth_method": creds.method,
         "client_secret_expires_at": creds.expires_at,
         "registered_now": state.stats["registrations"] > 0,
         "checked_at": int(time.time()),
     }
     return EXIT_OK
+
+
+async def check_published(settings: Settings, upstream: Upstream) -> dict[str, Any]:
+    """Fetch the document and JWKS through their public URLs (as the AS would) and compare
+    them with what this configuration and the store say they must be."""
+    from dcr_sidecar.cimd import document_of
+
+    out: dict[str, Any] = {"document_url": settings.cimd_document_url(upstream)}
+    expected = json.loads(document_of(settings, upstream).body)
+    out["document"] = await _compare(out["document_url"], expected)
+    if upstream.cimd.auth_method == "private_key_jwt":
+        out["jwks_url"] = settings.cimd_jwks_url(upstream)
+        keys = await _stored_jwks(settings, upstream.name)
+        out["jwks"] = await _compare(out["jwks_url"], keys)
+    return out
+
+
+async def _stored_jwks(settings: Settings, name: str) -> dict[str, Any] | None:
+    from dcr_sidecar.cimd import jwks_of, keys_record_key
+    from dcr_sidecar.store import open_store
+    from dcr_sidecar.store.errors import StoreError
+
+    if settings.store.backend == "memory":
+        return None
+    store = open_store(settings.store)
+    try:
+        await store.open()
+        record = await store.get(keys_record_key(name))
+    except (StoreError, OSError, ValueError):
+        return None
+    finally:
+        await store.close()
+    return json.loads(jwks_of(record).body) if record is not None else None
+
+
+async def _compare(url: str, expected: dict[str, Any] | None) -> dict[str, Any]:
+    """GET `url` (public: no credentials, no redirects) and say whether it matches."""
+    import ssl
+
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    trust = ssl.create_default_context()  # made now: honours SSL_CERT_FILE / SSL_CERT_DIR
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                url, allow_redirects=False, ssl=trust) as resp:
+            status = resp.status
+            body = await resp.content.read(1 << 20)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"reachable": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    if status != 200:
+        return {"reachable": False, "detail": f"HTTP {status}"}
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return {"reachable": True, "matches": False, "detail": "not JSON"}
+    if expected is None:
+        return {"reachable": True, "matches": None,
+                "detail": "nothing to compare with: no stored key set readable here"}
+    if found == expected:
+        return {"reachable": True, "matches": True}
+    differing = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    return {"reachable": True, "matches": False, "detail": f"differs in: {', '.join(differing)}"}
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
@@ -146,11 +224,21 @@ def _render(report: dict[str, Any], out: Callable[[str], object]) -> None:
         reg = report["registration_endpoint"]
         out(f"registration endpoint: {reg['url']} ({reg['source']})"
               f"{' — ' + reg['note'] if 'note' in reg else ''}")
+    if "mechanism" in report:
+        out(f"mechanism: {report['mechanism']['mechanism']} — {report['mechanism']['why']}")
+    for what in ("document", "jwks"):
+        check = report.get("cimd", {}).get(what)
+        if check is not None:
+            verdict = ("unreachable" if not check["reachable"] else
+                       {True: "matches", False: "DIFFERS", None: "reachable"}[check["matches"]])
+            detail = f" — {check['detail']}" if check.get("detail") else ""
+            out(f"CIMD {what}: {report['cimd'][what + '_url']}: {verdict}{detail}")
     if "auth_method" in report:
         out(f"auth method: {report['auth_method']['method']} — {report['auth_method']['why']}")
     if "client" in report:
         client = report["client"]
-        out(f"client: {client['client_id']} generation {client['generation']}, "
+        out(f"client ({client['mechanism']}): {client['client_id']} "
+              f"generation {client['generation']}, "
               f"{client['token_endpoint_auth_method']}, expires_at "
               f"{client['client_secret_expires_at'] or 'never'}"
               f"{' (registered now)' if client['registered_now'] else ' (from the store)'}")

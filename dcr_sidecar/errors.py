@@ -23,7 +23,9 @@
             ├── NoDynamicRegistration  404/405/501 from the registration endpoint
             ├── InsufficientRegistration  the §3.2 response rules failed
             ├── NoAuthMethod           no common client authentication method
-            └── PolicyRefused          the outbound address / authority policy refused a URL
+            ├── PolicyRefused          the outbound address / authority policy refused a URL
+            ├── CertificateRejected    the AS's TLS certificate failed verification
+            └── CredentialUnavailable  the client's key or ready-made assertion cannot be used
 
 ``ConfigError`` is separate: it never reaches HTTP, it stops start-up (exit 2).
 
@@ -116,6 +118,10 @@ class UpstreamError(SidecarError):
         super().__init__(description)
         self.step: Step = step
         self.upstream = upstream
+        # What `doctor` prints: the description without the per-URL summary, and the URLs
+        # tried, one mapping each (url, outcome, status, detail), so each is listed once.
+        self.headline = description
+        self.attempts: tuple[dict[str, object], ...] = ()
         # Set once the resolver has counted this failure toward backoff (nested flights).
         self.accounted = False
 
@@ -196,6 +202,14 @@ class NoAuthMethod(BadUpstream):
 
 class PolicyRefused(BadUpstream):
     pass
+
+
+class CertificateRejected(BadUpstream):
+    """Host, failed check and the setting that fixes it (dcr_sidecar.tls.describe_failure)."""
+
+
+class CredentialUnavailable(BadUpstream):
+    """A static client's key file or client assertion file is unusable (expired, unreadable)."""
 
 
 class ConfigError(Exception):

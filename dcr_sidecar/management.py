@@ -30,9 +30,12 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         upstreams[upstream.name] = {
             "required": upstream.required,
             "credentials": has,
+            "mechanism": state.mechanism,
             "last_error": state.last_error,
             "last_error_step": state.last_error_step,
         }
+        if state.invalid_client:
+            upstreams[upstream.name]["cimd_invalid_client"] = state.invalid_client
         if upstream.required and not has:
             ready = False
     store = runtime.resolver.store

@@ -42,6 +42,7 @@ class UpstreamGauges:
     name: str
     secret_expires_at: int | None  # None: no dynamic credentials held; 0: never expires
     backoff_active: bool
+    mechanism: str | None = None  # static | cimd | dcr once resolved (design.md §3.11)
 
 
 class _StateCollector(Collector):
@@ -57,12 +58,19 @@ class _StateCollector(Collector):
             "dcr_sidecar_backoff_active",
             "1 while the upstream's resolution is backing off after a failure.",
             labels=["upstream"])
+        mechanism = GaugeMetricFamily(
+            "dcr_sidecar_client_mechanism",
+            "1 for the way the upstream's client was obtained: static, cimd or dcr.",
+            labels=["upstream", "mechanism"])
         for gauges in self._source():
             if gauges.secret_expires_at is not None:
                 expiry.add_metric([gauges.name], float(gauges.secret_expires_at))
             backoff.add_metric([gauges.name], 1.0 if gauges.backoff_active else 0.0)
+            if gauges.mechanism is not None:
+                mechanism.add_metric([gauges.name, gauges.mechanism], 1.0)
         yield expiry
         yield backoff
+        yield mechanism
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -94,6 +102,10 @@ class Metrics:
         self.store_errors = Counter(
             "dcr_sidecar_store_errors", "Credential store failures, by operation.",
             ["operation"], registry=registry)
+        self.cimd_invalid_clients = Counter(
+            "dcr_sidecar_cimd_invalid_client",
+            "invalid_client answers the AS gave a CIMD client (relayed; nothing to re-register).",
+            ["upstream"], registry=registry)
         self.client_id_changes = Counter(
             "dcr_sidecar_client_id_changes",
             "Times the client_id served for an upstream changed (a new client generation).",
@@ -152,6 +164,9 @@ class Metrics:
 
     def store_error(self, operation: str) -> None:
         self.store_errors.labels(operation).inc()
+
+    def cimd_invalid_client(self, upstream: str) -> None:
+        self.cimd_invalid_clients.labels(self.upstream_label(upstream)).inc()
 
     def client_id_seen(self, upstream: str, previous: HasClientId | None,
                        current: HasClientId) -> None:

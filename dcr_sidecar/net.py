@@ -2,8 +2,12 @@
 read caps, and the one place where foreign exceptions become sidecar errors.
 
 Invariants:
-- One pooled ``ClientSession`` per process, ``trust_env=False`` (no egress proxies in v1), no
-  cookies, the ``timeouts`` of the configuration on every request.
+- One pooled ``ClientSession`` per process, ``trust_env=False`` (the environment's proxy
+  variables count only through ``egress.from_environment``), no cookies, the ``timeouts`` of
+  the configuration on every request.
+- TLS is always verified against the ``security.tls`` anchors, read again when their files
+  change (:mod:`dcr_sidecar.tls`); a failed check becomes ``CertificateRejected`` naming the
+  host, the check and the setting that fixes it.
 - https only, except ``security.allow_http`` hosts (:meth:`Outbound.check_url`).
 - Every connection passes the dial-time address policy of :mod:`dcr_sidecar.dial`; the request
   names its destination authority so the policy knows whether it is a configured one.
@@ -45,6 +49,7 @@ from dcr_sidecar.dial import (
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.tls import AnchorError, TrustAnchors, describe_failure
 
 __all__ = ["BodyTooLarge", "Outbound", "Response", "authority", "read_capped"]
 
@@ -79,6 +84,7 @@ class Outbound:
         self.settings = settings
         self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
+        self.trust = TrustAnchors(settings.security.tls)
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -131,6 +137,8 @@ class Outbound:
         fresh = AddressPolicy.from_settings(settings)
         changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
                                                         self.policy.configured)
+        if settings.security.tls != self.settings.security.tls:
+            self.trust = TrustAnchors(settings.security.tls)
         self.settings = settings
         self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
@@ -208,7 +216,8 @@ class Outbound:
                         self._slot(upstream or authority_text(dest)), \
                         self._open_session(step, upstream).request(
                             method, url, headers=headers, data=data, json=json_body,
-                            allow_redirects=False, timeout=self._timeout()) as resp:
+                            allow_redirects=False, timeout=self._timeout(),
+                            ssl=self.trust.context()) as resp:
                     cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
                         error_limit or limits.max_error_body_bytes)
                     body = await read_capped(resp, cap, url, step=step, upstream=upstream)
@@ -239,33 +248,74 @@ class Outbound:
             yield
         except errors.SidecarError:
             raise
+        except AnchorError as exc:  # the files went away before they were ever loaded
+            raise errors.CertificateRejected(f"cannot verify {safe_url(url)}: {exc}", step=step,
+                                             upstream=upstream) from exc
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise _translated(exc, safe_url(url), step, upstream) from exc
+            raise _translated(exc, url, step, upstream, self.settings) from exc
 
 
-def _translated(exc: Exception, shown: str, step: errors.Step,
-                upstream: str | None) -> errors.UpstreamError:
+def _translated(exc: Exception, url: str, step: errors.Step, upstream: str | None,
+                settings: Settings) -> errors.UpstreamError:
+    """Say what went wrong as a person would, naming the host once (the URL is the caller's)."""
+    host = _host_port(url)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return errors.CertificateRejected(
+            describe_failure(exc.certificate_error, exc.host, exc.port), step=step,
+            upstream=upstream)
     if isinstance(exc, aiohttp.ClientConnectorError):
         refused = _address_refused(exc)
         if refused is not None:
-            return errors.PolicyRefused(f"refusing {shown}: {refused}", step=step,
+            return errors.PolicyRefused(f"refusing {safe_url(url)}: {refused}", step=step,
                                         upstream=upstream)
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return errors.Unavailable(f"cannot resolve the host of {shown}", step=step,
+            return errors.Unavailable(f"cannot resolve the host name of {host}", step=step,
                                       upstream=upstream)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return errors.BadUpstream(f"TLS: the handshake with {host} failed "
+                                      f"({getattr(exc.os_error, 'reason', None) or exc.os_error})",
+                                      step=step, upstream=upstream)
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return errors.Unavailable(f"connection refused by {host} — is the server running?",
+                                      step=step, upstream=upstream)
+        return errors.Unavailable(f"cannot connect to {host}: "
+                                  f"{exc.os_error.strerror or type(exc.os_error).__name__}",
+                                  step=step, upstream=upstream)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return errors.UpstreamTimeout(f"{shown} did not answer in time", step=step,
-                                      upstream=upstream)
+        return errors.UpstreamTimeout(
+            f"{host} did not answer in time: {_which_timeout(exc, settings)}", step=step,
+            upstream=upstream)
     if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__,
                                                                    HttpProcessingError):
         # Not HTTP as aiohttp reads it (e.g. a two-digit status): the AS answered, badly.
         # The offending bytes are the AS's and stay out of the description.
-        return errors.BadUpstream(f"{shown} answered a malformed status line or header",
+        return errors.BadUpstream(f"{host} answered a malformed status line or header",
                                   step=step, upstream=upstream)
     if isinstance(exc, aiohttp.InvalidURL):
-        return errors.BadUpstream(f"invalid URL {shown}", step=step, upstream=upstream)
-    return errors.Unavailable(f"cannot reach {shown}: {type(exc).__name__}", step=step,
+        return errors.BadUpstream(f"invalid URL {safe_url(url)}", step=step, upstream=upstream)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return errors.Unavailable(f"{host} closed the connection without answering", step=step,
+                                  upstream=upstream)
+    reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+    return errors.Unavailable(f"cannot reach {host}: {reason or type(exc).__name__}", step=step,
                               upstream=upstream)
+
+
+def _which_timeout(exc: Exception, settings: Settings) -> str:
+    timeouts = settings.timeouts
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"could not connect within {timeouts.connect:g} s (timeouts.connect)"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return f"nothing read for {timeouts.read:g} s (timeouts.read)"
+    return f"timed out after {timeouts.total:g} s (timeouts.total)"
+
+
+def _host_port(url: str) -> str:
+    try:
+        _, host, port = authority(url)
+    except ValueError:
+        return safe_url(url)
+    return f"{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _literal_refusal(policy: AddressPolicy, dest: Authority) -> str | None:

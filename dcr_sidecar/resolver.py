@@ -23,6 +23,10 @@ Guarantees:
 - Client generations (design.md §3.4): a new generation supersedes the previous one, which stays
   usable for `generation_grace` (one-time fallback on invalid_grant) and is deleted (RFC 7592
   DELETE) after it. Static clients are never registered, renewed, invalidated or deleted.
+- The mechanism (design.md §3.11) is chosen per resolution: static > CIMD > DCR. A CIMD client
+  registers nothing: its client_id is the document URL, its keys come from :class:`CimdKeys`
+  (made once per upstream under the lock/lease), and an `invalid_client` for it is relayed and
+  reported, never "recovered" by registering.
 - Every failure is typed and names its step; unexpected exceptions become ``BadUpstream``.
   A failed resolution backs off (full jitter, Retry-After honoured); callers during backoff get
   ``BackingOff`` (503 + Retry-After) at once. One upstream never delays another.
@@ -41,6 +45,7 @@ from typing import TypeVar
 import structlog
 
 from dcr_sidecar import errors
+from dcr_sidecar.cimd import CimdKeys, KeyRingSigner, schedule
 from dcr_sidecar.client_keys import client_credentials, registration_key
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
@@ -48,6 +53,8 @@ from dcr_sidecar.files import write_atomic
 from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.client_auth import ClientCredentials
 from dcr_sidecar.oauth.lifetime import management_fields, renew_at, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
@@ -81,6 +88,7 @@ class Credentials:
     expires_at: int
     static: bool
     auth: ClientCredentials  # encoded per request (oauth.client_auth.auth_parts)
+    mechanism: str = "dcr"  # static | cimd | dcr (design.md §3.11)
 
     @property
     def issuer(self) -> str:
@@ -110,6 +118,9 @@ class UpstreamState:
     recover_until: float = 0.0  # monotonic
     registered_here: set[int] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    mechanism: str | None = None  # static | cimd | dcr, once resolved
+    mechanism_reason: str | None = None
+    invalid_client: int = 0  # CIMD: invalid_client answers relayed (nothing to recover)
     stats: dict[str, int] = field(default_factory=lambda: {
         "registrations": 0, "discoveries": 0, "renewals": 0, "recoveries": 0, "deletions": 0})
 
@@ -128,6 +139,7 @@ class Resolver:
         self.discoverer = Discoverer(outbound)
         self.registrar = Registrar(outbound)
         self.rfc7592 = Rfc7592(outbound)
+        self.cimd_keys = CimdKeys(store, lambda: self.max_record_age)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
 
@@ -188,6 +200,15 @@ class Resolver:
         its secret expired, register a new generation. None: nothing to retry with."""
         state = self.state(name)
         if failed.static:
+            return None
+        if failed.mechanism == "cimd":
+            state.invalid_client += 1
+            state.last_error = ("the AS answered invalid_client to the CIMD client (the sidecar "
+                                "cannot fix that by registering; check the document and JWKS "
+                                "the AS fetches)")
+            state.last_error_step = "forward"
+            self.metrics.cimd_invalid_client(name)
+            log.warning("cimd_invalid_client", upstream=name, client_id=failed.client_id)
             return None
         held = state.credentials
         if held is not None and held.generation != failed.generation:
@@ -281,8 +302,11 @@ class Resolver:
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
         """Must this request wait for a resolution? Renewal before expiry never makes it wait:
         the maintenance loop renews in the background while the current secret stays valid."""
+        keys_stale = (creds.mechanism == "cimd" and self.store.shared
+                      and creds.method == "private_key_jwt"
+                      and self.cimd_keys.read_age(state.config.name) >= self.max_record_age)
         return (time.monotonic() >= state.metadata_expires or _expired(creds)
-                or self._record_age(state) >= self.max_record_age)
+                or self._record_age(state) >= self.max_record_age or keys_stale)
 
     def _record_age(self, state: UpstreamState) -> float:
         """Seconds since the held record was read; 0 for stores no other process writes to
@@ -375,13 +399,53 @@ class Resolver:
 
     async def _resolve(self, state: UpstreamState) -> Credentials:
         metadata = await self._fresh_metadata(state)
-        config = state.config
-        if config.strategy == "static":
+        mechanism, why = self._choose(state, metadata)
+        if (state.mechanism, state.mechanism_reason) != (mechanism, why):
+            log.info("client_mechanism_chosen", upstream=state.config.name, mechanism=mechanism,
+                     reason=why)
+        state.mechanism, state.mechanism_reason = mechanism, why
+        if mechanism == "static":
             self._adopt_static(state, metadata)
+        elif mechanism == "cimd":
+            await self._adopt_cimd(state, metadata)
         else:
             await self._dynamic(state, metadata)
         assert state.credentials is not None
         return state.credentials
+
+    def _choose(self, state: UpstreamState, metadata: Metadata) -> tuple[str, str]:
+        """static > CIMD > DCR (design.md §3.11), and why."""
+        config = state.config
+        state.step = "register"
+        source = state.discovery.source_url if state.discovery is not None else None
+        try:
+            return cimd_rules.choose(
+                registration=config.registration, has_client_id=bool(config.client_id),
+                metadata=metadata.document, metadata_url=source,
+                client_id_url=self.settings.cimd_document_url(config),
+                auth_method=config.cimd.auth_method)
+        except ProtocolError as exc:
+            raise errors.BadUpstream(exc.reason, step="register", upstream=config.name) from exc
+
+    async def _adopt_cimd(self, state: UpstreamState, metadata: Metadata) -> None:
+        """A CIMD client: nothing to register; the key set comes from the store."""
+        config = state.config
+        method = config.cimd.auth_method
+        client_id = self.settings.cimd_document_url(config)
+        signer, audience = None, None
+        if method == "private_key_jwt":
+            state.step = "store_read"
+            record = await self.cimd_keys.record(config.name)
+            signer = KeyRingSigner(record)
+            audience = (metadata.issuer if config.assertion_audience == "issuer"
+                        else metadata.token_endpoint or metadata.issuer)
+        state.current = state.previous = None
+        state.key, state.previous_until = None, 0.0
+        self._switch(state, Credentials(
+            upstream=config.name, metadata=metadata, client_id=client_id, method=method,
+            generation=0, expires_at=0, static=False, mechanism="cimd",
+            auth=ClientCredentials(client_id, None, method, signer=signer, audience=audience)))
+        state.wake.set()
 
     def _adopt_static(self, state: UpstreamState, metadata: Metadata) -> None:
         config = state.config
@@ -390,7 +454,7 @@ class Resolver:
         method = config.static_auth_method
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
-            generation=0, expires_at=0, static=True,
+            generation=0, expires_at=0, static=True, mechanism="static",
             auth=ClientCredentials(config.client_id, config.client_secret, method))
         self._switch(state, creds)
 
@@ -648,6 +712,7 @@ class Resolver:
                 due.append(when)
         if state.previous_until:
             due.append(state.previous_until)
+        due.extend(self._cimd_due(state, now))
         if self.store.shared and state.current is not None:
             due.append(now + REREAD_AT * self.max_record_age - self._record_age(state))
         if state.discovery is not None and state.discovery.ttl != float("inf"):
@@ -664,12 +729,47 @@ class Resolver:
             await self._shared(state, "metadata", self._metadata)
         if state.config.strategy == "static":
             return
+        if state.mechanism == "cimd":
+            await self._cimd_maintenance(state)
+            return
         reread = self._record_age(state) >= REREAD_AT * self.max_record_age
         if reread or (state.current is not None
                       and self._renewal_due(state, state.current, now)):
             await self._shared(state, "credentials", self._resolve)
         if state.previous_until and now >= state.previous_until:
             await self._shared(state, "janitor", self._delete_superseded)
+
+    def _cimd_due(self, state: UpstreamState, now: float) -> list[float]:
+        """CIMD upkeep times: the key set's re-read bound and a scheduled rotation."""
+        config, record = state.config, self.cimd_keys.held(state.config.name)
+        if state.mechanism != "cimd" or config.cimd.auth_method != "private_key_jwt" \
+                or record is None:
+            return []
+        due = []
+        if self.store.shared:
+            age = self.cimd_keys.read_age(config.name)
+            due.append(now + REREAD_AT * self.max_record_age - age)
+        keys = schedule(record)
+        if config.cimd.key_rotation is not None:
+            newest = max((k.published_at for k in keys), default=now)
+            due.append(newest + config.cimd.key_rotation)
+        change = cimd_rules.next_change(keys, now)
+        if change is not None:
+            due.append(change)
+        return due
+
+    async def _cimd_maintenance(self, state: UpstreamState) -> None:
+        config = state.config
+        if config.cimd.auth_method != "private_key_jwt":
+            return
+        name = config.name
+        rotation = config.cimd.key_rotation
+        rotated = rotation is not None and await self.cimd_keys.rotate_if_due(
+            name, rotation, config.cimd.overlap)
+        reread = self.store.shared and self.cimd_keys.read_age(name) >= REREAD_AT * \
+            self.max_record_age
+        if rotated or reread:
+            await self._shared(state, "credentials", self._resolve)
 
     async def _delete_superseded(self, state: UpstreamState) -> None:
         if state.key is None:
@@ -739,8 +839,11 @@ class Resolver:
         return state
 
     async def rotate(self, name: str) -> Credentials:
-        """Register a new client generation now, superseding the current one (admin API)."""
+        """Register a new client generation now, superseding the current one (admin API); for a
+        CIMD client, start a key rotation instead (design.md §3.11)."""
         state = self._dynamic_state(name, "rotate")
+        if state.mechanism == "cimd" or state.config.registration == "cimd":
+            return await self._rotate_cimd(state)
 
         async def work(state: UpstreamState) -> Credentials:
             metadata = await self._fresh_metadata(state)
@@ -757,12 +860,23 @@ class Resolver:
 
         return await self._shared(state, "credentials", work)
 
+    async def _rotate_cimd(self, state: UpstreamState) -> Credentials:
+        config = state.config
+        if config.cimd.auth_method != "private_key_jwt":
+            raise errors.Conflict(f"upstream {config.name!r} is a public CIMD client: it has "
+                                  "no keys to rotate")
+        await self.cimd_keys.rotate(config.name, config.cimd.overlap)
+        return await self._shared(state, "credentials", self._resolve)
+
     async def delete_registration(self, name: str) -> int:
         """RFC 7592 §2.3 DELETE of the current generation, then forget it (admin API).
 
         Returns the deleted generation's number. The next request registers anew.
         """
         state = self._dynamic_state(name, "delete")
+        if state.mechanism == "cimd" or state.config.registration == "cimd":
+            raise errors.Conflict(f"upstream {name!r} uses a Client ID Metadata Document: "
+                                  "nothing is registered at the AS")
 
         async def work(state: UpstreamState) -> int:
             metadata = await self._fresh_metadata(state)

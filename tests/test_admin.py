@@ -46,6 +46,7 @@ async def test_admin_api_is_404_without_a_token_configured(sidecar: SidecarFacto
                          ("DELETE", "/admin/upstreams/a/registration")):
         status, body, _ = await call(side, method, path, AUTH)
         assert (status, body["error"]) == (404, "not_found"), path
+        assert body["error_description"] == "the admin API is disabled: set admin.token"
 
 
 @pytest.mark.parametrize("headers", [

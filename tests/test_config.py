@@ -434,11 +434,19 @@ def test_error_http_issuer_not_allow_listed() -> None:
     assert parse(allowed).upstreams[0].issuer == "http://login.acme.test/realms/main"
 
 
-def test_error_registration_cimd() -> None:
-    """registration: cimd is rejected with a message saying it is not supported yet."""
-    message = config_error(MINIMAL + "    registration: cimd\n")
-    assert_names(message, "upstreams[0].registration", "'cimd'")
-    assert "not supported yet" in message
+def test_registration_cimd_is_accepted() -> None:
+    """registration: cimd (design.md §3.11) parses, with the cimd defaults."""
+    upstream = parse(MINIMAL + "    registration: cimd\n").upstreams[0]
+    assert upstream.strategy == "cimd"
+    assert upstream.cimd_possible
+    assert upstream.cimd.auth_method == "private_key_jwt"
+    assert upstream.cimd.overlap == 600
+
+
+def test_error_cimd_with_client_id() -> None:
+    """registration: cimd cannot take a static client_id."""
+    message = config_error(MINIMAL + "    registration: cimd\n    client_id: abc\n")
+    assert_names(message, "upstreams[0].client_id", "'abc'")
 
 
 def test_error_static_without_client_id() -> None:

@@ -14,21 +14,26 @@ Timings are printed (pytest -s shows them) for the issue report.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.errors import StoreUnreachable
 from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import FakeFactory, LeakGuard, ProviderFactory, SidecarFactory
+from tests.support.fake_server import FakeServer, as_metadata
 from tests.support.redis_ha import SentinelGroup
 from tests.test_fleet import HoldingAS
 from tests.test_lifecycle import cc_token
@@ -303,3 +308,106 @@ async def test_steady_token_traffic_through_a_master_kill_gets_only_200(
           f"after the kill, slowest answer {slowest:.2f} s, statuses {sorted(set(statuses))}")
     assert set(statuses) == {200}
     assert (await provider.stats())["registrations"] == 1
+
+
+class RotatingAS:
+    """An RFC 7591/7592 AS whose secret lives 12 s; the first RFC 7592 GET is held until
+    released, then rotates the secret and registration access token and extends the expiry
+    by an hour. The token endpoint accepts every secret it issued and records which one each
+    request used (the test sends one request at a time, so it knows the replica)."""
+
+    ACCESS_TOKEN = "rotating-as-access-token-0123456789"
+
+    def __init__(self, fake: FakeServer, leak_guard: LeakGuard) -> None:
+        self.fake = fake
+        self.release = asyncio.Event()
+        self.secrets = ["rotating-secret-1-0123456789"]
+        self.tokens = ["rotating-rat-1-0123456789"]
+        self.used: list[str] = []
+        leak_guard.add(*self.secrets, *self.tokens, self.ACCESS_TOKEN,
+                       "rotating-secret-2-0123456789", "rotating-rat-2-0123456789")
+        fake.json("GET", "/.well-known/oauth-authorization-server", as_metadata(fake.url))
+        fake.route("POST", "/register", self.register)
+        fake.route("GET", "/reg/client-1", self.read)
+        fake.route("POST", "/token", self.token)
+
+    def _document(self, expires_in: int) -> dict[str, Any]:
+        return {"client_id": "client-1", "client_secret": self.secrets[-1],
+                "client_secret_expires_at": int(time.time()) + expires_in,
+                "token_endpoint_auth_method": "client_secret_basic",
+                "grant_types": ["client_credentials"],
+                "registration_access_token": self.tokens[-1],
+                "registration_client_uri": f"{self.fake.url}/reg/client-1"}
+
+    async def register(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._document(12), status=201)
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.tokens[-1]}":
+            return web.json_response({"error": "invalid_token"}, status=401)
+        await self.release.wait()
+        if len(self.secrets) == 1:
+            self.secrets.append("rotating-secret-2-0123456789")
+            self.tokens.append("rotating-rat-2-0123456789")
+        return web.json_response(self._document(3600))
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        secret = base64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")[2]
+        self.used.append(unquote(secret))
+        if self.used[-1] not in self.secrets:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        return web.json_response({"access_token": self.ACCESS_TOKEN, "token_type": "Bearer",
+                                  "expires_in": 300})
+
+
+async def test_master_killed_mid_renewal_stores_the_rotated_secret_and_never_serves_the_old(
+        sentinels: SentinelGroup, fake_server: FakeFactory, sidecar: SidecarFactory,
+        leak_guard: LeakGuard) -> None:
+    """Three replicas hold secret 1 (12 s lifetime: renewal due at 6 s). The renewal's RFC 7592
+    GET is held; the master is SIGKILLed; the AS then answers with secret 2 and a new
+    registration access token. The renewing replica stores them on the promoted replica, every
+    replica switches to secret 2 within the staleness bound (lowered to 0.5 s), and no replica
+    sends secret 1 again once it has sent secret 2. The store holds secret 2 and token 2."""
+    rotating = RotatingAS(await fake_server(), leak_guard)
+    replicas = [await sidecar(sentinel_config(sentinels, rotating.fake.url)) for _ in range(3)]
+    for replica in replicas:
+        replica.resolver.max_record_age = 0.5
+    loop = asyncio.get_running_loop()
+    per_replica: list[list[str]] = [[], [], []]
+    statuses: list[int] = []
+
+    async def traffic(session: aiohttp.ClientSession, rounds: int) -> None:
+        for n in range(rounds):
+            status, _ = await cc_token(session, replicas[n % 3].listen.url)
+            statuses.append(status)
+            if status == 200:
+                per_replica[n % 3].append(rotating.used[-1])
+            await asyncio.sleep(0.02)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await traffic(session, 6)
+        deadline = loop.time() + 20
+        while rotating.fake.count("GET", "/reg/client-1") < 1:
+            assert loop.time() < deadline, "no replica started the renewal"
+            await traffic(session, 3)
+        killed = await sentinels.kill_master()
+        promotion = asyncio.create_task(sentinels.wait_promoted())
+        rotating.release.set()
+        deadline = loop.time() + 30
+        while not all(seen and seen[-1] == rotating.secrets[-1] for seen in per_replica) \
+                or len(rotating.secrets) < 2:
+            assert loop.time() < deadline, f"not every replica switched: {per_replica}"
+            await traffic(session, 3)
+        switched = loop.time() - killed
+        await traffic(session, 30)
+    promoted = await promotion
+    print(f"\nfailover mid-renewal: promoted {promoted:.2f} s after the kill; every replica "
+          f"sent secret 2 {switched:.2f} s after the kill; statuses {sorted(set(statuses))}")
+    assert set(statuses) == {200}
+    old, new = rotating.secrets
+    for seen in per_replica:
+        assert old not in seen[seen.index(new):], seen  # never back after the new one
+    record = await stored(sentinels, rotating.fake.url)
+    secret, token = secrets_of(record)
+    assert (secret, token) == (new, rotating.tokens[-1])

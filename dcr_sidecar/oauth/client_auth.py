@@ -93,7 +93,11 @@ def _private_key_jwt(creds: ClientCredentials, fresh: Freshness) -> AuthParts:
     """RFC 7523 §2.2: a signed assertion, no client_id needed beside it (RFC 7521 §4.2)."""
     if creds.signer is None or creds.audience is None:
         raise ValueError("private_key_jwt needs a signing key and an audience")
-    assertion = client_assertion(creds.signer, client_id=creds.client_id,
+    signer = creds.signer
+    scheduled = getattr(signer, "at", None)  # a key ring picks the key of this moment, once
+    if callable(scheduled):
+        signer = scheduled(fresh.now)
+    assertion = client_assertion(signer, client_id=creds.client_id,
                                  audience=creds.audience, now=fresh.now, jti=fresh.jti)
     return AuthParts(form=(("client_assertion_type", JWT_BEARER),
                            ("client_assertion", assertion)))

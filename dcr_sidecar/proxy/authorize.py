@@ -55,7 +55,16 @@ async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
                     pairs: Pairs) -> Pairs:
     if upstream.callback == "sidecar":
         pairs, _ = await mediate(runtime, upstream, creds, pairs)
+    if creds.mechanism == "cimd" and creds.method == "none" and not _has_s256(pairs):
+        raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
+                                "S256 (design.md §3.11); send it, or use callback: sidecar "
+                                "with pkce: sidecar")
     return with_default_resource(pairs, upstream.default_resource)
+
+
+def _has_s256(pairs: Pairs) -> bool:
+    return single(pairs, "code_challenge") is not None and \
+        single(pairs, "code_challenge_method") == "S256"
 
 
 def _unavailable_redirect(runtime: Runtime, upstream: Upstream, redirect_uri: str,

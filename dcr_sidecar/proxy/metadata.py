@@ -96,6 +96,7 @@ async def client(request: web.Request) -> web.StreamResponse:
     creds = await runtime.resolver.credentials(name)
     body = {
         "client_id": creds.client_id,
+        "mechanism": creds.mechanism,
         "generation": creds.generation,
         "token_endpoint_auth_method": creds.method,
         "issuer": creds.issuer,

@@ -62,6 +62,10 @@ class Generation:
     # private_key_jwt: the upstream's key pair as a private JWK (JSON text), kept with the
     # credentials so a restart signs with the registered key.
     private_key: Secret | None = None
+    # CIMD key sets (design.md §3.11) store each key as a generation of their own record; these
+    # place it in the rotation schedule (oauth.cimd.ScheduledKey). None elsewhere.
+    signs_from: float | None = None
+    retires_at: float | None = None
 
     def expired(self, now: float) -> bool:
         return self.client_secret_expires_at != 0 and self.client_secret_expires_at <= now

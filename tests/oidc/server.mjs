@@ -13,6 +13,11 @@
 //   pkceRequired     false                    true = PKCE for every client, not only `none`
 //   accessTokenTtl   3600                     seconds, access tokens and client_credentials
 //   extraScopes      []                       scopes accepted besides the built-in list
+//   cimd             false                    true = Client ID Metadata Documents
+//                                             (features.clientIdMetadataDocument): the provider
+//                                             fetches https client_ids, loopback included (test
+//                                             only: the library's special-use address block is
+//                                             bypassed); trust a test CA with NODE_EXTRA_CA_CERTS
 //
 // Test instrumentation lives at the server root (never under the issuer prefix):
 //   GET  /__test/stats     {"registrations", "registration_attempts", "clients", "deleted"}
@@ -43,6 +48,7 @@ const CONFIG_DEFAULTS = {
   pkceRequired: false,
   accessTokenTtl: 3600,
   extraScopes: [],
+  cimd: false,
 };
 
 // Scopes beyond the OpenID ones: they are what a resource server (resource indicator) grants.
@@ -92,6 +98,7 @@ function loadConfig() {
   }
   if (typeof config.putExtendsExpiry !== 'boolean') fail('putExtendsExpiry must be a boolean');
   if (typeof config.pkceRequired !== 'boolean') fail('pkceRequired must be a boolean');
+  if (typeof config.cimd !== 'boolean') fail('cimd must be a boolean');
   if (!Number.isInteger(config.accessTokenTtl) || config.accessTokenTtl <= 0) fail('accessTokenTtl must be a positive integer');
   if (!Array.isArray(config.extraScopes) || !config.extraScopes.every((s) => typeof s === 'string' && /^[\x21\x23-\x5B\x5D-\x7E]+$/.test(s))) {
     fail('extraScopes must be a list of scope tokens');
@@ -190,7 +197,7 @@ setInterval(() => {
 // Instrumentation state
 // ---------------------------------------------------------------------------------------------
 
-const counters = { registrations: 0, registrationAttempts: 0 };
+const counters = { registrations: 0, registrationAttempts: 0, cimdFetches: 0 };
 let deleted = [];
 let requestLog = [];
 
@@ -273,6 +280,16 @@ async function buildProvider(issuer) {
 
     ...(config.pkceRequired ? { pkce: { required: () => true } } : {}),
 
+    // Test only: the library's fetch refuses special-use addresses (loopback included) through
+    // its own dispatcher; the documents a test serves live on 127.0.0.1, so drop it.
+    ...(config.cimd ? {
+      fetch: (url, options) => {
+        const { dispatcher, ...rest } = options ?? {};
+        counters.cimdFetches += 1;
+        return globalThis.fetch(url, rest);
+      },
+    } : {}),
+
     ttl: {
       AccessToken: config.accessTokenTtl,
       ClientCredentials: config.accessTokenTtl,
@@ -342,6 +359,7 @@ async function buildProvider(issuer) {
       },
       pushedAuthorizationRequests: { enabled: true },
       deviceFlow: { enabled: true },
+      clientIdMetadataDocument: { enabled: config.cimd, ack: config.cimd ? 'draft-02' : undefined },
     },
   });
 
@@ -399,6 +417,7 @@ async function handleTest(req, res, path) {
     sendJson(res, 200, {
       registrations: counters.registrations,
       registration_attempts: counters.registrationAttempts,
+      cimd_fetches: counters.cimdFetches,
       clients,
       deleted,
     });
@@ -410,6 +429,7 @@ async function handleTest(req, res, path) {
     grantIndex.clear();
     counters.registrations = 0;
     counters.registrationAttempts = 0;
+    counters.cimdFetches = 0;
     deleted = [];
     requestLog = [];
     await seedInitialAccessToken(provider);

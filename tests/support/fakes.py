@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,9 +70,11 @@ class FakeServer:
     hits: list[Hit] = field(default_factory=list)
     runner: web.AppRunner | None = None
 
+    tls: bool = False
+
     @property
     def base(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def paths(self) -> list[str]:
         return [hit.path for hit in self.hits]
@@ -87,8 +90,10 @@ class FakeServers:
         self.started: list[FakeServer] = []
 
     async def start(self, routes: Iterable[tuple[str, str, Handler]], *,
-                    host: str = "127.0.0.1", port: int = 0) -> FakeServer:
-        server = FakeServer(_loopback_only(host))
+                    host: str = "127.0.0.1", port: int = 0,
+                    ssl_context: ssl.SSLContext | None = None) -> FakeServer:
+        """`ssl_context` serves https (a test CA's certificate: see tests/test_tls.py)."""
+        server = FakeServer(_loopback_only(host), tls=ssl_context is not None)
 
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -101,7 +106,7 @@ class FakeServers:
             app.router.add_route(method, path, handler)
         server.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await server.runner.setup()
-        site = web.TCPSite(server.runner, host, port)
+        site = web.TCPSite(server.runner, host, port, ssl_context=ssl_context)
         await site.start()
         server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.started.append(server)
@@ -143,11 +148,11 @@ TOKEN_RESPONSE = {"access_token": "fake-access-token-0123456789", "token_type": 
 def fake_as_routes(overrides: Overrides | None = None, *, client_secret: str = "",
                    prefix: str = "") -> list[tuple[str, str, Handler]]:
     """A minimal RFC 8414 AS at `prefix`: metadata whose issuer is the URL it was asked on
-    (``http://{Host}{prefix}``), open registration, and a token endpoint. `overrides` maps the
-    issuer to metadata members to replace (e.g. a token_endpoint elsewhere)."""
+    (``http(s)://{Host}{prefix}``), open registration, and a token endpoint. `overrides` maps
+    the issuer to metadata members to replace (e.g. a token_endpoint elsewhere)."""
 
     def issuer_of(request: web.Request) -> str:
-        return f"http://{request.host}{prefix}"
+        return f"{request.scheme}://{request.host}{prefix}"
 
     async def metadata(request: web.Request) -> web.StreamResponse:
         issuer = issuer_of(request)

@@ -48,6 +48,7 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 class ProviderStats(TypedDict):
     registrations: int  # successful RFC 7591 POSTs
     registration_attempts: int  # every POST to the registration endpoint
+    cimd_fetches: int  # outbound fetches (CIMD documents and client JWKS) when `cimd` is on
     clients: list[str]  # client_ids currently stored
     deleted: list[str]  # client_ids deleted with RFC 7592 DELETE
 
@@ -130,6 +131,8 @@ class OidcProvider:
         pkce_required: bool = False,
         access_token_ttl: int = 3600,
         extra_scopes: Sequence[str] = (),
+        cimd: bool = False,
+        env: Mapping[str, str] | None = None,
         port: int = 0,
         host: str = "127.0.0.1",
         startup_timeout: float = STARTUP_TIMEOUT,
@@ -144,7 +147,9 @@ class OidcProvider:
             "pkceRequired": pkce_required,
             "accessTokenTtl": access_token_ttl,
             "extraScopes": list(extra_scopes),
+            "cimd": cimd,
         }
+        self.env = dict(env or {})  # e.g. NODE_EXTRA_CA_CERTS for a test CA
         self.startup_timeout = startup_timeout
         self._process: asyncio.subprocess.Process | None = None
         self._drains: list[asyncio.Task[None]] = []
@@ -197,7 +202,8 @@ class OidcProvider:
             raise OidcProviderError("node is not on PATH")
         # OIDC_TEST_PARENT_PIPE: node exits when its stdin closes, so a provider never outlives
         # a test process that was killed before it could call stop().
-        env = dict(os.environ, OIDC_TEST_CONFIG=json.dumps(self.config), OIDC_TEST_PARENT_PIPE="1")
+        env = dict(os.environ, **self.env, OIDC_TEST_CONFIG=json.dumps(self.config),
+                   OIDC_TEST_PARENT_PIPE="1")
         self._process = await asyncio.create_subprocess_exec(
             node,
             "server.mjs",

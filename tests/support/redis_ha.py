@@ -1,6 +1,10 @@
-"""Replicated Redis for failover tests: a master, two replicas and three sentinels
-(``redis-server --sentinel``), all real processes on free loopback ports. Two replicas, so the
-promoted one still has a replica to acknowledge writes (the store WAITs for one).
+"""Replicated Redis for failover tests, all real processes on free loopback ports:
+
+- :class:`SentinelGroup`: a master, two replicas and three sentinels (``redis-server
+  --sentinel``). Two replicas, so the promoted one still has a replica to acknowledge writes
+  (the store WAITs for one).
+- :class:`ClusterGroup`: a Redis Cluster of three masters with a replica each, created with
+  ``redis-cli --cluster create``; slots migrated the way ``redis-cli --cluster reshard`` does.
 
 The sentinels agree with quorum 2 and call a master down after ``DOWN_AFTER_MS`` of silence, so
 a SIGKILLed master is replaced in a few seconds. Waiting is always on a condition with a
@@ -10,6 +14,7 @@ deadline: the replica in sync, the sentinels knowing each other, the promotion.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -143,3 +148,117 @@ class SentinelGroup:
     async def stop(self) -> None:
         for server in reversed(self.servers):
             await server.stop()
+
+
+class ClusterGroup:
+    """A Redis Cluster of three masters with one replica each (``redis-cli --cluster create``),
+    every node a real process on a free loopback port (cluster-node-timeout 1 s)."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1) -> None:
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+
+    def url(self, **query: str) -> str:
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:self.masters])
+        tail = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"redis+cluster://{hosts}" + (f"?{tail}" if tail else "")
+
+    async def query(self, node: RedisServer, *command: object) -> object:
+        client = Redis(host="127.0.0.1", port=node.port, socket_timeout=5,
+                       decode_responses=True)
+        try:
+            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+
+    async def start(self) -> ClusterGroup:
+        for _ in range(self.masters * (1 + self.replicas)):
+            self.nodes.append(await RedisServer(self.workdir, cluster=True).start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed: `.ci/run` installs redis-tools")
+        process = await asyncio.create_subprocess_exec(
+            cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL)
+        out, _ = await asyncio.wait_for(process.communicate(), SETUP_DEADLINE)
+        if process.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{out.decode()[-2000:]}")
+        await _until("the cluster ok on every node", SETUP_DEADLINE, self._healthy)
+        return self
+
+    async def _healthy(self) -> bool:
+        for node in self.live():
+            info = await self.query(node, "CLUSTER", "INFO")
+            text = info if isinstance(info, str) else str(info)
+            if "cluster_state:ok" not in text or "cluster_slots_ok:16384" not in text:
+                return False
+        return True
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes
+                if n.process is not None and n.process.returncode is None]
+
+    async def node_id(self, node: RedisServer) -> str:
+        return str(await self.query(node, "CLUSTER", "MYID"))
+
+    async def keyslot(self, key: str) -> int:
+        reply = await self.query(self.live()[0], "CLUSTER", "KEYSLOT", key)
+        assert isinstance(reply, int)
+        return reply
+
+    async def owner(self, slot: int) -> RedisServer:
+        """The master serving `slot`, as a live node sees it."""
+        by_port = {n.port: n for n in self.nodes}
+        ranges = await self.query(self.live()[0], "CLUSTER", "SLOTS")
+        assert isinstance(ranges, list)
+        for start, end, master, *_ in ranges:
+            if start <= slot <= end:
+                return by_port[int(master[1])]
+        raise RuntimeError(f"slot {slot} is not served")
+
+    async def masters_now(self) -> list[RedisServer]:
+        by_port = {n.port: n for n in self.nodes}
+        ranges = await self.query(self.live()[0], "CLUSTER", "SLOTS")
+        assert isinstance(ranges, list)
+        return list({by_port[int(r[2][1])].port: by_port[int(r[2][1])] for r in ranges}.values())
+
+    async def migrate(self, slot: int, target: RedisServer) -> int:
+        """Move `slot` to `target` the way redis-cli's reshard does: IMPORTING/MIGRATING, MIGRATE
+        the keys in batches, then SETSLOT NODE on every master. The keys moved."""
+        source = await self.owner(slot)
+        source_id, target_id = await self.node_id(source), await self.node_id(target)
+        await self.query(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        await self.query(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            keys = await self.query(source, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+            assert isinstance(keys, list)
+            if not keys:
+                break
+            await self.query(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                             "KEYS", *keys)
+            moved += len(keys)
+        for node in await self.masters_now():
+            await self.query(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    async def wait_failover(self, slot: int, dead: RedisServer,
+                            deadline_s: float = 30.0) -> float:
+        """Seconds until a live node serves `slot` (its replica promoted) and the cluster is
+        ok again."""
+        async def served() -> bool:
+            try:
+                owner = await self.owner(slot)
+            except RuntimeError:
+                return False
+            return owner is not dead and await self._healthy()
+
+        return await _until("a replica taking over the slot", deadline_s, served)
+
+    async def stop(self) -> None:
+        for node in reversed(self.nodes):
+            await node.stop()

@@ -84,6 +84,7 @@ class RedisServer:
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.cluster = cluster
+        self.bus_port = free_port() if cluster else 0  # not port + 10000: that may be > 65535
         self.process: asyncio.subprocess.Process | None = None
         self.log = self.dir / "server.log"
 
@@ -117,7 +118,7 @@ class RedisServer:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", "1000"]
+                     "--cluster-node-timeout", "1000", "--cluster-port", str(self.bus_port)]
         if self.tls is not None:
             cert, key, ca = self.tls
             args[1] = "0"  # no plaintext port

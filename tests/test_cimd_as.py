@@ -1,0 +1,235 @@
+"""Client ID Metadata Documents against the real node oidc-provider with
+`features.clientIdMetadataDocument` (design.md §3.11).
+
+The sidecar's `front` listener serves the documents over TLS from a CA made in the test; the
+provider trusts that CA (NODE_EXTRA_CA_CERTS) and, test only, may fetch from loopback
+(tests/oidc/server.mjs `cimd`). Figures (registrations counted at the AS, time to first token)
+are printed for the issue report (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from joserfc import jwt
+
+from dcr_sidecar.app import Sidecar
+from dcr_sidecar.config import Settings
+from dcr_sidecar.oauth.client_auth import auth_parts
+from dcr_sidecar.oauth.pkce import make_verifier
+from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
+from tests.flows import REDIRECT_URI, get_json, validate_id_token
+from tests.support.oidc import OidcProvider, login_and_consent
+from tests.support.tls_ca import LocalCa
+
+
+@pytest.fixture
+def local_ca(tmp_path: Path) -> LocalCa:
+    return LocalCa(tmp_path)
+
+
+async def cimd_provider(oidc: ProviderFactory, ca: LocalCa, **kwargs: Any) -> OidcProvider:
+    return await oidc(cimd=True, env={"NODE_EXTRA_CA_CERTS": str(ca.ca_file)}, **kwargs)
+
+
+def upstream(issuer: str, **extra: Any) -> dict[str, Any]:
+    return {"name": "acme", "issuer": issuer, "redirect_uris": [REDIRECT_URI],
+            "scopes": ["openid", "profile", "api:read"],
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            **extra}
+
+
+async def cimd_sidecar(sidecar: SidecarFactory, ca: LocalCa, issuer: str,
+                       **extra: Any) -> Sidecar:
+    return await sidecar({"front": ca.front(), "upstreams": [upstream(issuer, **extra)]})
+
+
+def browser(ca: LocalCa) -> aiohttp.ClientSession:
+    """A person's browser that trusts the test CA (the sidecar's front is https)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 connector=aiohttp.TCPConnector(ssl=ca.client_context()),
+                                 timeout=aiohttp.ClientTimeout(total=30))
+
+
+async def post_form(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.post(url, data=form) as resp:
+        return resp.status, await resp.json()
+
+
+async def authlib_login(ca: LocalCa, metadata_url: str, client_id: str,
+                        scope: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """tests.flows.authlib_login with a browser trusting the test CA."""
+    metadata = await get_json(metadata_url)
+    verifier = make_verifier()
+    nonce = secrets.token_urlsafe(16)
+    async with AsyncOAuth2Client(client_id=client_id, redirect_uri=REDIRECT_URI, scope=scope,
+                                 code_challenge_method="S256") as client:
+        uri, _state = client.create_authorization_url(
+            metadata["authorization_endpoint"], nonce=nonce, code_verifier=verifier,
+            prompt="consent")
+        async with browser(ca) as person:
+            callback = await login_and_consent(person, uri, REDIRECT_URI)
+        token = await client.fetch_token(metadata["token_endpoint"],
+                                         authorization_response=callback,
+                                         code_verifier=verifier)
+    result = dict(token)
+    result["_nonce"] = nonce
+    return metadata, result
+
+
+async def test_oidc_login_with_the_url_client_id_registers_nothing(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """An unmodified authlib OIDC login: the client_id is the document URL, the ID token's aud
+    is that URL, and the AS saw 0 registrations (it fetched the document instead)."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    client = await get_json(f"{app.listen.url}/acme/client")
+    assert app.front is not None
+    url = f"https://127.0.0.1:{app.front.port}/acme/client-metadata.json"
+    assert client["client_id"] == url
+    assert client["mechanism"] == "cimd"
+    assert client["token_endpoint_auth_method"] == "private_key_jwt"
+    metadata, token = await authlib_login(
+        local_ca, f"{app.listen.url}/acme/.well-known/openid-configuration", client["client_id"],
+        "openid profile")
+    leak_guard.add_token_response(token)
+    claims = await validate_id_token(metadata, token["id_token"], url, token["_nonce"])
+    assert claims["aud"] == url
+    stats = await provider.stats()
+    print(f"\nCIMD login: registrations at the AS {stats['registrations']}, "
+          f"fetches by the AS {stats['cimd_fetches']}")
+    assert stats["registrations"] == 0
+    assert stats["registration_attempts"] == 0
+    assert stats["cimd_fetches"] >= 1
+
+
+async def test_private_key_jwt_exchange_refresh_and_revocation(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """Code exchange, refresh and revocation authenticate with private_key_jwt assertions whose
+    iss and sub are the document URL; the AS resolves every request to that client."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    url = app.settings.cimd_document_url(app.settings.upstreams[0])
+    _, token = await authlib_login(
+        local_ca, f"{app.listen.url}/acme/.well-known/openid-configuration", url,
+        "openid profile")
+    leak_guard.add_token_response(token)
+    status, refreshed = await post_form(f"{app.listen.url}/acme/token", {
+        "grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
+    leak_guard.add_token_response(refreshed)
+    assert status == 200, refreshed
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{app.listen.url}/acme/revoke", data={"token": refreshed["refresh_token"]}) as resp:
+        assert resp.status == 200
+    status, after = await post_form(f"{app.listen.url}/acme/token", {
+        "grant_type": "refresh_token", "refresh_token": refreshed["refresh_token"]})
+    assert status == 400
+    assert after["error"] == "invalid_grant"
+    seen = [r for r in await provider.requests() if r["route"] in ("token", "revocation")]
+    assert len(seen) == 4
+    for request in seen:
+        assert "client_assertion" in request["body_keys"]
+        assert request["client_id"] == url
+    # The assertion itself: iss = sub = the URL, signed by a published key.
+    creds = await app.resolver.credentials("acme")
+    form = dict(auth_parts(creds.auth).form)
+    claims = jwt.decode(form["client_assertion"], _published_keys(app)).claims
+    assert claims["iss"] == url
+    assert claims["sub"] == url
+
+
+def _published_keys(app: Sidecar) -> Any:
+    from joserfc.jwk import KeySet
+
+    from dcr_sidecar.cimd import jwks_of
+
+    record = app.resolver.cimd_keys.held("acme")
+    assert record is not None
+    return KeySet.import_key_set(json.loads(jwks_of(record).body))
+
+
+async def test_provider_without_the_feature_falls_back_to_dcr(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """`auto` against an AS that does not advertise CIMD registers once (DCR) and says why;
+    `registration: cimd` there fails with the metadata URL and the missing member named."""
+    provider = await oidc()
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    status, issued = await post_form(f"{app.listen.url}/acme/token",
+                                     {"grant_type": "client_credentials", "scope": "api:read"})
+    leak_guard.add_token_response(issued)
+    assert status == 200, issued
+    state = app.resolver.state("acme")
+    assert state.mechanism == "dcr"
+    assert state.mechanism_reason is not None
+    assert "client_id_metadata_document_supported" in state.mechanism_reason
+    assert (await provider.stats())["registrations"] == 1
+
+    forced = await sidecar({"front": local_ca.front(), "upstreams": [
+        upstream(provider.issuer, name="forced", registration="cimd")]})
+    status, error = await post_form(f"{forced.listen.url}/forced/token",
+                                    {"grant_type": "client_credentials"})
+    assert status == 502
+    assert error["error"] == "server_error"
+    assert f"{provider.issuer}/.well-known/" in error["error_description"]
+    assert "lacks client_id_metadata_document_supported: true" in error["error_description"]
+    assert (await provider.stats())["registrations"] == 1
+
+
+async def test_time_to_first_token_cimd_and_dcr(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """First contact, client_credentials: discovery + (document fetch by the AS | RFC 7591
+    registration) + the token. Both succeed; the times are printed for the report."""
+    times: dict[str, float] = {}
+    for label, cimd in (("cimd", True), ("dcr", False)):
+        provider = await (cimd_provider(oidc, local_ca) if cimd else oidc())
+        app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+        started = time.perf_counter()
+        status, issued = await post_form(f"{app.listen.url}/acme/token", {
+            "grant_type": "client_credentials", "scope": "api:read"})
+        times[label] = time.perf_counter() - started
+        leak_guard.add_token_response(issued)
+        assert status == 200, issued
+        assert app.resolver.state("acme").mechanism == label
+    print(f"\ntime to first token: CIMD {times['cimd'] * 1000:.1f} ms, "
+          f"DCR {times['dcr'] * 1000:.1f} ms")
+
+
+async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doctor` says CIMD was chosen and why, fetches the document and JWKS through the public
+    URL and finds them equal to what the configuration and the store say; a copy published
+    elsewhere that differs is reported as such."""
+    from dcr_sidecar.doctor import run_doctor
+
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    await app.resolver.cimd_keys.record("acme")
+    monkeypatch.setenv("SSL_CERT_FILE", str(local_ca.ca_file))
+    assert await run_doctor(app.settings, "acme", register=False, as_json=True) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mechanism"]["mechanism"] == "cimd"
+    assert "client_id_metadata_document_supported" in report["mechanism"]["why"]
+    assert report["cimd"]["document"] == {"reachable": True, "matches": True}
+    assert report["cimd"]["jwks"] == {"reachable": True, "matches": True}
+
+    # An operator's copy (here: the JWKS URL standing in for it) that is not the document.
+    assert app.front is not None
+    elsewhere = app.settings.upstreams[0].model_copy(update={"cimd": app.settings.upstreams[
+        0].cimd.model_copy(update={"document_url": app.settings.cimd_jwks_url(
+            app.settings.upstreams[0])})})
+    settings = Settings.model_validate({**dict(app.settings), "upstreams": [elsewhere]})
+    await run_doctor(settings, "acme", register=False, as_json=True)
+    report = json.loads(capsys.readouterr().out)
+    assert report["cimd"]["document"]["matches"] is False
