@@ -30,6 +30,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
+from dcr_sidecar.management import redacted
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
@@ -120,7 +121,9 @@ def create_front_app(runtime: Runtime, in_flight: InFlight | None = None) -> web
 
 def create_management_app(runtime: Runtime,
                           in_flight: InFlight | None = None) -> web.Application:
-    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
+    """Every answer, the boundary's errors included, leaves through `redacted`."""
+    middlewares = [redacted, boundary] if in_flight is None else [in_flight.middleware,
+                                                                   redacted, boundary]
     app = web.Application(middlewares=middlewares)
     app[RUNTIME] = runtime
     app.add_routes(management_routes())

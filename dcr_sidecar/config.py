@@ -422,10 +422,14 @@ class Tls(_Model):
 
 class Security(_Model):
     allow_private_networks: list[IpNetwork] = Field(default_factory=list)
+    # Also exempt for server-supplied authorities (an AS that a resource names on an internal
+    # network, design.md §3.8); cloud metadata addresses stay blocked.
+    allow_private_networks_server_supplied: list[IpNetwork] = Field(default_factory=list)
     allow_http: list[str] = Field(default_factory=list)
     tls: Tls = Tls()
 
-    @field_validator("allow_private_networks", mode="before")
+    @field_validator("allow_private_networks", "allow_private_networks_server_supplied",
+                     mode="before")
     @classmethod
     def _cidrs(cls, value: Any) -> Any:
         if isinstance(value, list):
@@ -501,6 +505,10 @@ class Upstream(_Model):
     issuer: str | None = None
     discovery_url: str | None = None
     resource: str | None = None
+    # How a `resource` source finds its metadata (design.md §3.1): the resource's challenge to a
+    # GET, or to a POST of a JSON-RPC ping (MCP servers answer 401 to POST only); or a URL.
+    resource_probe: Literal["get", "post"] = "get"
+    resource_metadata: str | None = None
     endpoints: Endpoints | None = None
     registration: Literal["auto", "static", "dcr", "cimd"] = "auto"
     cimd: Cimd = Cimd()
@@ -594,6 +602,12 @@ class Upstream(_Model):
                           "add issuer:", involves=("issuer",))
         if self.resource is not None and urlsplit(self.resource).fragment:
             yield Problem(("resource",), "must not have a fragment (RFC 8707 §2)")
+        if self.resource is None:
+            for key, default in (("resource_metadata", None), ("resource_probe", "get")):
+                if getattr(self, key) != default:
+                    yield Problem((key,), "needs resource beside it",
+                                  f"remove {key}, or use a resource source",
+                                  involves=("resource",))
 
     def _check_registration(self) -> Iterator[Problem]:
         deciding = ("registration", "client_id")
@@ -685,7 +699,8 @@ class Upstream(_Model):
 
     def configured_urls(self) -> list[str]:
         """Every URL the operator wrote for this upstream (its configured authorities)."""
-        urls = [self.issuer, self.discovery_url, self.resource, self.registration_endpoint]
+        urls = [self.issuer, self.discovery_url, self.resource, self.resource_metadata,
+                self.registration_endpoint]
         if self.endpoints is not None:
             dumped = self.endpoints.model_dump()
             urls.extend(dumped.get(k) for k in ENDPOINT_URL_FIELDS)
@@ -778,7 +793,8 @@ class Settings(_Model):
 
     def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
-        for key in ("issuer", "discovery_url", "resource", "registration_endpoint"):
+        for key in ("issuer", "discovery_url", "resource", "resource_metadata",
+                    "registration_endpoint"):
             url = getattr(upstream, key)
             if url is not None:
                 yield from self._check_url(url, ("upstreams", index, key), issuer=key == "issuer")

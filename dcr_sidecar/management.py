@@ -1,13 +1,21 @@
-"""The management listener: /healthz, /readyz, /metrics and the admin API (design.md §2.3)."""
+"""The management listener: /healthz, /readyz, /metrics and the admin API (design.md §2.3).
+
+Invariant: every answer leaves through :func:`redacted`, the same redaction as log lines and
+error answers (design.md §3.9): an AS that echoed the initial access token into an error shown
+as ``last_error`` gets it masked, whichever route shows it.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from dcr_sidecar import admin
 from dcr_sidecar.metrics import CONTENT_TYPE
+from dcr_sidecar.observability import scrub, scrub_document
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -53,6 +61,23 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     body = request.app[RUNTIME].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE,
                                             "Cache-Control": "no-store"})
+
+
+def _redacted_body(body: bytes, json_body: bool) -> bytes:
+    if json_body:
+        return json.dumps(scrub_document(json.loads(body))).encode()
+    return scrub(body.decode("utf-8", "replace")).encode()
+
+
+@web.middleware
+async def redacted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost layer of the management app (outside the error boundary): every body
+    it answers with is scrubbed."""
+    response = await handler(request)
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        response.body = _redacted_body(response.body,
+                                       response.content_type == "application/json")
+    return response
 
 
 def routes() -> list[web.RouteDef]:

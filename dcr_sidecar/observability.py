@@ -90,6 +90,19 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_document(node: Any) -> Any:
+    """A JSON document with every string in it, keys included, passed through :func:`scrub`
+    and stripped of control characters: what leaves the management listener (design.md §3.9).
+    Keys are not judged by name (an upstream may be called ``token``)."""
+    if isinstance(node, str):
+        return strip_controls(scrub(node))
+    if isinstance(node, dict):
+        return {scrub_document(str(k)): scrub_document(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [scrub_document(v) for v in node]
+    return node
+
+
 def _redact_value(key: str, value: Any) -> Any:
     lowered = key.lower()
     if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):

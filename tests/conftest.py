@@ -2,7 +2,9 @@
 
 The leak guard is autouse: every test's structlog output (rendered through the production
 processors, redaction included) and any subprocess output the test hands it are searched for
-every secret the test created and every secret the sidecar handled. A hit fails the test.
+every secret the test created and every secret the sidecar handled. So is every response (status
+line, headers, body) any in-process management listener served during the test: the guard
+observes each management app the test creates (:func:`observe_management`). A hit fails the test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
+from dcr_sidecar import app as app_module
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
@@ -33,6 +37,8 @@ class LeakGuard:
         self.stream = stream
         self.secrets: set[str] = set()
         self.texts: list[str] = []
+        # (path, what the client received) for every management-listener answer
+        self.management: list[tuple[str, str]] = []
 
     def add(self, *values: object) -> None:
         for value in values:
@@ -70,22 +76,54 @@ class LeakGuard:
     def log_text(self) -> str:
         return self.stream.getvalue()
 
+    def known(self) -> set[str]:
+        return self.secrets | observability._known_secrets
+
     def leaks(self) -> list[str]:
         text = self.stream.getvalue() + "".join(self.texts)
-        secrets = self.secrets | observability._known_secrets
-        return sorted(s[:6] + "…" for s in secrets if s in text)
+        return sorted(s[:6] + "…" for s in self.known() if s in text)
+
+    def management_leaks(self) -> list[str]:
+        """`path: secret…` for every management answer holding a known secret."""
+        return sorted({f"{path}: {s[:6]}…" for path, text in self.management
+                       for s in self.known() if s in text})
+
+    async def _record(self, request: web.Request, response: web.StreamResponse) -> None:
+        head = "".join(f"{k}: {v}\n" for k, v in response.headers.items())
+        body = response.body if isinstance(response, web.Response) else None
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else ""
+        self.management.append((request.path, f"{response.status} {response.reason}\n"
+                                              f"{head}\n{text}"))
+
+    def observe(self, app: web.Application) -> web.Application:
+        """Record every answer `app` sends, as sent (after every middleware)."""
+        app.on_response_prepare.append(self._record)
+        return app
+
+
+def observe_management(monkeypatch: pytest.MonkeyPatch, guard: LeakGuard) -> None:
+    """Every management app created in this test reports its answers to `guard`. The factory
+    is wrapped, not replaced: the app is the production one, with one more observer."""
+    create = app_module.create_management_app
+
+    def observed(*args: Any, **kwargs: Any) -> web.Application:
+        return guard.observe(create(*args, **kwargs))
+
+    monkeypatch.setattr(app_module, "create_management_app", observed)
 
 
 @pytest.fixture(autouse=True)
-def leak_guard() -> Iterator[LeakGuard]:
+def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
     stream = io.StringIO()
     observability.configure_logging("json", "debug", stream)
     observability._known_secrets.clear()
     guard = LeakGuard(stream)
+    observe_management(monkeypatch, guard)
     yield guard
-    leaks = guard.leaks()
+    leaks, served = guard.leaks(), guard.management_leaks()
     observability._known_secrets.clear()
     assert not leaks, f"secrets found in logs: {leaks}"
+    assert not served, f"secrets found in management-listener responses: {served}"
 
 
 @pytest.fixture

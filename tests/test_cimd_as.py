@@ -90,7 +90,8 @@ async def test_oidc_login_with_the_url_client_id_registers_nothing(
     """An unmodified authlib OIDC login: the client_id is the document URL, the ID token's aud
     is that URL, and the AS saw 0 registrations (it fetched the document instead)."""
     provider = await cimd_provider(oidc, local_ca)
-    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    id_file = local_ca.directory / "acme-client-id"
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer, client_id_file=str(id_file))
     client = await get_json(f"{app.listen.url}/acme/client")
     assert app.front is not None
     url = f"https://127.0.0.1:{app.front.port}/acme/client-metadata.json"
@@ -109,6 +110,14 @@ async def test_oidc_login_with_the_url_client_id_registers_nothing(
     assert stats["registrations"] == 0
     assert stats["registration_attempts"] == 0
     assert stats["cimd_fetches"] >= 1
+    # Everywhere the client shows, the mechanism is named.
+    assert id_file.read_text() == url + "\n"
+    ready = await get_json(f"{app.management.url}/readyz")
+    assert ready["upstreams"]["acme"]["mechanism"] == "cimd"
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{app.management.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert 'dcr_sidecar_client_mechanism{mechanism="cimd",upstream="acme"} 1.0' in metrics
 
 
 async def test_private_key_jwt_exchange_refresh_and_revocation(
@@ -233,3 +242,65 @@ async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
     await run_doctor(settings, "acme", register=False, as_json=True)
     report = json.loads(capsys.readouterr().out)
     assert report["cimd"]["document"]["matches"] is False
+
+
+async def test_public_cimd_client_needs_s256(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """`cimd.auth_method: none`: an authorization request without S256 PKCE is refused before
+    it reaches the AS; with it, an unmodified login completes as a public client (no
+    assertion, no secret)."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer, cimd={"auth_method": "none"},
+                             grant_types=["authorization_code", "refresh_token"])
+    assert app.front is not None
+    front = f"https://127.0.0.1:{app.front.port}/acme/authorize"
+    async with browser(local_ca) as person, person.get(
+            front, params={"response_type": "code", "redirect_uri": REDIRECT_URI,
+                           "scope": "openid", "state": "s"}, allow_redirects=False) as resp:
+        assert resp.status == 400
+        assert "S256" in (await resp.json())["error_description"]
+    url = app.settings.cimd_document_url(app.settings.upstreams[0])
+    metadata, token = await authlib_login(
+        local_ca, f"{app.listen.url}/acme/.well-known/openid-configuration", url, "openid")
+    leak_guard.add_token_response(token)
+    await validate_id_token(metadata, token["id_token"], url, token["_nonce"])
+    [exchange] = [r for r in await provider.requests() if r["route"] == "token"]
+    assert "client_assertion" not in exchange["body_keys"]
+    assert exchange["client_id"] == url
+
+
+async def test_sidecar_adds_pkce_for_a_public_client_under_callback_sidecar(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """Under `callback: sidecar` with `pkce: sidecar` the app may send no PKCE: the sidecar
+    adds S256 and the login completes; the document names the sidecar's callback."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer, cimd={"auth_method": "none"},
+                             grant_types=["authorization_code"], callback="sidecar",
+                             pkce="sidecar", scopes=["api:read"])
+    assert app.front is not None
+    front = f"https://127.0.0.1:{app.front.port}"
+    document = await get_json_tls(local_ca, f"{front}/acme/client-metadata.json")
+    assert document["redirect_uris"] == [f"{front}/acme/callback"]
+    authorize = (f"{front}/acme/authorize?response_type=code&state=app-state&scope=api%3Aread"
+                 f"&redirect_uri={REDIRECT_URI}")
+    async with browser(local_ca) as person:
+        to_sidecar = await login_and_consent(person, authorize, f"{front}/acme/callback")
+        async with person.get(to_sidecar, allow_redirects=False) as resp:
+            assert resp.status == 302, await resp.text()
+            back = resp.headers["Location"]
+    assert back.startswith(REDIRECT_URI)
+    code = dict(x.split("=", 1) for x in back.split("?", 1)[1].split("&"))["code"]
+    status, token = await post_form(f"{app.listen.url}/acme/token", {
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI})
+    leak_guard.add_token_response(token)
+    assert status == 200, token
+    [request] = [r for r in await provider.requests() if r["route"] == "authorization"][:1]
+    assert "code_challenge" in request["query_keys"]
+
+
+async def get_json_tls(ca: LocalCa, url: str) -> Any:
+    async with browser(ca) as session, session.get(url) as resp:
+        resp.raise_for_status()
+        return await resp.json()

@@ -95,7 +95,7 @@ async def test_client_route_and_client_id_file(sidecar: SidecarFactory, tmp_path
             body = await resp.json()
             assert resp.headers["Cache-Control"] == "no-store"
         registered = rec.clients[0]
-    assert body == {"client_id": registered["client_id"], "generation": 1,
+    assert body == {"client_id": registered["client_id"], "mechanism": "dcr", "generation": 1,
                     "token_endpoint_auth_method": "client_secret_basic", "issuer": rec.issuer,
                     "client_secret_expires_at": 0}
     assert registered["client_secret"] not in str(body)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from dcr_sidecar.config import Inbound, Settings, Upstream
 from dcr_sidecar.oauth.callback import as_advertises_iss
+from dcr_sidecar.oauth.resource import ResourceMetadata
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
 
@@ -60,9 +61,12 @@ def advertises_iss(document: Mapping[str, Any], upstream: Upstream) -> bool:
     return upstream.callback == "sidecar" or as_advertises_iss(document)
 
 
-def rewrite(document: Mapping[str, Any], *, upstream: Upstream,
-            settings: Settings) -> dict[str, Any]:
-    """The AS document with the sidecar's endpoints and auth methods in place of the AS's."""
+def rewrite(document: Mapping[str, Any], *, upstream: Upstream, settings: Settings,
+            resource: ResourceMetadata | None = None) -> dict[str, Any]:
+    """The AS document with the sidecar's endpoints and auth methods in place of the AS's;
+    with the protected resource that named the AS, its identifier (RFC 9728 §4
+    `protected_resources`) and the scopes it lists (`protected_resource_scopes_supported`,
+    the sidecar's member: what an authorization request without `scope` gets)."""
     name = upstream.name
     doc = {k: v for k, v in document.items() if k not in REMOVED_MEMBERS}
     if "authorization_endpoint" in doc:
@@ -77,6 +81,10 @@ def rewrite(document: Mapping[str, Any], *, upstream: Upstream,
         doc.update(MEDIATED)
     if upstream.app_issuer == "sidecar":
         doc["issuer"] = settings.sidecar_issuer(name)
+    if resource is not None:
+        doc["protected_resources"] = [resource.resource]
+        if resource.scopes_supported:
+            doc["protected_resource_scopes_supported"] = list(resource.scopes_supported)
     return doc
 
 
@@ -84,7 +92,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     upstream = runtime.upstream(request.match_info["name"])
     meta = await runtime.resolver.metadata(upstream.name)
-    doc = rewrite(meta.document, upstream=upstream, settings=runtime.settings)
+    doc = rewrite(meta.document, upstream=upstream, settings=runtime.settings,
+                  resource=runtime.resource_metadata(upstream))
     return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
 
 
