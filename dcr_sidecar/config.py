@@ -84,7 +84,6 @@ DCR_ONLY = {
     "client_metadata": "it is sent in the registration request",
     "client_profile": "it chooses what kind of client to register",
     "application_type": "it is sent in the registration request",
-    "assertion_audience": "it is for private_key_jwt, which static clients cannot use",
     "generation_grace": "it keeps a replaced registration usable; a static client has one",
 }
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
@@ -405,19 +404,18 @@ class Tls(_Model):
     ca_dir: str | None = None
     system: bool = True
 
-    @model_validator(mode="after")
-    def _anchors(self) -> Tls:
-        if not self.system and self.ca_file is None and self.ca_dir is None:
-            raise _keyed("system", "false needs ca_file or ca_dir (else nothing is trusted)")
+    def _problems(self) -> Iterator[Problem]:
         if self.ca_file is None and self.ca_dir is None:
-            return self
+            if not self.system:
+                yield Problem(("system",), "false needs ca_file or ca_dir (else nothing is "
+                              "trusted)", "add ca_file: /path/to/ca.pem, or system: true")
+            return
         from dcr_sidecar.tls import AnchorError, build_context
 
         try:
             build_context(self)
         except AnchorError as exc:
-            raise _keyed(exc.key, exc.message) from None
-        return self
+            yield Problem((exc.key,), exc.message)
 
 
 class Security(_Model):
@@ -464,6 +462,39 @@ class Endpoints(BaseModel):
         doc = {k: v for k, v in self.model_dump().items() if v is not None}
         doc["issuer"] = issuer
         return doc
+
+
+SigningAlg = Literal["ES256", "PS256", "RS256"]
+
+
+class ClientKeyFile(_Model):
+    """A static client's private key for private_key_jwt: PEM (PKCS#8 / SEC1 / PKCS#1) or a
+    private JWK; re-read when the file changes. `kid` and `alg` override the JWK's own (else
+    the RFC 7638 thumbprint, and ES256 for P-256 keys, RS256 for RSA keys)."""
+
+    file: str
+    kid: str | None = None
+    alg: SigningAlg | None = None
+
+    def _problems(self) -> Iterator[Problem]:
+        from dcr_sidecar.client_keys import KeyFileError, load_key_file
+
+        try:
+            load_key_file(self.file, kid=self.kid, alg=self.alg)
+        except KeyFileError as exc:
+            yield Problem(("file",), str(exc), exc.hint)
+
+
+class ClientAssertionFile(_Model):
+    """A ready-made client assertion (RFC 7523 §2.2), e.g. a projected service-account token:
+    re-read when the file changes, never sent at or past its `exp`."""
+
+    file: str
+
+    def _problems(self) -> Iterator[Problem]:
+        if not Path(self.file).is_file():
+            yield Problem(("file",), f"client assertion file {self.file!r} does not exist",
+                          "mount the token (a projected service-account token volume)")
 
 
 class Cimd(_Model):
@@ -515,6 +546,8 @@ class Upstream(_Model):
     client_id: str | None = None
     client_secret: SecretField = None
     token_endpoint_auth_method: AuthMethod | None = None
+    client_key: ClientKeyFile | None = None
+    client_assertion: ClientAssertionFile | None = None
     redirect_uris: list[str] = Field(default_factory=list)
     loopback_any_port: bool = False
     scopes: list[str] = Field(default_factory=list)
@@ -616,7 +649,8 @@ class Upstream(_Model):
             return
         why = (f"registration: {self.registration}" if self.registration != "auto"
                else "no client_id, so DCR or CIMD")
-        for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
+        for key in ("client_id", "client_secret", "token_endpoint_auth_method", "client_key",
+                    "client_assertion"):
             if getattr(self, key) is None:
                 continue
             hint = ("add client_id: to use a static client, or remove client_secret to "
@@ -633,10 +667,8 @@ class Upstream(_Model):
             yield Problem(("client_id",), "registration: static needs client_id",
                           "add client_id: (the id the AS issued), or use registration: dcr",
                           involves=deciding)
-        if self.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105 - a method name
-            yield Problem(("token_endpoint_auth_method",), "private_key_jwt is not supported "
-                          "for static clients in version 1", "use client_secret_basic, "
-                          "client_secret_post or none")
+        if self.static_auth_method == "private_key_jwt":
+            yield from self._check_static_keys()
         elif self.static_auth_method.startswith("client_secret") and not self.client_secret:
             yield Problem(("client_secret",), f"token_endpoint_auth_method "
                           f"{self.static_auth_method} needs client_secret",
@@ -646,6 +678,26 @@ class Upstream(_Model):
             yield Problem((key,), f"does nothing for a static client: {DCR_ONLY[key]}",
                           f"remove {key}, or remove client_id to register by DCR",
                           involves=deciding)
+        if self.static_auth_method != "private_key_jwt":
+            for key in ("client_key", "client_assertion", "assertion_audience"):
+                if key in self.model_fields_set:
+                    yield Problem((key,), f"is for private_key_jwt (token_endpoint_auth_method "
+                                  f"is {self.static_auth_method})", f"remove {key}",
+                                  involves=("token_endpoint_auth_method",))
+
+    def _check_static_keys(self) -> Iterator[Problem]:
+        """private_key_jwt for a static client: exactly one of client_key, client_assertion."""
+        given = [k for k in ("client_key", "client_assertion") if getattr(self, k) is not None]
+        if len(given) > 1:
+            yield Problem(("client_assertion",), "give client_key or client_assertion, not both",
+                          "keep one of them", involves=("client_key",))
+        if not given:
+            yield Problem(("token_endpoint_auth_method",), "private_key_jwt needs client_key "
+                          "(a private key file) or client_assertion (an assertion file)",
+                          "add client_key: {file: /path/to/key.pem}")
+        if self.client_secret is not None:
+            yield Problem(("client_secret",), "is not used with private_key_jwt",
+                          "remove client_secret", involves=("token_endpoint_auth_method",))
 
     def _check_flow(self) -> Iterator[Problem]:
         """design.md §2.2: the combinations of callback, app_issuer and pkce."""
@@ -686,6 +738,8 @@ class Upstream(_Model):
     def static_auth_method(self) -> str:
         if self.token_endpoint_auth_method:
             return self.token_endpoint_auth_method
+        if self.client_key is not None or self.client_assertion is not None:
+            return "private_key_jwt"
         return "client_secret_basic" if self.client_secret else "none"
 
     @property

@@ -31,6 +31,8 @@ MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "native-sidecar": {"nativeSidecar": True},
     "metrics": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "id"}}}},
+    "monitoring": {"metrics": {"prometheusRule": {"enabled": True},
+                               "grafanaDashboard": {"enabled": True}}},
     "redis-replicas": REDIS,
     "secrets-pvc": {"existingSecret": "oauth-secrets", "store": {"file": {
         "existingClaim": "dcr-state"}}, "config": {"sidecar": {"admin": {
@@ -171,7 +173,8 @@ def test_rendered_config_is_a_valid_sidecar_config_and_its_checksum_rolls_the_po
     (configmap,) = of_kind(docs, "ConfigMap")
     text = configmap["data"]["sidecar.yaml"]
     settings = parse_settings(text, "configmap")
-    assert settings.store.path == "/var/lib/dcr-sidecar/credentials.json"
+    # An emptyDir is 0777 (the sidecar refuses such a directory): the store goes one level down.
+    assert settings.store.path == "/var/lib/dcr-sidecar/store/credentials.json"
     assert settings.store.ephemeral is True  # an emptyDir dies with the pod
     (deployment,) = of_kind(docs, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]

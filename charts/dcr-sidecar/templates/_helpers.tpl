@@ -82,7 +82,9 @@ url: {file: /etc/dcr-sidecar/store/{{ $s.redis.urlKey }}}
 key_prefix: {{ $s.redis.keyPrefix | quote }}
 {{- else -}}
 backend: file
-path: /var/lib/dcr-sidecar/credentials.json
+{{- /* An emptyDir is created mode 0777, which the sidecar refuses to keep secrets in: the
+       store goes one directory down, which the sidecar creates 0700. */}}
+path: /var/lib/dcr-sidecar/{{ if not $s.file.existingClaim }}store/{{ end }}credentials.json
 ephemeral: {{ not $s.file.existingClaim }}
 {{- end -}}
 {{- end -}}
