@@ -26,8 +26,8 @@ def settings(**upstream: Any) -> Settings:
      "upstreams[0].app_issuer", "openid scope"),
     ({"callback": "sidecar", "redirect_uris": []}, "upstreams[0].redirect_uris",
      "app-side allow-list"),
-    ({"client_id": "static", "client_secret": "s", "token_endpoint_auth_method":
-      "private_key_jwt"}, "upstreams[0].token_endpoint_auth_method", "static clients"),
+    ({"client_id": "static", "token_endpoint_auth_method": "private_key_jwt"},
+     "upstreams[0].token_endpoint_auth_method", "needs client_key"),
 ])
 def test_refused_combinations_name_the_key(upstream: dict[str, Any], path: str,
                                            message: str) -> None:
