@@ -83,13 +83,12 @@ class Browser:
         return answer
 
     def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
+        """Ends node (its input closes) and closes both pipes."""
         try:
-            self.process.wait(timeout=10)
+            self.process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait()
+            self.process.communicate()
 
 
 @pytest.fixture(scope="module")
