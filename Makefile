@@ -1,16 +1,22 @@
 # dcr-sidecar — the two commands a newcomer needs:
 #   make demo   the sidecar in front of a local, real OIDC provider, with a demo app to click through
 #   make test   ruff, mypy --strict and the whole test suite
+#   make conformance  every client-auth scenario of the MCP conformance suite (stable and 0.2
+#               pre-release), through the sidecar: the suite's verdict per scenario (docs/conformance.md)
 #   make bench  the benchmark suite (bench/, minutes; never part of `make test`): results in
 #               docs/benchmarks.md. BENCH_ARGS=--quick for a short check of the harness.
 # Everything is installed by these targets (a venv from pyproject + the lock file, npm ci for the
-# test provider); nothing needs to be on the machine but python3 (>= 3.11) and node (>= 20).
+# test provider and the conformance suite, which brings its own Node 22); nothing needs to be on
+# the machine but python3 (>= 3.11) and node (>= 20).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc/node_modules/.installed
+# The MCP conformance suites and the Node >= 22 they need (an npm package: no system install).
+CONF_STAMP := tests/conformance/node_modules/.installed
+CONFORMANCE_ARGS ?=
 # The benchmarks get their own venv (with the bench and fast extras), so `make bench` never
 # changes what `make test` runs with (the CLI picks uvloop up whenever it is installed).
 BENCH_VENV ?= .venv-bench
@@ -18,7 +24,7 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: install lint typecheck test demo bench clean
+.PHONY: install lint typecheck test conformance demo bench clean
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,13 +35,17 @@ $(NODE_STAMP): tests/oidc/package-lock.json
 	cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(CONF_STAMP): tests/conformance/package-lock.json
+	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 $(BENCH_STAMP): pyproject.toml requirements-dev.lock requirements-bench.lock
 	@test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --disable-pip-version-check -c requirements-dev.lock \
 		-c requirements-bench.lock -e '.[bench,fast]'
 	@touch $@
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(CONF_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dcr_sidecar tests bench
@@ -46,6 +56,9 @@ typecheck: $(STAMP)
 test: install lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+conformance: $(STAMP) $(CONF_STAMP)
+	$(PY) tests/conformance/run.py $(CONFORMANCE_ARGS)
+
 demo: install
 	@scripts/demo.sh
 
@@ -54,4 +67,4 @@ bench: $(BENCH_STAMP) $(NODE_STAMP)
 	$(BENCH_PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) tests/oidc/node_modules .dcr-sidecar .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) tests/oidc/node_modules tests/conformance/node_modules .dcr-sidecar .mypy_cache .ruff_cache

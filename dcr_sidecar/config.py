@@ -82,7 +82,6 @@ DCR_ONLY = {
     "client_metadata": "it is sent in the registration request",
     "client_profile": "it chooses what kind of client to register",
     "application_type": "it is sent in the registration request",
-    "assertion_audience": "it is for private_key_jwt, which static clients cannot use",
     "generation_grace": "it keeps a replaced registration usable; a static client has one",
 }
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
@@ -406,27 +405,30 @@ class Tls(_Model):
     ca_dir: str | None = None
     system: bool = True
 
-    @model_validator(mode="after")
-    def _anchors(self) -> Tls:
-        if not self.system and self.ca_file is None and self.ca_dir is None:
-            raise _keyed("system", "false needs ca_file or ca_dir (else nothing is trusted)")
+    def _problems(self) -> Iterator[Problem]:
         if self.ca_file is None and self.ca_dir is None:
-            return self
+            if not self.system:
+                yield Problem(("system",), "false needs ca_file or ca_dir (else nothing is "
+                              "trusted)", "add ca_file: /path/to/ca.pem, or system: true")
+            return
         from dcr_sidecar.tls import AnchorError, build_context
 
         try:
             build_context(self)
         except AnchorError as exc:
-            raise _keyed(exc.key, exc.message) from None
-        return self
+            yield Problem((exc.key,), exc.message)
 
 
 class Security(_Model):
     allow_private_networks: list[IpNetwork] = Field(default_factory=list)
+    # Also exempt for server-supplied authorities (an AS that a resource names on an internal
+    # network, design.md §3.8); cloud metadata addresses stay blocked.
+    allow_private_networks_server_supplied: list[IpNetwork] = Field(default_factory=list)
     allow_http: list[str] = Field(default_factory=list)
     tls: Tls = Tls()
 
-    @field_validator("allow_private_networks", mode="before")
+    @field_validator("allow_private_networks", "allow_private_networks_server_supplied",
+                     mode="before")
     @classmethod
     def _cidrs(cls, value: Any) -> Any:
         if isinstance(value, list):
@@ -461,6 +463,39 @@ class Endpoints(BaseModel):
         doc = {k: v for k, v in self.model_dump().items() if v is not None}
         doc["issuer"] = issuer
         return doc
+
+
+SigningAlg = Literal["ES256", "PS256", "RS256"]
+
+
+class ClientKeyFile(_Model):
+    """A static client's private key for private_key_jwt: PEM (PKCS#8 / SEC1 / PKCS#1) or a
+    private JWK; re-read when the file changes. `kid` and `alg` override the JWK's own (else
+    the RFC 7638 thumbprint, and ES256 for P-256 keys, RS256 for RSA keys)."""
+
+    file: str
+    kid: str | None = None
+    alg: SigningAlg | None = None
+
+    def _problems(self) -> Iterator[Problem]:
+        from dcr_sidecar.client_keys import KeyFileError, load_key_file
+
+        try:
+            load_key_file(self.file, kid=self.kid, alg=self.alg)
+        except KeyFileError as exc:
+            yield Problem(("file",), str(exc), exc.hint)
+
+
+class ClientAssertionFile(_Model):
+    """A ready-made client assertion (RFC 7523 §2.2), e.g. a projected service-account token:
+    re-read when the file changes, never sent at or past its `exp`."""
+
+    file: str
+
+    def _problems(self) -> Iterator[Problem]:
+        if not Path(self.file).is_file():
+            yield Problem(("file",), f"client assertion file {self.file!r} does not exist",
+                          "mount the token (a projected service-account token volume)")
 
 
 class Cimd(_Model):
@@ -502,12 +537,18 @@ class Upstream(_Model):
     issuer: str | None = None
     discovery_url: str | None = None
     resource: str | None = None
+    # How a `resource` source finds its metadata (design.md §3.1): the resource's challenge to a
+    # GET, or to a POST of a JSON-RPC ping (MCP servers answer 401 to POST only); or a URL.
+    resource_probe: Literal["get", "post"] = "get"
+    resource_metadata: str | None = None
     endpoints: Endpoints | None = None
     registration: Literal["auto", "static", "dcr", "cimd"] = "auto"
     cimd: Cimd = Cimd()
     client_id: str | None = None
     client_secret: SecretField = None
     token_endpoint_auth_method: AuthMethod | None = None
+    client_key: ClientKeyFile | None = None
+    client_assertion: ClientAssertionFile | None = None
     redirect_uris: list[str] = Field(default_factory=list)
     loopback_any_port: bool = False
     scopes: list[str] = Field(default_factory=list)
@@ -598,6 +639,12 @@ class Upstream(_Model):
                           "add issuer:", involves=("issuer",))
         if self.resource is not None and urlsplit(self.resource).fragment:
             yield Problem(("resource",), "must not have a fragment (RFC 8707 §2)")
+        if self.resource is None:
+            for key, default in (("resource_metadata", None), ("resource_probe", "get")):
+                if getattr(self, key) != default:
+                    yield Problem((key,), "needs resource beside it",
+                                  f"remove {key}, or use a resource source",
+                                  involves=("resource",))
 
     def _check_registration(self) -> Iterator[Problem]:
         deciding = ("registration", "client_id")
@@ -606,7 +653,8 @@ class Upstream(_Model):
             return
         why = (f"registration: {self.registration}" if self.registration != "auto"
                else "no client_id, so DCR or CIMD")
-        for key in ("client_id", "client_secret", "token_endpoint_auth_method"):
+        for key in ("client_id", "client_secret", "token_endpoint_auth_method", "client_key",
+                    "client_assertion"):
             if getattr(self, key) is None:
                 continue
             hint = ("add client_id: to use a static client, or remove client_secret to "
@@ -623,10 +671,8 @@ class Upstream(_Model):
             yield Problem(("client_id",), "registration: static needs client_id",
                           "add client_id: (the id the AS issued), or use registration: dcr",
                           involves=deciding)
-        if self.token_endpoint_auth_method == "private_key_jwt":  # noqa: S105 - a method name
-            yield Problem(("token_endpoint_auth_method",), "private_key_jwt is not supported "
-                          "for static clients in version 1", "use client_secret_basic, "
-                          "client_secret_post or none")
+        if self.static_auth_method == "private_key_jwt":
+            yield from self._check_static_keys()
         elif self.static_auth_method.startswith("client_secret") and not self.client_secret:
             yield Problem(("client_secret",), f"token_endpoint_auth_method "
                           f"{self.static_auth_method} needs client_secret",
@@ -636,6 +682,26 @@ class Upstream(_Model):
             yield Problem((key,), f"does nothing for a static client: {DCR_ONLY[key]}",
                           f"remove {key}, or remove client_id to register by DCR",
                           involves=deciding)
+        if self.static_auth_method != "private_key_jwt":
+            for key in ("client_key", "client_assertion", "assertion_audience"):
+                if key in self.model_fields_set:
+                    yield Problem((key,), f"is for private_key_jwt (token_endpoint_auth_method "
+                                  f"is {self.static_auth_method})", f"remove {key}",
+                                  involves=("token_endpoint_auth_method",))
+
+    def _check_static_keys(self) -> Iterator[Problem]:
+        """private_key_jwt for a static client: exactly one of client_key, client_assertion."""
+        given = [k for k in ("client_key", "client_assertion") if getattr(self, k) is not None]
+        if len(given) > 1:
+            yield Problem(("client_assertion",), "give client_key or client_assertion, not both",
+                          "keep one of them", involves=("client_key",))
+        if not given:
+            yield Problem(("token_endpoint_auth_method",), "private_key_jwt needs client_key "
+                          "(a private key file) or client_assertion (an assertion file)",
+                          "add client_key: {file: /path/to/key.pem}")
+        if self.client_secret is not None:
+            yield Problem(("client_secret",), "is not used with private_key_jwt",
+                          "remove client_secret", involves=("token_endpoint_auth_method",))
 
     def _check_flow(self) -> Iterator[Problem]:
         """design.md §2.2: the combinations of callback, app_issuer and pkce."""
@@ -676,6 +742,8 @@ class Upstream(_Model):
     def static_auth_method(self) -> str:
         if self.token_endpoint_auth_method:
             return self.token_endpoint_auth_method
+        if self.client_key is not None or self.client_assertion is not None:
+            return "private_key_jwt"
         return "client_secret_basic" if self.client_secret else "none"
 
     @property
@@ -689,7 +757,8 @@ class Upstream(_Model):
 
     def configured_urls(self) -> list[str]:
         """Every URL the operator wrote for this upstream (its configured authorities)."""
-        urls = [self.issuer, self.discovery_url, self.resource, self.registration_endpoint]
+        urls = [self.issuer, self.discovery_url, self.resource, self.resource_metadata,
+                self.registration_endpoint]
         if self.endpoints is not None:
             dumped = self.endpoints.model_dump()
             urls.extend(dumped.get(k) for k in ENDPOINT_URL_FIELDS)
@@ -769,7 +838,8 @@ class Settings(_Model):
 
     def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
-        for key in ("issuer", "discovery_url", "resource", "registration_endpoint"):
+        for key in ("issuer", "discovery_url", "resource", "resource_metadata",
+                    "registration_endpoint"):
             url = getattr(upstream, key)
             if url is not None:
                 yield from self._check_url(url, ("upstreams", index, key), issuer=key == "issuer")

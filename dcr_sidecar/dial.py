@@ -86,22 +86,28 @@ class AddressPolicy:
     """The allow-list and the configured authorities it applies to. Mutable in place so a
     reload reaches the running resolver and socket factory."""
 
-    def __init__(self, allowed: Sequence[IPNetwork], configured: frozenset[Authority]) -> None:
+    def __init__(self, allowed: Sequence[IPNetwork], configured: frozenset[Authority],
+                 server_supplied: Sequence[IPNetwork] = ()) -> None:
         self.allowed = tuple(allowed)
         self.configured = configured
+        self.server_supplied = tuple(server_supplied)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AddressPolicy:
         configured = frozenset(authority(url) for upstream in settings.upstreams
                                for url in upstream.configured_urls())
-        return cls(settings.security.allow_private_networks, configured)
+        security = settings.security
+        return cls(security.allow_private_networks, configured,
+                   security.allow_private_networks_server_supplied)
 
     def replace(self, other: AddressPolicy) -> None:
         self.allowed, self.configured = other.allowed, other.configured
+        self.server_supplied = other.server_supplied
 
     def refusal(self, dest: Authority | None, address: str) -> str | None:
         """Why `address` may not be dialled for `dest` (None: unknown, server-supplied)."""
-        allowed = self.allowed if dest is not None and dest in self.configured else ()
+        configured = dest is not None and dest in self.configured
+        allowed = self.allowed if configured else self.server_supplied
         return refusal(parse_address(address), allowed)
 
 

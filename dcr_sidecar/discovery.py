@@ -24,6 +24,8 @@ from dcr_sidecar.oauth.metadata import (
     validate_metadata,
 )
 from dcr_sidecar.oauth.resource import (
+    POST_PROBE_BODY,
+    POST_PROBE_HEADERS,
     ResourceMetadata,
     resource_candidates,
     validate_resource_metadata,
@@ -58,12 +60,31 @@ class Attempt:
                f"{self.detail})"
 
 
+@dataclass(frozen=True)
+class ResourceFetch:
+    """The protected-resource metadata in use (RFC 9728), and how to ask whether it changed."""
+
+    metadata: ResourceMetadata
+    url: str
+    exact: bool  # the document must name the resource exactly (RFC 9728 §3.3)
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def conditional_headers(self) -> dict[str, str]:
+        """RFC 9110 §13.1: If-None-Match with the entity tag, else If-Modified-Since."""
+        if self.etag:
+            return {"If-None-Match": self.etag}
+        return {"If-Modified-Since": self.last_modified} if self.last_modified else {}
+
+
 @dataclass
 class DiscoveryResult:
     metadata: Metadata
     source_url: str | None
     ttl: float
     attempts: list[Attempt] = field(default_factory=list)
+    resource: ResourceFetch | None = None  # `resource` sources: the document that named the AS
+    fetched_at: float = field(default_factory=time.time)  # wall clock, for /client
 
 
 class Discoverer:
@@ -93,7 +114,16 @@ class Discoverer:
                             await_all: bool) -> DiscoveryResult:
         """The resource names its AS (RFC 9728); the first AS whose metadata validates wins."""
         attempts: list[Attempt] = []
-        prm = await self._resource_metadata(upstream, resource, attempts)
+        fetch = await self._resource_metadata(upstream, resource, attempts)
+        result = await self.via_resource_metadata(upstream, fetch, need_registration, await_all)
+        result.attempts[:0] = attempts
+        return result
+
+    async def via_resource_metadata(self, upstream: Upstream, fetch: ResourceFetch,
+                                    need_registration: bool,
+                                    await_all: bool = False) -> DiscoveryResult:
+        """The AS metadata of the first authorization server `fetch` names that validates."""
+        resource, prm = upstream.resource or fetch.metadata.resource, fetch.metadata
         if upstream.issuer is not None:
             if upstream.issuer not in prm.authorization_servers:
                 named = ", ".join(map(clean_text, prm.authorization_servers))
@@ -111,14 +141,21 @@ class Discoverer:
             except errors.UpstreamError as exc:
                 failures.append(exc.description)
                 continue
-            result.attempts[:0] = attempts
+            result.resource = fetch
             return result
         raise errors.DiscoveryFailed(
             f"no authorization server named by {safe_url(resource)} validated: "
             f"{' | '.join(failures)}", step="discover", upstream=upstream.name)
 
     async def _resource_metadata(self, upstream: Upstream, resource: str,
-                                 attempts: list[Attempt]) -> ResourceMetadata:
+                                 attempts: list[Attempt]) -> ResourceFetch:
+        """The configured `resource_metadata` URL; else the one the resource's challenge names;
+        else the well-known locations. A named document must name the resource exactly."""
+        if upstream.resource_metadata is not None:
+            found = await self._fetch_resource_metadata(
+                upstream, resource, upstream.resource_metadata, True, attempts)
+            if found is not None:
+                return found
         candidates: list[tuple[str, bool]] = []
         header_url = await self._challenge_url(upstream, resource, attempts)
         if header_url is not None:
@@ -130,35 +167,70 @@ class Discoverer:
             candidates += [(url, index == 0 and len(wanted) > 1) for index, url in
                            enumerate(wanted)]
         for url, exact in candidates:
-            attempt = Attempt(url)
-            attempts.append(attempt)
-            try:
-                response = await self._get_following(upstream, attempt)
-            except errors.UpstreamError as exc:
-                attempt.outcome, attempt.detail = "failed", exc.description
-                attempt.transient = not isinstance(exc, errors.PolicyRefused)
-                continue
-            attempt.status = response.status
-            if response.status != 200:
-                attempt.outcome = "skipped"
-                continue
-            try:
-                prm = validate_resource_metadata(response.json(), resource, exact=exact)
-            except ProtocolError as exc:
-                attempt.outcome, attempt.detail = "skipped", exc.reason
-                continue
-            attempt.outcome = "used"
-            return prm
-        raise self._failure(upstream, attempts, f"protected resource {resource}")
+            found = await self._fetch_resource_metadata(upstream, resource, url, exact, attempts)
+            if found is not None:
+                return found
+        raise self._failure(upstream, attempts, f"protected resource {safe_url(resource)!r}")
+
+    async def _fetch_resource_metadata(self, upstream: Upstream, resource: str, url: str,
+                                       exact: bool,
+                                       attempts: list[Attempt]) -> ResourceFetch | None:
+        attempt = Attempt(url)
+        attempts.append(attempt)
+        try:
+            response = await self._get_following(upstream, attempt)
+        except errors.UpstreamError as exc:
+            attempt.outcome, attempt.detail = "failed", exc.description
+            attempt.transient = not isinstance(exc, errors.PolicyRefused)
+            return None
+        attempt.status = response.status
+        if response.status != 200:
+            attempt.outcome = "skipped"
+            return None
+        try:
+            prm = validate_resource_metadata(response.json(), resource, exact=exact)
+        except ProtocolError as exc:
+            attempt.outcome, attempt.detail = "skipped", exc.reason
+            return None
+        attempt.outcome = "used"
+        return ResourceFetch(prm, url, exact, response.headers.get("ETag"),
+                             response.headers.get("Last-Modified"))
+
+    async def recheck_resource(self, upstream: Upstream,
+                               known: ResourceFetch) -> ResourceFetch | None:
+        """Ask again for the document in use, conditionally (RFC 9110 §13.1.1-2): None when it
+        is unchanged (304); the new document when it validates under the same rules; a typed
+        error otherwise (the caller keeps what it has)."""
+        attempt = Attempt(known.url)
+        response = await self._get_following(upstream, attempt, known.conditional_headers())
+        if response.status == 304:
+            return None
+        if response.status != 200:
+            raise errors.DiscoveryFailed(
+                f"re-checking {safe_url(known.url)}: HTTP {response.status}", step="discover",
+                upstream=upstream.name)
+        configured = upstream.resource
+        assert configured is not None  # only `resource` sources have a ResourceFetch
+        try:
+            prm = validate_resource_metadata(response.json(), configured, exact=known.exact)
+        except ProtocolError as exc:
+            raise errors.DiscoveryFailed(f"re-checking {safe_url(known.url)}: {exc.reason}",
+                                         step="discover", upstream=upstream.name) from exc
+        return ResourceFetch(prm, known.url, known.exact, response.headers.get("ETag"),
+                             response.headers.get("Last-Modified"))
 
     async def _challenge_url(self, upstream: Upstream, resource: str,
                              attempts: list[Attempt]) -> str | None:
-        """GET the resource; a 401 may name its metadata in WWW-Authenticate (RFC 9728 §5.1)."""
+        """Probe the resource without a token; a 401 may name its metadata in WWW-Authenticate
+        (RFC 9728 §5.1). GET, or under `resource_probe: post` a JSON-RPC ping (MCP servers)."""
         attempt = Attempt(resource)
         attempts.append(attempt)
+        post = upstream.resource_probe == "post"
         try:
-            response = await self.outbound.request("GET", resource, step="discover",
-                                                   upstream=upstream.name)
+            response = await self.outbound.request(
+                "POST" if post else "GET", resource, step="discover", upstream=upstream.name,
+                headers=POST_PROBE_HEADERS if post else None,
+                data=POST_PROBE_BODY if post else None)
         except errors.UpstreamError as exc:
             attempt.outcome, attempt.detail = "failed", exc.description
             return None
@@ -205,7 +277,7 @@ class Discoverer:
                     attempt.outcome = "cancelled"
         chosen = winner or fallback
         if chosen is None:
-            raise self._failure(upstream, attempts, expected)
+            raise self._failure(upstream, attempts, f"issuer {clean_text(expected)!r}")
         chosen[0].outcome = "used"
         return DiscoveryResult(chosen[1], chosen[0].url, chosen[2], attempts)
 
@@ -243,13 +315,14 @@ class Discoverer:
                              max_ttl=settings.cache_ttl)
         return attempt, meta, ttl
 
-    async def _get_following(self, upstream: Upstream, attempt: Attempt) -> Response:
+    async def _get_following(self, upstream: Upstream, attempt: Attempt,
+                             headers: dict[str, str] | None = None) -> Response:
         """GET with discovery's redirect rules: same origin, at most 5, never https->http."""
         url = attempt.url
         for _ in range(MAX_REDIRECTS + 1):
             response = await self.outbound.request(
                 "GET", url, step="discover", upstream=upstream.name,
-                headers={"Accept": "application/json"})
+                headers={"Accept": "application/json", **(headers or {})})
             if response.status not in (301, 302, 303, 307, 308):
                 return response
             location = response.headers.get("Location")
@@ -266,7 +339,8 @@ class Discoverer:
                                      upstream=upstream.name)
 
     def _failure(self, upstream: Upstream, attempts: list[Attempt],
-                 expected: str) -> errors.UpstreamError:
+                 subject: str) -> errors.UpstreamError:
+        """`subject` names what was looked for: "issuer 'x'" or "protected resource 'y'"."""
         summary = "; ".join(a.line() for a in attempts)
         rejected = next((a for a in attempts if a.certificate), None)
         if rejected is not None:  # the cause, said once rather than per candidate URL
@@ -274,17 +348,17 @@ class Discoverer:
                                               upstream=upstream.name)
         error: errors.UpstreamError
         if attempts and all(a.timed_out for a in attempts):
-            headline = f"discovery for {clean_text(expected)!r} timed out"
+            headline = f"discovery for {subject} timed out"
             error = errors.UpstreamTimeout(f"{headline}: {summary}", step="discover",
                                            upstream=upstream.name)
         elif any(a.transient for a in attempts):
             waits = [a.retry_after for a in attempts if a.retry_after is not None]
-            headline = f"discovery for issuer {clean_text(expected)!r} failed"
+            headline = f"discovery for {subject} failed"
             error = errors.Unavailable(
                 f"{headline}: {summary}", step="discover", upstream=upstream.name,
                 retry_after=max(waits, default=None))
         else:
-            headline = f"no usable metadata for issuer {clean_text(expected)!r}"
+            headline = f"no usable metadata for {subject}"
             error = errors.DiscoveryFailed(f"{headline}: {summary}", step="discover",
                                            upstream=upstream.name)
         error.headline = headline

@@ -46,7 +46,12 @@ import structlog
 
 from dcr_sidecar import errors
 from dcr_sidecar.cimd import CimdKeys, KeyRingSigner, schedule
-from dcr_sidecar.client_keys import client_credentials, registration_key
+from dcr_sidecar.client_keys import (
+    KeySources,
+    client_credentials,
+    registration_key,
+    static_credentials,
+)
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, DiscoveryResult
 from dcr_sidecar.files import write_atomic
@@ -142,6 +147,7 @@ class Resolver:
         self.cimd_keys = CimdKeys(store, lambda: self.max_record_age)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
+        self._key_sources: KeySources = {}  # static clients' key and assertion file readers
 
     # ------------------------------------------------------------------ public surface
 
@@ -455,7 +461,7 @@ class Resolver:
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True, mechanism="static",
-            auth=ClientCredentials(config.client_id, config.client_secret, method))
+            auth=static_credentials(config, metadata, self._key_sources))
         self._switch(state, creds)
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:
@@ -606,6 +612,7 @@ class Resolver:
                 raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
+            self.metrics.renewal(config.name, "failure")
             return gen, record
         reason = "gone" if answer.gone else "expiry unchanged"
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
@@ -614,6 +621,7 @@ class Resolver:
 
     def _renewed(self, state: UpstreamState, gen: Generation, via: str) -> Generation:
         state.stats["renewals"] += 1
+        self.metrics.renewal(state.config.name, "success")
         audit.info("client_renewed", upstream=state.config.name, client_id=gen.client_id,
                    generation=gen.generation, via=via, expires_at=gen.client_secret_expires_at)
         return gen

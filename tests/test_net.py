@@ -99,6 +99,25 @@ async def test_server_supplied_name_gets_no_allow_list(
     assert server.hits == []
 
 
+async def test_server_supplied_private_networks_apply_to_any_authority_but_only_those(
+        outbound: OutboundFactory, servers: FakeServers) -> None:
+    """`allow_private_networks_server_supplied` (an AS that a resource names on an internal
+    network): other.test on 127.0.0.1 is let through; 127.0.0.2, not listed, still is not."""
+    server = await hello_server(servers)
+    internal = await hello_server(servers, "127.0.0.2")
+    client = await outbound(
+        [upstream(f"http://as.test:{server.port}")],
+        resolver=MapResolver({"as.test": "127.0.0.1", "other.test": "127.0.0.1",
+                              "mixed.test": "127.0.0.2"}),
+        security={"allow_http": ALLOW_HTTP, "allow_private_networks": ["127.0.0.1/32"],
+                  "allow_private_networks_server_supplied": ["127.0.0.1/32"]})
+    assert await get(client, f"http://other.test:{server.port}/hello") == (200, {
+        "hello": "127.0.0.1"})
+    with pytest.raises(errors.PolicyRefused, match="loopback"):
+        await get(client, f"http://mixed.test:{internal.port}/hello")
+    assert internal.hits == []
+
+
 async def test_ip_literal_outside_the_allow_list_is_refused_before_connecting(
         outbound: OutboundFactory, servers: FakeServers) -> None:
     internal = await hello_server(servers, "127.0.0.2")

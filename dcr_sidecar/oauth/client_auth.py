@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 from dcr_sidecar.oauth.jose import JWT_BEARER, Signer, client_assertion
@@ -26,15 +27,33 @@ CLIENT_AUTH_PARAMS = frozenset(
 )
 
 
+@runtime_checkable
+class SignerSource(Protocol):
+    """Hands out the signer in force now (a key file re-read when it changes): one signer per
+    assertion, so its `kid`, `alg` and signature always come from the same key."""
+
+    def current(self) -> Signer: ...
+
+
+class AssertionSource(Protocol):
+    """A ready-made assertion (a platform-issued JWT, e.g. a projected service-account token)."""
+
+    def assertion(self, now: int) -> str:
+        """The assertion to send at `now`; raises when none is usable (expired, unreadable)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ClientCredentials:
-    """What one client authenticates with; `signer` and `audience` serve private_key_jwt."""
+    """What one client authenticates with; `signer` (or `presigned`) and `audience` serve
+    private_key_jwt."""
 
     client_id: str
     client_secret: Secret | None
     method: str
-    signer: Signer | None = None
+    signer: Signer | SignerSource | None = None
     audience: str | None = None
+    presigned: AssertionSource | None = None
 
     def __repr__(self) -> str:  # the secret and the key stay out of logs
         return f"ClientCredentials({self.client_id!r}, method={self.method})"
@@ -90,10 +109,16 @@ def _none(creds: ClientCredentials, _: Freshness) -> AuthParts:
 
 
 def _private_key_jwt(creds: ClientCredentials, fresh: Freshness) -> AuthParts:
-    """RFC 7523 §2.2: a signed assertion, no client_id needed beside it (RFC 7521 §4.2)."""
-    if creds.signer is None or creds.audience is None:
+    """RFC 7523 §2.2: a signed assertion, no client_id needed beside it (RFC 7521 §4.2). A
+    ready-made assertion goes as it is, with client_id beside it: its subject may be the
+    workload rather than the client (workload identity federation)."""
+    if creds.presigned is not None:
+        return AuthParts(form=(("client_id", creds.client_id),
+                               ("client_assertion_type", JWT_BEARER),
+                               ("client_assertion", creds.presigned.assertion(fresh.now))))
+    signer = creds.signer.current() if isinstance(creds.signer, SignerSource) else creds.signer
+    if signer is None or creds.audience is None:
         raise ValueError("private_key_jwt needs a signing key and an audience")
-    signer = creds.signer
     scheduled = getattr(signer, "at", None)  # a key ring picks the key of this moment, once
     if callable(scheduled):
         signer = scheduled(fresh.now)

@@ -10,6 +10,7 @@ from aiohttp import web
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.callback import is_par_reference
+from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
 from dcr_sidecar.proxy.mediation import claim_pushed, mediate
@@ -59,7 +60,8 @@ async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
         raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
                                 "S256 (design.md §3.11); send it, or use callback: sidecar "
                                 "with pkce: sidecar")
-    return with_default_resource(pairs, upstream.default_resource)
+    pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
+    return with_default_resource(pairs, runtime.default_resource(upstream))
 
 
 def _has_s256(pairs: Pairs) -> bool:

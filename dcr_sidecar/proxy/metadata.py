@@ -10,14 +10,18 @@ sidecar mediates is advertised (code, query) and `iss` is always sent (RFC 9207)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from dcr_sidecar.config import Inbound, Settings, Upstream
 from dcr_sidecar.oauth.callback import as_advertises_iss
+from dcr_sidecar.oauth.resource import ResourceMetadata
+from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
+from dcr_sidecar.resolver import UpstreamState
 
 # Members naming client-authentication signing algorithms, DPoP, mTLS aliases and CIBA: the
 # app authenticates to the sidecar, not to the AS, so none of these describe what it can use.
@@ -60,9 +64,12 @@ def advertises_iss(document: Mapping[str, Any], upstream: Upstream) -> bool:
     return upstream.callback == "sidecar" or as_advertises_iss(document)
 
 
-def rewrite(document: Mapping[str, Any], *, upstream: Upstream,
-            settings: Settings) -> dict[str, Any]:
-    """The AS document with the sidecar's endpoints and auth methods in place of the AS's."""
+def rewrite(document: Mapping[str, Any], *, upstream: Upstream, settings: Settings,
+            resource: ResourceMetadata | None = None) -> dict[str, Any]:
+    """The AS document with the sidecar's endpoints and auth methods in place of the AS's;
+    with the protected resource that named the AS, its identifier (RFC 9728 §4
+    `protected_resources`) and the scopes it lists (`protected_resource_scopes_supported`,
+    the sidecar's member: what an authorization request without `scope` gets)."""
     name = upstream.name
     doc = {k: v for k, v in document.items() if k not in REMOVED_MEMBERS}
     if "authorization_endpoint" in doc:
@@ -77,6 +84,10 @@ def rewrite(document: Mapping[str, Any], *, upstream: Upstream,
         doc.update(MEDIATED)
     if upstream.app_issuer == "sidecar":
         doc["issuer"] = settings.sidecar_issuer(name)
+    if resource is not None:
+        doc["protected_resources"] = [resource.resource]
+        if resource.scopes_supported:
+            doc["protected_resource_scopes_supported"] = list(resource.scopes_supported)
     return doc
 
 
@@ -84,7 +95,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     upstream = runtime.upstream(request.match_info["name"])
     meta = await runtime.resolver.metadata(upstream.name)
-    doc = rewrite(meta.document, upstream=upstream, settings=runtime.settings)
+    doc = rewrite(meta.document, upstream=upstream, settings=runtime.settings,
+                  resource=runtime.resource_metadata(upstream))
     return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
 
 
@@ -101,5 +113,24 @@ async def client(request: web.Request) -> web.StreamResponse:
         "token_endpoint_auth_method": creds.method,
         "issuer": creds.issuer,
         "client_secret_expires_at": creds.expires_at,
+        **_history(runtime.resolver.state(name)),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _history(state: UpstreamState) -> dict[str, Any]:
+    """How the sidecar got here (what the demo's panel shows): where and when the metadata
+    came from, and how and when the client was obtained. Never a secret."""
+    found = state.discovery
+    creds, current = state.credentials, state.current
+    static = creds is not None and creds.static
+    return {
+        "registered_at": _iso(current.received_at) if current and not static else None,
+        "discovered_from": (safe_url(found.source_url) if found.source_url
+                            else "endpoints (configuration)") if found else None,
+        "discovered_at": _iso(found.fetched_at) if found else None,
+    }
+
+
+def _iso(when: float) -> str | None:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None

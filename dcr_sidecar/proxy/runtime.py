@@ -10,6 +10,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.oauth.resource import ResourceMetadata
 from dcr_sidecar.resolver import Resolver
 from dcr_sidecar.store.flows import FlowStore
 
@@ -27,6 +28,24 @@ class Runtime:
         if upstream is None:
             raise errors.NotFound(f"no upstream named {name!r} is configured")
         return upstream
+
+    def resource_metadata(self, upstream: Upstream) -> ResourceMetadata | None:
+        """The protected-resource metadata that named the AS (`resource` sources), once read."""
+        discovery = self.resolver.state(upstream.name).discovery
+        return discovery.resource.metadata if discovery and discovery.resource else None
+
+    def default_resource(self, upstream: Upstream) -> str | None:
+        """The RFC 8707 `resource` added when the app named none (`resource_indicator`): the
+        identifier the resource's metadata publishes (RFC 9728 §3.3; the configured URL, or
+        its parent under the root-document relaxation of design.md §3.1), else the configured
+        URL."""
+        configured = upstream.default_resource
+        prm = self.resource_metadata(upstream)
+        return prm.resource if configured is not None and prm is not None else configured
+
+    def resource_scopes(self, upstream: Upstream) -> tuple[str, ...] | None:
+        prm = self.resource_metadata(upstream)
+        return prm.scopes_supported if prm is not None else None
 
     def app_issuer(self, upstream: Upstream, as_issuer: str) -> str:
         """The issuer the app discovered: the AS's, or the sidecar's (`app_issuer`)."""

@@ -21,6 +21,7 @@ from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
+from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
@@ -91,8 +92,10 @@ async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Cred
         pairs, record = await mediate(runtime, upstream, creds, pairs)
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
+    if route == "par":
+        pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
     if route in RESOURCE_ROUTES:
-        pairs = with_default_resource(pairs, upstream.default_resource)
+        pairs = with_default_resource(pairs, runtime.default_resource(upstream))
     return pairs, creds, record
 
 

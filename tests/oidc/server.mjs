@@ -13,6 +13,9 @@
 //   pkceRequired     false                    true = PKCE for every client, not only `none`
 //   accessTokenTtl   3600                     seconds, access tokens and client_credentials
 //   extraScopes      []                       scopes accepted besides the built-in list
+//   clients          []                       pre-registered (static) clients: oidc-provider
+//                                             client metadata, e.g. a private_key_jwt client
+//                                             with the public `jwks` its assertions verify with
 //   cimd             false                    true = Client ID Metadata Documents
 //                                             (features.clientIdMetadataDocument): the provider
 //                                             fetches https client_ids, loopback included (test
@@ -23,7 +26,8 @@
 //   GET  /__test/stats     {"registrations", "registration_attempts", "clients", "deleted"}
 //   GET  /__test/requests  every request seen (except /__test), oldest first, the last 100,000:
 //                          {method, path, query_keys, auth_scheme, body_keys, client_id,
-//                           route, status}
+//                           route, status, assertion_kid}  (assertion_kid: the `kid` in the
+//                           header of a client_assertion the request carried, else null)
 //   POST /__test/reset     empty store, counters and request log: a provider restarted afresh
 //
 // Once listening it prints exactly one line on stdout: {"issuer": "...", "port": N}. Anything
@@ -48,6 +52,7 @@ const CONFIG_DEFAULTS = {
   pkceRequired: false,
   accessTokenTtl: 3600,
   extraScopes: [],
+  clients: [],
   cimd: false,
 };
 
@@ -102,6 +107,9 @@ function loadConfig() {
   if (!Number.isInteger(config.accessTokenTtl) || config.accessTokenTtl <= 0) fail('accessTokenTtl must be a positive integer');
   if (!Array.isArray(config.extraScopes) || !config.extraScopes.every((s) => typeof s === 'string' && /^[\x21\x23-\x5B\x5D-\x7E]+$/.test(s))) {
     fail('extraScopes must be a list of scope tokens');
+  }
+  if (!Array.isArray(config.clients) || !config.clients.every((c) => c && typeof c === 'object' && typeof c.client_id === 'string')) {
+    fail('clients must be a list of client metadata objects with client_id');
   }
   return config;
 }
@@ -213,7 +221,21 @@ function authScheme(header) {
 // Bounded so that a load test cannot exhaust memory; far above what any functional test reads.
 const REQUEST_LOG_LIMIT = 100_000;
 
-function recordRequest(req, { status, route = null, bodyKeys = [], clientId = null }) {
+// The `kid` of a client assertion's JOSE header (read, not verified: the provider verifies).
+function assertionKid(body) {
+  const assertion = body && typeof body === 'object' ? body.client_assertion : undefined;
+  if (typeof assertion !== 'string') return null;
+  try {
+    const header = JSON.parse(Buffer.from(assertion.split('.')[0], 'base64url').toString('utf8'));
+    return typeof header.kid === 'string' ? header.kid : null;
+  } catch {
+    return null;
+  }
+}
+
+function recordRequest(req, {
+  status, route = null, bodyKeys = [], clientId = null, kid = null,
+}) {
   if (requestLog.length >= REQUEST_LOG_LIMIT) requestLog.shift();
   requestLog.push({
     method: req.method,
@@ -224,6 +246,7 @@ function recordRequest(req, { status, route = null, bodyKeys = [], clientId = nu
     client_id: clientId,
     route,
     status,
+    assertion_kid: kid,
   });
 }
 
@@ -254,6 +277,7 @@ async function buildProvider(issuer) {
   const provider = new Provider(issuer, {
     adapter: MapAdapter,
     jwks: { keys: [signingKey] },
+    clients: config.clients,
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
 
     // Any login works: the login name becomes the subject.
@@ -385,6 +409,7 @@ async function buildProvider(issuer) {
         route: oidc?.route ?? null,
         bodyKeys: body && typeof body === 'object' ? Object.keys(body) : [],
         clientId: oidc?.entities?.Client?.clientId ?? null,
+        kid: assertionKid(body),
       });
     }
   });

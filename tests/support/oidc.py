@@ -62,6 +62,7 @@ class RecordedRequest(TypedDict):
     client_id: str | None  # the client the provider resolved for the request, if any
     route: str | None  # oidc-provider's route name, e.g. "token", "registration"
     status: int
+    assertion_kid: str | None  # the kid in a client_assertion's header, if one was sent
 
 
 class OidcProviderError(RuntimeError):
@@ -131,6 +132,7 @@ class OidcProvider:
         pkce_required: bool = False,
         access_token_ttl: int = 3600,
         extra_scopes: Sequence[str] = (),
+        clients: Sequence[Mapping[str, Any]] = (),
         cimd: bool = False,
         env: Mapping[str, str] | None = None,
         port: int = 0,
@@ -147,6 +149,7 @@ class OidcProvider:
             "pkceRequired": pkce_required,
             "accessTokenTtl": access_token_ttl,
             "extraScopes": list(extra_scopes),
+            "clients": [dict(c) for c in clients],
             "cimd": cimd,
         }
         self.env = dict(env or {})  # e.g. NODE_EXTRA_CA_CERTS for a test CA
