@@ -309,3 +309,19 @@ async def test_file_store_refuses_a_directory_writable_by_others(tmp_path: Path)
     with pytest.raises(StoreError):
         await FileStore(str(directory / "c.json")).open()
     assert list(directory.iterdir()) == []
+
+
+def test_generation_numbers_never_repeat_after_the_newest_is_deleted() -> None:
+    """The record keeps its high-water mark: deleting generation 2 and registering again gives
+    3, also after a round trip through the serializer; a record written before the mark
+    existed counts on from its newest generation."""
+    two = record().with_generation(Generation(2, "fp", "cid-2", None, "none"), 1.0)
+    emptied = two.without(2).without(1)
+    assert emptied.generations == ()
+    assert emptied.next_number() == 3
+    assert record_from_json(record_to_json(emptied)).next_number() == 3
+    legacy = record_to_json(two)
+    del legacy["last_generation"]
+    assert record_from_json(legacy).next_number() == 3
+    with pytest.raises(StoreCorrupt):
+        record_from_json({**legacy, "last_generation": "7"})
