@@ -34,6 +34,7 @@ from dcr_sidecar.management import redacted
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
+from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
@@ -302,11 +303,14 @@ class Sidecar:
         for name in self.resolver.names():
             state = self.resolver.state(name)
             creds = state.credentials
+            dynamic = creds is not None and creds.mechanism == "dcr"
             yield UpstreamGauges(
                 name=name,
-                secret_expires_at=(creds.expires_at if creds and creds.mechanism == "dcr"
-                                   else None),
-                backoff_active=state.backoff_until > now, mechanism=state.mechanism)
+                secret_expires_at=creds.expires_at if creds and dynamic else None,
+                backoff_active=state.backoff_until > now, mechanism=state.mechanism,
+                generation=creds.generation if creds and dynamic else None,
+                renew_at=renew_at(creds.expires_at, state.current.received_at)
+                if creds and dynamic and state.current is not None else None)
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      ssl_context: ssl.SSLContext | None = None) -> Bound:

@@ -153,7 +153,7 @@ class CimdKeys:
             audit.info("cimd_key_rotation_started", upstream=name, new_kid=new.kid,
                        old_kid=current.kid if current else None, signs_from=round(now + overlap),
                        old_retires_at=round(now + 2 * overlap))
-            return Record(record.key, (*kept, gen))
+            return replace(record, generations=(*kept, gen))
 
         async with self._locks.setdefault(name, asyncio.Lock()):
             return await self._change(name, work)
@@ -179,9 +179,9 @@ class CimdKeys:
         key = await asyncio.to_thread(generate, cimd.CIMD_ALG)
         now = _whole_seconds()
         audit.info("cimd_key_created", upstream=record.key.upstream, kid=key.kid)
-        return Record(record.key, (*record.generations,
-                                   _generation(record.next_number(), key.private_jwk, key.kid,
-                                               now, signs_from=now)))
+        return replace(record, generations=(
+            *record.generations,
+            _generation(record.next_number(), key.private_jwk, key.kid, now, signs_from=now)))
 
     async def _change(self, name: str, work: _Work) -> Record:
         key = keys_record_key(name)
@@ -190,8 +190,9 @@ class CimdKeys:
             changed = await work(record)
             if changed is not record:
                 now = time.time()
-                pruned = Record(key, tuple(g for g in changed.generations
-                                           if g.retires_at is None or g.retires_at > now))
+                pruned = replace(changed, generations=tuple(
+                    g for g in changed.generations if g.retires_at is None or g.retires_at > now),
+                    last_generation=changed.high_water)
                 async with self._errors(name, "store_write"):
                     await self.store.put(pruned)
                 changed = pruned

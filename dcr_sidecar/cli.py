@@ -124,9 +124,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_app(args: argparse.Namespace) -> int:
-    from dcr_sidecar import demo_app
+    from dcr_sidecar import demo
 
-    return demo_app.main(args)
+    return demo.main(args)
 
 
 EXIT_CODES = """\
@@ -189,11 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true",
                         help="print the report as JSON instead of text")
     doctor.set_defaults(func=cmd_doctor)
-    demo = command("demo-app")
-    from dcr_sidecar import demo_app
+    demo_app = command("demo-app")
+    from dcr_sidecar import demo
 
-    demo_app.add_arguments(demo)
-    demo.set_defaults(func=cmd_demo_app)
+    demo.add_arguments(demo_app)
+    demo_app.set_defaults(func=cmd_demo_app)
     return parser
 
 

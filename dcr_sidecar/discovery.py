@@ -84,6 +84,7 @@ class DiscoveryResult:
     ttl: float
     attempts: list[Attempt] = field(default_factory=list)
     resource: ResourceFetch | None = None  # `resource` sources: the document that named the AS
+    fetched_at: float = field(default_factory=time.time)  # wall clock, for /client
 
 
 class Discoverer:

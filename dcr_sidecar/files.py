@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
@@ -13,7 +13,10 @@ def write_atomic(path: Path, content: str | bytes, *, mode: int, dir_mode: int =
     one, and a crash loses neither: a temporary file in the same directory (created with
     `mode`), fsync, ``os.replace``, then fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL and O_NOFOLLOW: never write through a file or a link someone planted.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
     try:
         os.fchmod(fd, mode)
         data = content.encode("utf-8") if isinstance(content, str) else content
@@ -26,7 +29,7 @@ def write_atomic(path: Path, content: str | bytes, *, mode: int, dir_mode: int =
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -43,6 +43,8 @@ class UpstreamGauges:
     secret_expires_at: int | None  # None: no dynamic credentials held; 0: never expires
     backoff_active: bool
     mechanism: str | None = None  # static | cimd | dcr once resolved (design.md §3.11)
+    generation: int | None = None  # the dynamic client generation served
+    renew_at: float | None = None  # when renewal of the current secret starts (Unix time)
 
 
 class _StateCollector(Collector):
@@ -62,15 +64,29 @@ class _StateCollector(Collector):
             "dcr_sidecar_client_mechanism",
             "1 for the way the upstream's client was obtained: static, cimd or dcr.",
             labels=["upstream", "mechanism"])
+        generation = GaugeMetricFamily(
+            "dcr_sidecar_client_generation",
+            "The client generation this replica serves, per upstream with dynamic credentials "
+            "(replicas of one fleet agree within the staleness bound).", labels=["upstream"])
+        renew_at = GaugeMetricFamily(
+            "dcr_sidecar_client_secret_renew_at_timestamp_seconds",
+            "When renewal of the current client secret starts (Unix time: expiry minus the "
+            "renewal margin), per upstream whose secret expires.", labels=["upstream"])
         for gauges in self._source():
             if gauges.secret_expires_at is not None:
                 expiry.add_metric([gauges.name], float(gauges.secret_expires_at))
+            if gauges.generation is not None:
+                generation.add_metric([gauges.name], float(gauges.generation))
+            if gauges.renew_at is not None:
+                renew_at.add_metric([gauges.name], gauges.renew_at)
             backoff.add_metric([gauges.name], 1.0 if gauges.backoff_active else 0.0)
             if gauges.mechanism is not None:
                 mechanism.add_metric([gauges.name, gauges.mechanism], 1.0)
         yield expiry
         yield backoff
         yield mechanism
+        yield generation
+        yield renew_at
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -95,6 +111,10 @@ class Metrics:
             ["upstream", "endpoint"], buckets=REQUEST_BUCKETS, registry=registry)
         self.registrations = Counter(
             "dcr_sidecar_registrations", "RFC 7591 registrations, by outcome.",
+            ["upstream", "outcome"], registry=registry)
+        self.renewals = Counter(
+            "dcr_sidecar_renewals", "RFC 7592 renewals of an expiring client secret, by "
+            "outcome (a failure keeps the current secret until it expires).",
             ["upstream", "outcome"], registry=registry)
         self.discoveries = Counter(
             "dcr_sidecar_discovery", "Metadata discoveries, by outcome.",
@@ -151,6 +171,9 @@ class Metrics:
 
     def registration(self, upstream: str, outcome: str) -> None:
         self.registrations.labels(self.upstream_label(upstream), outcome).inc()
+
+    def renewal(self, upstream: str, outcome: str) -> None:
+        self.renewals.labels(self.upstream_label(upstream), outcome).inc()
 
     def discovery(self, upstream: str, outcome: str) -> None:
         self.discoveries.labels(self.upstream_label(upstream), outcome).inc()

@@ -109,6 +109,9 @@ class UpstreamState:
     discovery: DiscoveryResult | None = None
     metadata_expires: float = 0.0  # monotonic
     credentials: Credentials | None = None
+    # The credentials served last, kept when `credentials` is cleared (admin DELETE) and
+    # across a reload: what a client_id change is measured against.
+    last_served: Credentials | None = None
     previous: Credentials | None = None
     previous_until: float = 0.0  # wall clock
     current: Generation | None = None
@@ -519,8 +522,10 @@ class Resolver:
         state.wake.set()
 
     def _switch(self, state: UpstreamState, creds: Credentials) -> None:
-        old = state.credentials
-        state.credentials = creds
+        """Serve `creds`. Every change of client_id — renewal, rotation, recovery, config
+        change, admin DELETE — is one `client_id_changed` event and one count."""
+        old = state.last_served
+        state.credentials = state.last_served = creds
         if old is not None and old.client_id != creds.client_id:
             audit.info("client_id_changed", upstream=creds.upstream, client_id=creds.client_id,
                        generation=creds.generation, previous_client_id=old.client_id,
@@ -612,6 +617,7 @@ class Resolver:
                 raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
+            self.metrics.renewal(config.name, "failure")
             return gen, record
         reason = "gone" if answer.gone else "expiry unchanged"
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
@@ -620,6 +626,7 @@ class Resolver:
 
     def _renewed(self, state: UpstreamState, gen: Generation, via: str) -> Generation:
         state.stats["renewals"] += 1
+        self.metrics.renewal(state.config.name, "success")
         audit.info("client_renewed", upstream=state.config.name, client_id=gen.client_id,
                    generation=gen.generation, via=via, expires_at=gen.client_secret_expires_at)
         return gen
@@ -829,7 +836,8 @@ class Resolver:
             if old is not None and old.config == upstream:
                 states[upstream.name] = old
             else:
-                states[upstream.name] = UpstreamState(upstream)
+                states[upstream.name] = UpstreamState(
+                    upstream, last_served=old.last_served if old is not None else None)
                 fresh.append(upstream.name)
         self.settings = settings
         self._states = states

@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# `make demo`: a real OIDC provider (node oidc-provider) on 127.0.0.1:9400, the sidecar with
-# config/dev.yaml on 127.0.0.1:8080 (management on :9090), and the demo app on 127.0.0.1:8000.
-# Ctrl-C stops all three.
+# `make demo`: a real OIDC provider (node oidc-provider), the sidecar with config/dev.yaml, and
+# the demo app. Ctrl-C stops all three. Every port can be changed:
+#   PROVIDER_PORT (9400)  SIDECAR_PORT (8080)  MANAGEMENT_PORT (9090)  DEMO_PORT (8000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+export PROVIDER_PORT="${PROVIDER_PORT:-9400}" SIDECAR_PORT="${SIDECAR_PORT:-8080}"
+export MANAGEMENT_PORT="${MANAGEMENT_PORT:-9090}" DEMO_PORT="${DEMO_PORT:-8000}"
+export DEMO_ISSUER="http://127.0.0.1:${PROVIDER_PORT}"
+
+# Fail at once, naming the busy port and the variable that moves it.
+$PY - <<'PY' || exit 1
+import os, socket, sys
+busy = []
+for var in ("PROVIDER_PORT", "SIDECAR_PORT", "MANAGEMENT_PORT", "DEMO_PORT"):
+    port = int(os.environ[var])
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            busy.append(f"demo: port {port} on 127.0.0.1 is busy: run with {var}=<a free port>"
+                        f" (e.g. {var}={port + 1} make demo)")
+if busy:
+    print("\n".join(busy), file=sys.stderr)
+    sys.exit(1)
+PY
+
 pids=()
 cleanup() {
   trap - INT TERM EXIT
@@ -13,10 +34,14 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-wait_http() {  # wait_http URL NAME: poll until the URL answers, at most 20 s
-  for _ in $(seq 1 100); do
+wait_http() {  # wait_http URL NAME PID: poll until the URL answers; stop if PID exits; 60 s max
+  for _ in $(seq 1 300); do
     if $PY -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null; then
       return 0
+    fi
+    if ! kill -0 "$3" 2>/dev/null; then
+      echo "demo: $2 exited before answering at $1 (see its output above)" >&2
+      exit 1
     fi
     sleep 0.2
   done
@@ -24,24 +49,25 @@ wait_http() {  # wait_http URL NAME: poll until the URL answers, at most 20 s
   exit 1
 }
 
-$PY -m tests.support.oidc --config '{"port": 9400}' &
+$PY -m tests.support.oidc --config "{\"port\": ${PROVIDER_PORT}}" &
 pids+=($!)
-wait_http http://127.0.0.1:9400/.well-known/openid-configuration "the OIDC provider"
+wait_http "${DEMO_ISSUER}/.well-known/openid-configuration" "the OIDC provider" "$!"
 
 $PY -m dcr_sidecar serve --config config/dev.yaml &
 pids+=($!)
-wait_http http://127.0.0.1:9090/healthz "the sidecar"
+wait_http "http://127.0.0.1:${MANAGEMENT_PORT}/healthz" "the sidecar" "$!"
 
-$PY -m dcr_sidecar demo-app --sidecar http://127.0.0.1:8080 --upstream demo --port 8000 &
+$PY -m dcr_sidecar demo-app --sidecar "http://127.0.0.1:${SIDECAR_PORT}" --upstream demo \
+  --port "${DEMO_PORT}" &
 pids+=($!)
-wait_http http://127.0.0.1:8000/ "the demo app"
+wait_http "http://127.0.0.1:${DEMO_PORT}/" "the demo app" "$!"
 
 cat <<MSG
 
   dcr-sidecar demo is running:
-    open  http://127.0.0.1:8000/   and click "Log in" (any login name and password work)
-    sidecar     http://127.0.0.1:8080/demo/client   (the registered client_id, never a secret)
-    management  http://127.0.0.1:9090/readyz
+    open  http://127.0.0.1:${DEMO_PORT}/   and click "Log in" (any login name and password work)
+    sidecar     http://127.0.0.1:${SIDECAR_PORT}/demo/client   (the client_id and how it was obtained, never a secret)
+    management  http://127.0.0.1:${MANAGEMENT_PORT}/readyz
   Ctrl-C stops everything.
 
 MSG

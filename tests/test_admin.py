@@ -142,6 +142,40 @@ async def test_delete_removes_the_client_at_the_as_and_the_next_request_register
     assert stored_generations(tmp_path)[0]["client_id"] != client_id
 
 
+async def test_a_deleted_registration_is_followed_by_a_new_generation_number_and_the_event(
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard,
+        tmp_path: Path) -> None:
+    """Admin DELETE, then the next request registers: its generation number is new (2, never
+    a reused 1 — the record keeps its high-water mark, across a restart too), the switch of
+    client_id is a `client_id_changed` event and counts in
+    dcr_sidecar_client_id_changes_total (before: generation 1 again, no event, counter 0)."""
+    provider = await oidc()
+    side = await admin_sidecar(sidecar, provider.issuer, leak_guard)
+    leak_guard.add_token_response(await token(side))
+    first = stored_generations(tmp_path)[0]["client_id"]
+    status, body, _ = await call(side, "DELETE", "/admin/upstreams/acme/registration", AUTH)
+    assert (status, body) == (200, {"name": "acme", "deleted_generation": 1})
+    leak_guard.add_token_response(await token(side))
+    leak_guard.add_store(tmp_path / "credentials.json")
+    (gen,) = stored_generations(tmp_path)
+    assert gen["generation"] == 2
+    assert gen["client_id"] != first
+    changed = [json.loads(line) for line in leak_guard.log_text().splitlines()
+               if '"client_id_changed"' in line]
+    assert [(e["previous_client_id"], e["client_id"], e["generation"]) for e in changed] == [
+        (first, gen["client_id"], 2)]
+    samples = await scrape(side)
+    assert value(samples, "dcr_sidecar_client_id_changes_total", upstream="acme") == 1
+    await side.stop()
+    # A restart after a second delete still counts on from the stored high-water mark.
+    again = await admin_sidecar(sidecar, provider.issuer, leak_guard)
+    status, body, _ = await call(again, "DELETE", "/admin/upstreams/acme/registration", AUTH)
+    assert (status, body) == (200, {"name": "acme", "deleted_generation": 2})
+    leak_guard.add_token_response(await token(again))
+    leak_guard.add_store(tmp_path / "credentials.json")
+    assert [g["generation"] for g in stored_generations(tmp_path)] == [3]
+
+
 async def test_static_clients_and_unknown_names_are_refused(
         oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
     provider = await oidc()

@@ -24,19 +24,32 @@ EXAMPLE = ROOT / "charts" / "examples" / "app-with-sidecar"
 MIN_KUBE = "1.25.0"  # Chart.yaml kubeVersion
 NATIVE_KUBE = "1.29.0"  # native sidecars: init containers with restartPolicy: Always
 LATEST_KUBE = kubernetes_validate.latest_version() + ".0"
-CORE_KINDS = {"Deployment", "Service", "ConfigMap"}
+CORE_KINDS = {"Deployment", "Service", "ConfigMap", "Ingress"}
 REDIS = {"replicaCount": 3, "store": {"backend": "redis",
                                       "redis": {"existingSecret": "dcr-redis"}}}
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
     "native-sidecar": {"nativeSidecar": True},
     "metrics": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "id"}}}},
+    "monitoring": {"metrics": {"prometheusRule": {"enabled": True},
+                               "grafanaDashboard": {"enabled": True}}},
     "redis-replicas": REDIS,
     "secrets-pvc": {"existingSecret": "oauth-secrets", "store": {"file": {
         "existingClaim": "dcr-state"}}, "config": {"sidecar": {"admin": {
             "token": {"file": "/etc/dcr-sidecar/secrets/admin-token"}}}}},
     "existing-configmap": {"config": {"existingConfigMap": "my-sidecar-config"}},
+    "front-ingress": {
+        "front": {"enabled": True, "publicBaseUrl": "https://app.example.com",
+                  "tls": {"existingSecret": "app-front-tls"}},
+        "ingress": {"enabled": True, "className": "nginx", "hosts": ["app.example.com"],
+                    "tls": [{"secretName": "app-tls", "hosts": ["app.example.com"]}]},
+        "config": {"sidecar": {"upstreams": [
+            {"name": "acme", "issuer": "https://login.acme.example",
+             "redirect_uris": ["https://app.example.com/cb"]},
+            {"name": "partner", "issuer": "https://partner.example",
+             "grant_types": ["client_credentials"]}]}}},
 }
+FRONT_ROUTES = ("authorize", "callback", "client-metadata.json", "jwks.json")
 
 
 def render(chart: Path | str, values: dict[str, Any], name: str = "shop") -> list[dict[str, Any]]:
@@ -171,7 +184,8 @@ def test_rendered_config_is_a_valid_sidecar_config_and_its_checksum_rolls_the_po
     (configmap,) = of_kind(docs, "ConfigMap")
     text = configmap["data"]["sidecar.yaml"]
     settings = parse_settings(text, "configmap")
-    assert settings.store.path == "/var/lib/dcr-sidecar/credentials.json"
+    # An emptyDir is 0777 (the sidecar refuses such a directory): the store goes one level down.
+    assert settings.store.path == "/var/lib/dcr-sidecar/store/credentials.json"
     assert settings.store.ephemeral is True  # an emptyDir dies with the pod
     (deployment,) = of_kind(docs, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -283,7 +297,8 @@ def test_example_app_chart_adds_the_sidecar_with_the_named_templates(
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["dcr-sidecar-config"]["configMap"]["name"] == configmap["metadata"]["name"]
     (service,) = of_kind(docs, "Service")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    # The app, and the sidecar's front listener (the example enables it; never the back channel).
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "dcr-front"]
     for doc in docs:
         if doc["kind"] in CORE_KINDS:
             kubernetes_validate.validate(doc, NATIVE_KUBE if native else MIN_KUBE, strict=True)
@@ -293,3 +308,111 @@ def test_example_app_chart_adds_the_sidecar_with_the_named_templates(
 def test_example_app_chart_with_replicas_but_no_redis_fails(example_chart: Path) -> None:
     with pytest.raises(helm.HelmRenderError, match="2 replicas need the shared redis store"):
         render(example_chart, {"replicaCount": 2})
+
+
+def test_front_listener_gets_a_port_a_service_port_and_an_ingress_of_exact_paths() -> None:
+    """front.enabled: the sidecar listens on 0.0.0.0:8081 with the TLS Secret's files (mounted
+    as a directory, so a rotation reaches them) and public_base_url; the Service's `front`
+    port leads there; the Ingress routes only the four front-channel paths per upstream."""
+    docs = render(CHART, MODES["front-ingress"])
+    sidecar = sidecar_container(docs)
+    front_port = next(p for p in sidecar["ports"] if p["name"] == "dcr-front")
+    assert front_port["containerPort"] == 8081
+    config = sidecar_config(docs)
+    assert config["front"] == {"host": "0.0.0.0", "port": 8081, "tls": {  # noqa: S104 - a pod
+        "cert_file": "/etc/dcr-sidecar/tls/tls.crt", "key_file": "/etc/dcr-sidecar/tls/tls.key"}}
+    assert config["public_base_url"] == "https://app.example.com"
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert mounts["dcr-sidecar-tls"]["mountPath"] == "/etc/dcr-sidecar/tls"
+    assert "subPath" not in mounts["dcr-sidecar-tls"]
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["dcr-sidecar-tls"]["secret"]["secretName"] == "app-front-tls"
+    (service,) = of_kind(docs, "Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["front"]["targetPort"] == "dcr-front"
+    (ingress,) = of_kind(docs, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "app-tls", "hosts": ["app.example.com"]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "app.example.com"
+    paths = rule["http"]["paths"]
+    assert [p["path"] for p in paths] == [f"/{name}/{route}" for name in ("acme", "partner")
+                                          for route in FRONT_ROUTES]
+    for path in paths:
+        assert path["pathType"] == "Exact"
+        assert path["backend"]["service"] == {"name": service["metadata"]["name"],
+                                              "port": {"name": "front"}}
+
+
+def test_rendered_front_config_is_a_valid_sidecar_config() -> None:
+    values = {**MODES["front-ingress"], "front": {"enabled": True,
+                                                  "publicBaseUrl": "https://app.example.com"}}
+    settings = parse_settings(yaml.safe_dump(sidecar_config(render(CHART, values))), "cm")
+    assert settings.front is not None
+    assert settings.front.tls is None  # the Ingress terminates TLS
+    acme = settings.upstreams[0]
+    assert settings.cimd_document_url(acme) == \
+        "https://app.example.com/acme/client-metadata.json"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"front": {"enabled": True}}, r"front\.enabled needs front\.publicBaseUrl"),
+    ({"ingress": {"enabled": True}}, r"ingress\.enabled routes to the front listener"),
+    ({"front": {"enabled": True, "publicBaseUrl": "https://a.example"},
+      "ingress": {"enabled": True}}, r"ingress\.enabled needs upstream names"),
+], ids=["no-public-url", "ingress-without-front", "ingress-without-names"])
+def test_front_and_ingress_misconfigurations_fail_to_render(values: dict[str, Any],
+                                                           message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(CHART, values)
+
+
+def test_example_app_chart_routes_the_front_channel_through_its_own_service(
+        example_chart: Path) -> None:
+    """The example: its Service carries the sidecar's `front` port, the dependency's Ingress
+    sends the four front-channel paths there, and everything is valid Kubernetes."""
+    docs = render(example_chart, {})
+    (service,) = of_kind(docs, "Service")
+    assert service["metadata"]["name"] == "shop-app"
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http", "front": "dcr-front"}
+    assert any(p["name"] == "dcr-front" for p in sidecar_container(docs)["ports"])
+    (ingress,) = of_kind(docs, "Ingress")
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert {p["backend"]["service"]["name"] for p in paths} == {"shop-app"}
+    assert [p["path"] for p in paths] == [f"/acme/{route}" for route in FRONT_ROUTES]
+    config = sidecar_config(docs)
+    assert config["public_base_url"] == "https://app.example.com"
+    del config["upstreams"][0]["initial_access_token"]  # a file that exists only in the pod
+    settings = parse_settings(yaml.safe_dump(config), "cm")
+    assert settings.upstreams[0].cimd_possible
+    for doc in docs:
+        if doc["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(doc, MIN_KUBE, strict=True)
+            kubernetes_validate.validate(doc, LATEST_KUBE, strict=True)
+
+
+def test_the_front_example_of_docs_deployment_renders_and_validates() -> None:
+    """docs/deployment.md's complete Kubernetes example (front, Service, Ingress, redis
+    replicas) renders, lints, is valid Kubernetes and gives a valid sidecar config."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    match = re.search(r"```yaml\n(# values-front\.yaml.*?)```", text, re.DOTALL)
+    assert match, "the example is in docs/deployment.md"
+    values = yaml.safe_load(match.group(1))
+    report = helm.lint(str(CHART), values, strict=False)
+    assert not [m for m in report["messages"] if m["severity"] >= 3]
+    docs = render(CHART, values)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "Ingress", "ConfigMap"}
+    for doc in docs:
+        if doc["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(doc, MIN_KUBE, strict=True)
+            kubernetes_validate.validate(doc, LATEST_KUBE, strict=True)
+    (service,) = of_kind(docs, "Service")
+    assert "front" in {p["name"] for p in service["spec"]["ports"]}
+    config = sidecar_config(docs)
+    config["upstreams"][0].pop("initial_access_token")  # files that exist only in the pod
+    config.pop("admin")
+    config["store"]["url"] = "redis://127.0.0.1:6379/0"
+    settings = parse_settings(yaml.safe_dump(config), "cm")
+    assert settings.cimd_document_url(settings.upstreams[0]) == \
+        "https://shop.example.com/acme/client-metadata.json"

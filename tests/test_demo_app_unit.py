@@ -14,15 +14,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from dcr_sidecar.demo_app import (
-    PendingLogin,
-    PendingLogins,
+from dcr_sidecar.demo.idtoken import (
     decode_jwt_unverified,
     jwk_public_key,
-    make_pkce_pair,
     verify_at_hash,
     verify_id_token,
 )
+from dcr_sidecar.demo.logins import PendingLogin, PendingLogins, Results
+from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
 
 ISSUER = "https://as.example.test/realms/main"
 CLIENT_ID = "client-123"
@@ -289,10 +288,24 @@ def test_decode_unverified_reads_the_payload_only(rsa_key: rsa.RSAPrivateKey) ->
 
 
 def test_pkce_pair_follows_rfc_7636() -> None:
-    verifier, challenge = make_pkce_pair()
+    """The demo uses the sidecar's own PKCE (dcr_sidecar.oauth.pkce), not a copy."""
+    verifier = make_verifier()
     assert re.fullmatch(r"[A-Za-z0-9._~-]{43,128}", verifier)
-    assert challenge == b64url(hashlib.sha256(verifier.encode("ascii")).digest())
-    assert make_pkce_pair()[0] != verifier
+    assert s256_challenge(verifier) == b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+    assert make_verifier() != verifier
+
+
+def test_a_result_is_shown_only_to_its_session_and_until_it_expires() -> None:
+    now = [100.0]
+    results = Results(ttl=60, clock=lambda: now[0])
+    result_id = results.add("session-a", "Logged in", "<p>body</p>", 200)
+    found = results.get("session-a", result_id)
+    assert found is not None
+    assert (found.title, found.body, found.status) == ("Logged in", "<p>body</p>", 200)
+    assert results.get("session-a", result_id) is not None  # a reload shows it again
+    assert results.get("session-b", result_id) is None
+    now[0] += 61
+    assert results.get("session-a", result_id) is None
 
 
 def pending(state: str, created: float) -> PendingLogin:

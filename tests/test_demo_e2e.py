@@ -14,7 +14,7 @@ from aiohttp import web
 
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
-from dcr_sidecar.demo_app import create_demo_app
+from dcr_sidecar.demo import create_demo_app
 from tests.conftest import LeakGuard, ProviderFactory
 from tests.support.oidc import login_and_consent, new_browser_session
 
@@ -79,4 +79,37 @@ async def test_person_logs_in_through_the_demo_app(demo: Any, leak_guard: LeakGu
     secrets = leak_guard.add_store(tmp_path / "demo-credentials.json")
     assert secrets
     for secret in secrets:
+        assert secret not in page
+
+
+async def test_result_page_says_what_the_sidecar_did_and_survives_a_reload(
+        demo: Any, leak_guard: LeakGuard) -> None:
+    """The callback redirects to /result/{id} (post/redirect/get); the page carries the
+    sidecar's own account (discovery, registration, the secret it added) and the request ids
+    of this login's calls; a reload shows it again instead of "unknown state"."""
+    provider, _side, demo_url, tmp_path = demo
+    async with new_browser_session() as browser:
+        callback = await login_and_consent(browser, f"{demo_url}/login", f"{demo_url}/callback",
+                                           login="carol")
+        async with browser.get(callback) as resp:
+            page = await resp.text()
+            landed = str(resp.url)
+            history = [r.status for r in resp.history]
+        assert resp.status == 200, page
+        assert history == [303]
+        assert landed.startswith(f"{demo_url}/result/")
+        assert "code=" not in landed
+        async with browser.get(landed) as resp:
+            again = await resp.text()
+        assert resp.status == 200
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "What the sidecar did" in text
+    assert f"read the AS metadata from {provider.issuer}/.well-known/" in text
+    assert "registered by Dynamic Client Registration (RFC 7591)" in text
+    assert "generation 1" in text
+    assert "the app sent no secret; the sidecar added client_secret_basic" in text
+    request_ids = re.findall(r"<td><code>([0-9a-f-]{16,})</code></td>", page)
+    assert len(request_ids) >= 3, page  # /client, metadata, token
+    assert again == page
+    for secret in leak_guard.add_store(tmp_path / "demo-credentials.json"):
         assert secret not in page

@@ -95,9 +95,13 @@ async def test_client_route_and_client_id_file(sidecar: SidecarFactory, tmp_path
             body = await resp.json()
             assert resp.headers["Cache-Control"] == "no-store"
         registered = rec.clients[0]
+    history = {k: body.pop(k) for k in ("registered_at", "discovered_from", "discovered_at")}
     assert body == {"client_id": registered["client_id"], "mechanism": "dcr", "generation": 1,
                     "token_endpoint_auth_method": "client_secret_basic", "issuer": rec.issuer,
                     "client_secret_expires_at": 0}
+    assert history["discovered_from"].startswith(rec.issuer)
+    for key in ("registered_at", "discovered_at"):
+        assert history[key].endswith("+00:00"), history
     assert registered["client_secret"] not in str(body)
     assert id_file.read_text() == registered["client_id"] + "\n"
     assert id_file.stat().st_mode & 0o777 == 0o644

@@ -438,3 +438,21 @@ async def test_store_record_with_non_utf8_bytes_is_one_corrupt_upstream(
             await second.stop()
         assert store.read_bytes() == before
         assert len(rec.clients) == 2  # "bad" was not registered again
+
+
+async def test_serve_refuses_a_store_directory_writable_by_others(tmp_path: Path) -> None:
+    """`serve` with its file store in a directory anyone can write to exits 1 at start-up with
+    an error naming the directory (before: it started and wrote its secrets there)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = {"version": 1, "store": {"backend": "file", "path": str(shared / "c.json")}}
+    process = ServeProcess(tmp_path, "unsafe", config)
+    await process.spawn()
+    try:
+        assert await process.wait() == 1
+    finally:
+        await process.stop()
+    (failed,) = process.events("startup_failed")
+    assert f"{shared} is writable by others" in failed["detail"]
+    assert list(shared.iterdir()) == []

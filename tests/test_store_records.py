@@ -3,6 +3,7 @@ resealing on rotation — and the file store built on it (design.md §3.4, §3.9
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.store.errors import KeyMismatch, StoreCorrupt
+from dcr_sidecar.store.errors import KeyMismatch, StoreCorrupt, StoreError
 from dcr_sidecar.store.file import FileStore
 from dcr_sidecar.store.records import (
     PLAIN,
@@ -270,3 +271,57 @@ def test_a_record_with_a_lone_surrogate_escape_is_corrupt() -> None:
     data["generations"][0]["client_id"] = "\ud800"
     with pytest.raises(StoreCorrupt, match="not UTF-8"):
         record_from_json(data)
+
+
+@pytest.mark.parametrize("lock", ["document", "key"])
+async def test_file_store_lock_files_never_follow_a_planted_symlink(
+        tmp_path: Path, lock: str) -> None:
+    """A symlink planted where a lock file goes (the document's or a key's): the store refuses
+    it (ELOOP) and the link's target is neither created nor touched (O_NOFOLLOW; before: the
+    target was created)."""
+    path = tmp_path / "c.json"
+    store = FileStore(str(path))
+    await put(store, record())
+    target = tmp_path / "elsewhere" / "victim"
+    target.parent.mkdir()
+    name = "document" if lock == "document" else hashlib.sha256(str(KEY).encode()).hexdigest()[:16]
+    link = tmp_path / f".c.json.{name}.lock"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    with pytest.raises(OSError, match="symbolic link"):
+        await put(store, record("cid-2"))
+    assert not target.exists()
+
+
+async def test_file_store_refuses_a_directory_writable_by_others(tmp_path: Path) -> None:
+    """A store directory writable by others (a planted link or file is one step away): open()
+    fails with an error naming the directory and its mode; reads and writes too."""
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o777)
+    store = FileStore(str(directory / "c.json"))
+    with pytest.raises(StoreError, match=rf"{directory} is writable by others \(mode 0777\)"):
+        await store.open()
+    with pytest.raises(StoreError):
+        await store.get(KEY)
+    assert await store.check() is not None
+    directory.chmod(0o1777)  # the sticky bit does not make it the sidecar's own
+    with pytest.raises(StoreError):
+        await FileStore(str(directory / "c.json")).open()
+    assert list(directory.iterdir()) == []
+
+
+def test_generation_numbers_never_repeat_after_the_newest_is_deleted() -> None:
+    """The record keeps its high-water mark: deleting generation 2 and registering again gives
+    3, also after a round trip through the serializer; a record written before the mark
+    existed counts on from its newest generation."""
+    two = record().with_generation(Generation(2, "fp", "cid-2", None, "none"), 1.0)
+    emptied = two.without(2).without(1)
+    assert emptied.generations == ()
+    assert emptied.next_number() == 3
+    assert record_from_json(record_to_json(emptied)).next_number() == 3
+    legacy = record_to_json(two)
+    del legacy["last_generation"]
+    assert record_from_json(legacy).next_number() == 3
+    with pytest.raises(StoreCorrupt):
+        record_from_json({**legacy, "last_generation": "7"})

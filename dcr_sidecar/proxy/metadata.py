@@ -10,6 +10,7 @@ sidecar mediates is advertised (code, query) and `iss` is always sent (RFC 9207)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +18,10 @@ from aiohttp import web
 from dcr_sidecar.config import Inbound, Settings, Upstream
 from dcr_sidecar.oauth.callback import as_advertises_iss
 from dcr_sidecar.oauth.resource import ResourceMetadata
+from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
+from dcr_sidecar.resolver import UpstreamState
 
 # Members naming client-authentication signing algorithms, DPoP, mTLS aliases and CIBA: the
 # app authenticates to the sidecar, not to the AS, so none of these describe what it can use.
@@ -110,5 +113,24 @@ async def client(request: web.Request) -> web.StreamResponse:
         "token_endpoint_auth_method": creds.method,
         "issuer": creds.issuer,
         "client_secret_expires_at": creds.expires_at,
+        **_history(runtime.resolver.state(name)),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def _history(state: UpstreamState) -> dict[str, Any]:
+    """How the sidecar got here (what the demo's panel shows): where and when the metadata
+    came from, and how and when the client was obtained. Never a secret."""
+    found = state.discovery
+    creds, current = state.credentials, state.current
+    static = creds is not None and creds.static
+    return {
+        "registered_at": _iso(current.received_at) if current and not static else None,
+        "discovered_from": (safe_url(found.source_url) if found.source_url
+                            else "endpoints (configuration)") if found else None,
+        "discovered_at": _iso(found.fetched_at) if found else None,
+    }
+
+
+def _iso(when: float) -> str | None:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None

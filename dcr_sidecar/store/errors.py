@@ -6,6 +6,8 @@ step (design.md §3.7); messages never carry a secret (a Redis URL's password in
     ├── StoreCorrupt       stored data cannot be read: unparsable, a newer schema, or a record
     │                      that will not decrypt. Such data is never overwritten.
     ├── KeyMismatch        store.encryption_keys cannot open the store's key check (startup)
+    ├── StoreUnsafe        the file store's directory is writable by others (startup, and
+    │                      refused on every use while it is)
     ├── LeaseTimeout       another holder kept the lease past store.lease.wait
     └── LeaseLost          a write was refused: this process no longer holds the key's lease
 """
@@ -26,6 +28,10 @@ class StoreCorrupt(StoreError):
 
 
 class KeyMismatch(StoreError):
+    pass
+
+
+class StoreUnsafe(StoreError):
     pass
 
 

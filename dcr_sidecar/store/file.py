@@ -11,6 +11,9 @@ Invariants:
   reads and writes fail instead (:class:`StoreCorrupt`). Bytes that are not UTF-8 inside one
   record make that record corrupt, not the document: they are read as lone surrogates
   (``surrogateescape``) and written back as the same bytes when another record changes.
+- Lock and temporary files are opened with ``O_NOFOLLOW``: a link planted in their place is
+  refused, never followed. A store directory writable by others is refused (:class:`StoreUnsafe`
+  naming it) at ``open()`` and on every use: start-up fails rather than writing secrets there.
 - ``open()`` checks ``store.encryption_keys`` against the document's key check before anything
   is written (a wrong key set changes nothing), writes the key check on first start, and
   reseals every record not stored under the newest key (rotation; encryption switched on).
@@ -24,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from typing import Any
 import structlog
 
 from dcr_sidecar.files import write_atomic
-from dcr_sidecar.store.errors import StoreCorrupt
+from dcr_sidecar.store.errors import StoreCorrupt, StoreUnsafe
 from dcr_sidecar.store.records import (
     PLAIN,
     PLAIN_SCHEMA,
@@ -101,6 +105,7 @@ class FileStore:
             self._write_document(_with_schema(doc))
 
     def _open_sync(self) -> None:
+        _check_directory(self.path.parent)
         with _flock(self._lock_path("document")):
             doc = self._read_document()
             state = self.sealer.check_keys(doc.get("key_check"))  # KeyMismatch: nothing written
@@ -142,8 +147,9 @@ class FileStore:
 
     async def check(self) -> str | None:
         try:
+            await asyncio.to_thread(_check_directory, self.path.parent)
             await asyncio.to_thread(self._read_document)
-        except (OSError, StoreCorrupt) as exc:
+        except (OSError, StoreCorrupt, StoreUnsafe) as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
 
@@ -181,9 +187,24 @@ def _doc_key(key: RecordKey) -> str:
     return f"{key.upstream} {key.issuer}"
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a directory others can write to: they could plant a file or a link where the
+    store, its locks or its temporary files go (one that does not exist yet is made 0700)."""
+    try:
+        mode = directory.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & stat.S_IWOTH:
+        raise StoreUnsafe(
+            f"the store directory {directory} is writable by others (mode "
+            f"{stat.S_IMODE(mode):04o}): another local user could plant files or links there; "
+            "use a directory only the sidecar's user can write to (chmod o-w)")
+
+
 def _acquire(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    _check_directory(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:

@@ -79,6 +79,13 @@ class Generation:
 class Record:
     key: RecordKey
     generations: tuple[Generation, ...] = field(default_factory=tuple)
+    # The highest generation number the record ever held, kept when that generation is
+    # deleted (admin DELETE), so a number never names two clients.
+    last_generation: int = 0
+
+    @property
+    def high_water(self) -> int:
+        return max(self.last_generation, max((g.generation for g in self.generations), default=0))
 
     def current(self, fingerprint: str, now: float) -> Generation | None:
         """The newest live, unexpired generation produced by this configuration."""
@@ -106,14 +113,17 @@ class Record:
 
     def replace(self, updated: Generation) -> Record:
         """The same generation with new values (a renewed secret, a new RAT)."""
-        return Record(self.key, tuple(updated if g.generation == updated.generation else g
-                                      for g in self.generations))
+        return replace(self, generations=tuple(
+            updated if g.generation == updated.generation else g for g in self.generations))
 
     def without(self, number: int) -> Record:
-        return Record(self.key, tuple(g for g in self.generations if g.generation != number))
+        return replace(self, generations=tuple(g for g in self.generations
+                                               if g.generation != number),
+                       last_generation=self.high_water)
 
     def next_number(self) -> int:
-        return max((g.generation for g in self.generations), default=0) + 1
+        """Never a number the record held before, even one since deleted."""
+        return self.high_water + 1
 
     def with_generation(self, new: Generation, now: float) -> Record:
         """Append `new`; every other live generation of the same fingerprint is superseded."""
@@ -121,7 +131,7 @@ class Record:
             replace(g, superseded_at=now) if g.superseded_at is None else g
             for g in self.generations
         )
-        return Record(self.key, (*kept, new))
+        return Record(self.key, (*kept, new), max(self.high_water, new.generation))
 
 
 # ---------------------------------------------------------------------------- serializer
@@ -240,6 +250,7 @@ def record_to_json(record: Record, sealer: Sealer = PLAIN) -> dict[str, Any]:
         "issuer": record.key.issuer,
         "upstream": record.key.upstream,
         "generations": [generation_to_json(g, sealer) for g in record.generations],
+        "last_generation": record.high_water,
     }
 
 
@@ -257,10 +268,13 @@ def record_from_json(data: Mapping[str, Any], sealer: Sealer = PLAIN) -> Record:
         gens = tuple(generation_from_json(g, sealer, f"record {key} generation "
                                                      f"{g.get('generation')}")
                      for g in data.get("generations", []))
+        last = data.get("last_generation", 0)  # absent in records written before it existed
+        if isinstance(last, bool) or not isinstance(last, int):
+            raise TypeError("last_generation")
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise StoreCorrupt(f"a stored record is malformed ({type(exc).__name__}); "
                            "it is left untouched") from None
-    return Record(key, gens)
+    return Record(key, gens, last)
 
 
 def _undecodable(value: object) -> bool:

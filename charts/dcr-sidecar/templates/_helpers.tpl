@@ -69,6 +69,12 @@ dcr-sidecar.io/instance: {{ include "dcr-sidecar.fullname" . }}
 {{- if and (gt $replicas 1) (ne $v.store.backend "redis") -}}
 {{- fail (printf "dcr-sidecar: %d replicas need the shared redis store (store.backend: redis, with store.redis.existingSecret); with store.backend %q every replica would register and keep its own client" $replicas $v.store.backend) -}}
 {{- end -}}
+{{- if and $v.front.enabled (not $v.front.publicBaseUrl) -}}
+{{- fail "dcr-sidecar: front.enabled needs front.publicBaseUrl (the https URL browsers and authorization servers use, e.g. https://app.example.com)" -}}
+{{- end -}}
+{{- if and $v.ingress.enabled (not $v.front.enabled) -}}
+{{- fail "dcr-sidecar: ingress.enabled routes to the front listener: set front.enabled (and front.publicBaseUrl)" -}}
+{{- end -}}
 {{- if and (eq $v.store.backend "redis") (not $v.store.redis.existingSecret) -}}
 {{- fail "dcr-sidecar: store.backend redis needs store.redis.existingSecret (a Secret holding the Redis URL under store.redis.urlKey)" -}}
 {{- end -}}
@@ -82,7 +88,9 @@ url: {file: /etc/dcr-sidecar/store/{{ $s.redis.urlKey }}}
 key_prefix: {{ $s.redis.keyPrefix | quote }}
 {{- else -}}
 backend: file
-path: /var/lib/dcr-sidecar/credentials.json
+{{- /* An emptyDir is created mode 0777, which the sidecar refuses to keep secrets in: the
+       store goes one directory down, which the sidecar creates 0700. */}}
+path: /var/lib/dcr-sidecar/{{ if not $s.file.existingClaim }}store/{{ end }}credentials.json
 ephemeral: {{ not $s.file.existingClaim }}
 {{- end -}}
 {{- end -}}
@@ -95,6 +103,14 @@ ephemeral: {{ not $s.file.existingClaim }}
 {{- $_ := set $cfg "listen" (dict "host" "127.0.0.1" "port" (int $v.ports.backchannel)) -}}
 {{- $_ := set $cfg "management" (dict "host" "0.0.0.0" "port" (int $v.ports.management)) -}}
 {{- $_ := set $cfg "store" (include "dcr-sidecar.storeConfig" . | fromYaml) -}}
+{{- if $v.front.enabled -}}
+{{- $front := dict "host" "0.0.0.0" "port" (int $v.front.port) -}}
+{{- if $v.front.tls.existingSecret -}}
+{{- $_ := set $front "tls" (dict "cert_file" "/etc/dcr-sidecar/tls/tls.crt" "key_file" "/etc/dcr-sidecar/tls/tls.key") -}}
+{{- end -}}
+{{- $_ := set $cfg "front" $front -}}
+{{- $_ := set $cfg "public_base_url" $v.front.publicBaseUrl -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -117,6 +133,11 @@ checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
     - name: dcr-mgmt
       containerPort: {{ $v.ports.management }}
       protocol: TCP
+    {{- if $v.front.enabled }}
+    - name: dcr-front
+      containerPort: {{ $v.front.port }}
+      protocol: TCP
+    {{- end }}
   {{- with $v.extraEnv }}
   env:
     {{- toYaml . | nindent 4 }}
@@ -154,6 +175,12 @@ checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
     {{- if eq $v.store.backend "redis" }}
     - name: dcr-sidecar-store
       mountPath: /etc/dcr-sidecar/store
+      readOnly: true
+    {{- end }}
+    {{- if and $v.front.enabled $v.front.tls.existingSecret }}
+    # A directory mount (no subPath), so a rotated Secret reaches the files: re-read.
+    - name: dcr-sidecar-tls
+      mountPath: /etc/dcr-sidecar/tls
       readOnly: true
     {{- end }}
     {{- with $v.extraVolumeMounts }}
@@ -200,7 +227,38 @@ checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
     secretName: {{ $v.store.redis.existingSecret }}
     defaultMode: 0440
 {{- end }}
+{{- if and $v.front.enabled $v.front.tls.existingSecret }}
+- name: dcr-sidecar-tls
+  secret:
+    secretName: {{ $v.front.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- with $v.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Service ports for the pod carrying the sidecar: the front listener, when enabled (an
+     application chart adds these to its own Service). */}}
+{{- define "dcr-sidecar.servicePorts" -}}
+{{- if .values.front.enabled -}}
+- name: front
+  port: {{ .values.front.port }}
+  targetPort: dcr-front
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/* The upstream names the Ingress routes. */}}
+{{- define "dcr-sidecar.ingressNames" -}}
+{{- $names := .values.ingress.upstreamNames -}}
+{{- if not $names -}}
+{{- range (.values.config.sidecar.upstreams | default list) -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- end -}}
+{{- if not $names -}}
+{{- fail "dcr-sidecar: ingress.enabled needs upstream names: list them in ingress.upstreamNames (with config.existingConfigMap) or in config.sidecar.upstreams" -}}
+{{- end -}}
+{{- toJson $names -}}
 {{- end -}}
