@@ -308,6 +308,9 @@ class Timeouts(_Model):
     connect: PositiveFloat = 5
     read: PositiveFloat = 10
     total: PositiveFloat = 15
+    # Inbound, on every listener (listeners.py): a request's header, then its body.
+    client_header: PositiveFloat = 5
+    client_body: PositiveFloat = 10
 
 
 class Backoff(_Model):
