@@ -121,6 +121,12 @@ async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs:
     return None
 
 
+def accepted(response: Response) -> bool:
+    """Did the AS accept the client's authentication? A 2xx, or an OAuth error about
+    something else than the client (invalid_grant, invalid_scope ...)."""
+    return 200 <= response.status < 300 or oauth_error(response) not in (None, "invalid_client")
+
+
 def grant_type(pairs: Pairs) -> str | None:
     return next((v for k, v in pairs if k == "grant_type"), None)
 
@@ -175,7 +181,10 @@ def handler(route: str) -> Handler:
         retry_with = await second_chance(route, runtime, upstream, pairs, creds=creds,
                                          response=response)
         if retry_with is not None:
+            creds = retry_with
             response = await send(retry_with)
+        if accepted(response):
+            await runtime.resolver.served(upstream.name, creds)
         if pushed is not None and response.status == 201:
             await remember_pushed(runtime, pushed, response.body)
         return relay(relayed_status(response, upstream.name), response.headers,
