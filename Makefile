@@ -1,13 +1,13 @@
 # dcr-sidecar — the two commands a newcomer needs:
 #   make demo   the sidecar in front of a local, real OIDC provider, with a demo app to click through
-#   make test   ruff, mypy --strict and the whole test suite
-#   make conformance  every client-auth scenario of the MCP conformance suite (stable and 0.2
-#               pre-release), through the sidecar: the suite's verdict per scenario (docs/conformance.md)
+#               (ports: PROVIDER_PORT=9400 SIDECAR_PORT=8080 MANAGEMENT_PORT=9090 DEMO_PORT=8000)
+#   make test   ruff, mypy --strict and the whole test suite (with a real browser test)
 #   make bench  the benchmark suite (bench/, minutes; never part of `make test`): results in
 #               docs/benchmarks.md. BENCH_ARGS=--quick for a short check of the harness.
-# Everything is installed by these targets (a venv from pyproject + the lock file, npm ci for the
-# test provider and the conformance suite, which brings its own Node 22); nothing needs to be on
-# the machine but python3 (>= 3.11) and node (>= 20).
+# These targets install the Python and npm dependencies (a venv from pyproject + the lock file,
+# npm ci for the test provider). The machine needs: python3 (>= 3.11) with venv, node (>= 20;
+# the provider suggests 22 LTS, 20 works) and npm; for `make test` also redis-server and chromium
+# (Debian packages; .ci/run installs whatever is missing).
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -81,8 +81,23 @@ def describe(state: UpstreamState, runtime: Runtime | None = None) -> dict[str, 
         "backoff_until": _wall_clock(state.backoff_until),
         "last_error": state.last_error,
         "last_error_step": state.last_error_step,
+        **({"resource": _resource(state)} if config.resource is not None else {}),
         **({"cimd": _cimd(state, runtime)} if runtime is not None and config.cimd_possible
            else {}),
+    }
+
+
+def _resource(state: UpstreamState) -> dict[str, Any]:
+    """A `resource` source: the metadata in use and every change of authorization server."""
+    fetch = state.discovery.resource if state.discovery is not None else None
+    return {
+        "metadata_url": fetch.url if fetch else None,
+        "authorization_servers": list(fetch.metadata.authorization_servers) if fetch else None,
+        "scopes_supported": (list(fetch.metadata.scopes_supported)
+                             if fetch and fetch.metadata.scopes_supported else None),
+        "authorization_server_changes": [
+            {"previous_issuer": c.previous_issuer, "issuer": c.issuer, "at": _iso(c.at),
+             "via": c.via} for c in state.watch.changes],
     }
 
 

@@ -43,6 +43,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from dcr_sidecar.errors import ConfigError
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.redirect_uri import parse_redirect_uri
 from dcr_sidecar.oauth.secret import MASK, Secret
 
 DEFAULT_CONFIG_PATH = "./config/sidecar.yaml"
@@ -308,6 +310,9 @@ class Timeouts(_Model):
     connect: PositiveFloat = 5
     read: PositiveFloat = 10
     total: PositiveFloat = 15
+    # Inbound, on every listener (listeners.py): a request's header, then its body.
+    client_header: PositiveFloat = 5
+    client_body: PositiveFloat = 10
 
 
 class Backoff(_Model):
@@ -589,14 +594,11 @@ class Upstream(_Model):
     @field_validator("redirect_uris")
     @classmethod
     def _redirects(cls, value: list[str]) -> list[str]:
-        for uri in value:
-            parts = urlsplit(uri)
-            if (
-                not parts.scheme
-                or parts.fragment
-                or (parts.scheme in ("http", "https") and not parts.netloc)
-            ):
-                raise ValueError(f"{uri!r} must be an absolute URI without a fragment")
+        for uri in value:  # what a browser navigates to, as written (design.md §3.6)
+            try:
+                parse_redirect_uri(uri)
+            except ProtocolError as exc:
+                raise ValueError(f"{uri!r} {exc.reason}") from None
         return value
 
     @field_validator("client_metadata")
@@ -832,6 +834,19 @@ class Settings(_Model):
                 yield Problem((key,), "must be an http(s) URL without query")
         for index, upstream in enumerate(self.upstreams):
             yield from self._check_urls(index, upstream)
+            if upstream.callback == "sidecar" and self.public_base_url:
+                yield from self._check_callback_uri(upstream.name)
+
+    def _check_callback_uri(self, name: str) -> Iterator[Problem]:
+        """The sidecar's own redirect URI as a browser would navigate to it (the default one,
+        from the listen address, is built so)."""
+        uri = self.callback_uri(name)
+        try:
+            parse_redirect_uri(uri)
+        except ProtocolError as exc:
+            yield Problem(("public_base_url",), f"makes the callback redirect URI {uri!r}, which "
+                          f"{exc.reason}", "write it as a browser would (lower-case host, "
+                          "no default port, no userinfo)")
 
     def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
@@ -865,8 +880,8 @@ class Settings(_Model):
             return self.public_base_url.rstrip("/")
         if self.front is not None:
             scheme = "https" if self.front.tls is not None else "http"
-            return f"{scheme}://{_url_host(self.front.host)}:{self.front.port}"
-        return f"http://127.0.0.1:{self.listen.port}"
+            return _origin(scheme, _url_host(self.front.host), self.front.port)
+        return _origin("http", "127.0.0.1", self.listen.port)
 
     @property
     def backchannel_base(self) -> str:
@@ -903,6 +918,12 @@ class Settings(_Model):
         if upstream.callback == "app":
             return list(upstream.redirect_uris)
         return [self.callback_uri(upstream.name)] if upstream.response_types else []
+
+
+def _origin(scheme: str, host: str, port: int) -> str:
+    """As a browser writes it: without the scheme's default port (WHATWG URL)."""
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port != default else "")
 
 
 def _url_host(host: str) -> str:

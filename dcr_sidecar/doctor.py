@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dcr_sidecar import errors
+from dcr_sidecar import errors, migration
 from dcr_sidecar.config import Settings, Upstream
-from dcr_sidecar.discovery import Discoverer
+from dcr_sidecar.discovery import Discoverer, ResourceFetch
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth import cimd as cimd_rules
@@ -64,6 +64,8 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
     report["attempts"] = [a.report() for a in result.attempts]
     report["chosen"] = safe_url(result.source_url) if result.source_url else "endpoints (config)"
     report["issuer"] = meta.issuer
+    if result.resource is not None:
+        report["resource"] = _resource_report(upstream, result.resource, meta.issuer)
     report["endpoints"] = {k: safe_url(v) for k, v in meta.document.items()
                            if k.endswith("_endpoint") and isinstance(v, str)}
     try:
@@ -102,6 +104,23 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
     if register:
         return await _register(settings, name, report)
     return EXIT_OK
+
+
+def _resource_report(upstream: Upstream, fetch: ResourceFetch, issuer: str) -> dict[str, Any]:
+    """What the protected resource names (design.md §3.1), and what `serve` does with it."""
+    servers = list(fetch.metadata.authorization_servers)
+    if upstream.issuer is not None:
+        follows = "issuer pinned: serve stays with it whatever the resource names"
+    elif upstream.strategy == "static":
+        follows = "static client: serve stays with the AS it discovered first"
+    else:
+        follows = ("serve re-checks this document at authorization starts (at most every "
+                   f"{migration.RECHECK_INTERVAL:g} s) and moves to a new AS, with a new client, "
+                   "when it no longer names the one in use")
+    return {"metadata_url": safe_url(fetch.url), "resource": fetch.metadata.resource,
+            "authorization_servers": servers, "uses": issuer,
+            "scopes_supported": list(fetch.metadata.scopes_supported or ()),
+            "migration": follows}
 
 
 async def _register(settings: Settings, name: str, report: dict[str, Any]) -> int:
@@ -215,6 +234,12 @@ def _render(report: dict[str, Any], out: Callable[[str], object]) -> None:
         status = attempt["status"] if attempt["status"] is not None else "-"
         detail = f" — {attempt['detail']}" if attempt["detail"] else ""
         out(f"  {attempt['outcome']:<9} {status:>4}  {attempt['url']}{detail}")
+    if "resource" in report:
+        res = report["resource"]
+        out(f"protected resource {res['resource']} ({res['metadata_url']}): authorization "
+            f"servers {', '.join(res['authorization_servers'])}; uses {res['uses']}"
+            f"{'; scopes ' + ' '.join(res['scopes_supported']) if res['scopes_supported'] else ''}")
+        out(f"  {res['migration']}")
     for key in ("chosen", "issuer"):
         if key in report:
             out(f"{key}: {report[key]}")

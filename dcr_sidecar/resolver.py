@@ -44,7 +44,7 @@ from typing import TypeVar
 
 import structlog
 
-from dcr_sidecar import errors
+from dcr_sidecar import errors, migration
 from dcr_sidecar.cimd import CimdKeys, KeyRingSigner, schedule
 from dcr_sidecar.client_keys import (
     KeySources,
@@ -130,6 +130,7 @@ class UpstreamState:
     mechanism: str | None = None  # static | cimd | dcr, once resolved
     mechanism_reason: str | None = None
     invalid_client: int = 0  # CIMD: invalid_client answers relayed (nothing to recover)
+    watch: migration.ResourceWatch = field(default_factory=migration.ResourceWatch)
     stats: dict[str, int] = field(default_factory=lambda: {
         "registrations": 0, "discoveries": 0, "renewals": 0, "recoveries": 0, "deletions": 0})
 
@@ -272,8 +273,15 @@ class Resolver:
                 with contextlib.suppress(errors.SidecarError):
                     await self._guarded(state, self._delete_own)
 
+    async def recheck_resource(self, name: str) -> bool:
+        """An authorization start: has the resource moved to another AS? True when it has, and
+        the credentials held were dropped (:mod:`.migration`)."""
+        return await migration.recheck(self, self.state(name))
+
     async def close(self) -> None:
         await self._flight.cancel_all()
+        for state in self._states.values():
+            await state.watch.flight.cancel_all()
 
     # ------------------------------------------------------------------ machinery
 
@@ -339,8 +347,9 @@ class Resolver:
         keys_stale = (creds.mechanism == "cimd" and self.store.shared
                       and creds.method == "private_key_jwt"
                       and self.cimd_keys.read_age(state.config.name) >= self.max_record_age)
+        moved = state.discovery is not None and creds.issuer != state.discovery.metadata.issuer
         return (time.monotonic() >= state.metadata_expires or _expired(creds)
-                or self._record_age(state) >= self.max_record_age or keys_stale)
+                or self._record_age(state) >= self.max_record_age or keys_stale or moved)
 
     def _record_age(self, state: UpstreamState) -> float:
         """Seconds since the held record was read; 0 for stores no other process writes to
@@ -416,8 +425,9 @@ class Resolver:
             log.warning("metadata_refresh_failed", upstream=state.config.name)
             self.metrics.discovery(state.config.name, "failure")
             return state.discovery.metadata
-        state.discovery = result
+        previous, state.discovery = state.discovery, result
         state.metadata_expires = time.monotonic() + result.ttl
+        migration.discovered(state, previous)
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")

@@ -109,6 +109,8 @@ def test_minimal_upstream() -> None:
         ("timeouts.connect", 5),
         ("timeouts.read", 10),
         ("timeouts.total", 15),
+        ("timeouts.client_header", 5),
+        ("timeouts.client_body", 10),
         ("backoff.base", 1),
         ("backoff.cap", 300),
         ("backoff.max_retry_after", 3600),

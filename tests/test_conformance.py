@@ -14,6 +14,8 @@ SUBSET = [
     ("stable", "auth/scope-from-scopes-supported"),  # the resource's scopes when the app has none
     ("next", "auth/resource-mismatch"),  # RFC 9728 §3.3: the sidecar refuses, the app sees it
     ("next", "auth/iss-wrong-issuer"),  # RFC 9207 mix-up defence at the sidecar's callback
+    ("next", "auth/authorization-server-migration"),  # the resource moves to another AS
+    ("stable", "auth/basic-cimd"),  # CIMD with the operator's cimd.document_url
 ]
 
 

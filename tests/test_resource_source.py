@@ -6,13 +6,18 @@ new authorization server (§3.4). Real in-process servers on loopback: a resourc
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
+from dcr_sidecar import migration
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth.resource import validate_resource_metadata, with_default_scope
@@ -20,6 +25,7 @@ from tests.conftest import FakeFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, follow_once, get_json
 from tests.support.fake_server import FakeServer
 from tests.support.recording_as import RecordingAS
+from tests.test_discovery_sources import run_doctor
 
 PRM = "/.well-known/oauth-protected-resource"
 CUSTOM = "/custom/metadata/location.json"
@@ -213,3 +219,169 @@ async def test_resource_indicator_is_the_identifier_the_root_document_publishes(
         side = await sidecar(upstream(fake, issuer=rec.issuer))
         sent = await authorize(side.listen.url)
     assert sent["resource"] == [fake.url]
+
+
+# ---------------------------------------------------------------------------- AS migration
+
+
+class MovingResource:
+    """A protected resource whose metadata names one AS, then another; ETags and 304 as a
+    real server sends them, every request's conditional header recorded."""
+
+    def __init__(self, fake: FakeServer, issuer: str) -> None:
+        self.fake, self.issuer, self.version = fake, issuer, 1
+        self.conditional: list[str | None] = []
+        self.fail = False
+        fake.route("GET", PRM + "/mcp", self._document)
+
+    def move_to(self, issuer: str) -> None:
+        self.issuer, self.version = issuer, self.version + 1
+
+    async def _document(self, request: web.Request) -> web.StreamResponse:
+        self.conditional.append(request.headers.get("If-None-Match"))
+        if self.fail:
+            return web.Response(status=503)
+        etag = f'"v{self.version}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.json_response({"resource": f"{self.fake.url}/mcp",
+                                  "authorization_servers": [self.issuer]},
+                                 headers={"ETag": etag})
+
+
+def unpinned(fake: FakeServer, **extra: Any) -> dict[str, Any]:
+    """The resource's AS is server-supplied (another port): allowed on loopback explicitly."""
+    return {**upstream(fake, **extra), "admin": {"token": ADMIN_TOKEN},
+            "security": {"allow_http": ["127.0.0.1"],
+                         "allow_private_networks": ["127.0.0.1/32"],
+                         "allow_private_networks_server_supplied": ["127.0.0.1/32"]}}
+
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+async def admin_upstream(side: Any) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{side.management.url}/admin/upstreams",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+        body = await resp.json()
+    described: dict[str, Any] = body["upstreams"][0]
+    return described
+
+
+def sent_to(location_query: dict[str, list[str]]) -> str:
+    return location_query["client_id"][0]
+
+
+async def test_authorization_start_follows_the_resource_to_a_new_authorization_server(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """The resource's metadata names AS2 instead of AS1: the next authorization start goes to
+    AS2 with a client registered there; AS2 never sees AS1's client_id; the admin API and an
+    audit event say so."""
+    fake = await fake_server()
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar(unpinned(fake))
+        first = await authorize_at(side.listen.url)
+        resource.move_to(as2.issuer)
+        with capture_logs() as logs:
+            second = await authorize_at(side.listen.url)
+        described = await admin_upstream(side)
+    assert first.startswith(as1.issuer + "/authorize?")
+    assert second.startswith(as2.issuer + "/authorize?")
+    old_id = sent_to(parse_qs(urlsplit(first).query))
+    new_id = sent_to(parse_qs(urlsplit(second).query))
+    assert old_id == as1.clients[0]["client_id"]
+    assert new_id == as2.clients[0]["client_id"] != old_id
+    assert len(as1.clients) == len(as2.clients) == 1
+    assert all(old_id not in repr(r) for r in as2.recorded)
+    changes = [e for e in logs if e["event"] == "authorization_server_changed"]
+    assert [(e["previous_issuer"], e["issuer"], e["via"]) for e in changes] == [
+        (as1.issuer, as2.issuer, "recheck")]
+    assert described["issuer"] == as2.issuer
+    assert described["client_id"] == new_id
+    assert described["resource"]["authorization_servers"] == [as2.issuer]
+    assert [(c["previous_issuer"], c["issuer"], c["via"])
+            for c in described["resource"]["authorization_server_changes"]] == [
+        (as1.issuer, as2.issuer, "recheck")]
+
+
+async def authorize_at(base: str) -> str:
+    params = {"response_type": "code", "redirect_uri": REDIRECT_URI, "state": "s"}
+    status, location, body = await follow_once(f"{base}/mcp/authorize?{urlencode(params)}")
+    assert status == 302, body
+    assert location is not None
+    return location
+
+
+async def test_recheck_is_conditional_and_at_most_once_per_interval(
+        fake_server: FakeFactory, sidecar: SidecarFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first start uses what discovery just read; the next asks with If-None-Match (304);
+    starts within the interval ask nothing; after it, one more conditional request."""
+    monkeypatch.setattr(migration, "RECHECK_INTERVAL", 0.3)
+    fake = await fake_server()
+    async with RecordingAS() as rec:
+        resource = MovingResource(fake, rec.issuer)
+        side = await sidecar(unpinned(fake))
+        for _ in range(4):
+            await authorize_at(side.listen.url)
+        assert resource.conditional == [None, '"v1"']
+        await asyncio.sleep(0.35)  # the interval elapses (a bound, not a hope)
+        await authorize_at(side.listen.url)
+    assert resource.conditional == [None, '"v1"', '"v1"']
+    assert len(rec.clients) == 1
+
+
+async def test_failed_recheck_keeps_the_authorization_server_in_use(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    fake = await fake_server()
+    async with RecordingAS() as rec:
+        resource = MovingResource(fake, rec.issuer)
+        side = await sidecar(unpinned(fake))
+        await authorize_at(side.listen.url)
+        resource.fail = True
+        with capture_logs() as logs:
+            location = await authorize_at(side.listen.url)
+        described = await admin_upstream(side)
+    assert location.startswith(rec.issuer + "/authorize?")
+    assert len(resource.conditional) == 2
+    assert [e["event"] for e in logs if e["event"].startswith("resource_recheck")] == [
+        "resource_recheck_failed"]
+    assert described["backoff_until"] is None
+    assert described["resource"]["authorization_server_changes"] == []
+
+
+async def test_pinned_issuer_does_not_follow_the_resource(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    fake = await fake_server()
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar(unpinned(fake, issuer=as1.issuer))
+        await authorize_at(side.listen.url)
+        resource.move_to(as2.issuer)
+        with capture_logs() as logs:
+            location = await authorize_at(side.listen.url)
+    assert location.startswith(as1.issuer + "/authorize?")
+    assert as2.recorded == []
+    ignored = [e for e in logs if e["event"] == "authorization_server_change_ignored"]
+    assert [e["why"] for e in ignored] == ["issuer pinned"]
+
+
+async def test_doctor_shows_what_the_resource_names_and_that_serve_follows_it(
+        fake_server: FakeFactory, tmp_path: Path) -> None:
+    fake = await fake_server()
+    async with RecordingAS() as rec:
+        fake.json("GET", CUSTOM, resource_doc(fake, rec.issuer, scopes_supported=["mcp:a"]))
+        mcp_server(fake)
+        config = unpinned(fake, resource_probe="post")
+        code, out, _ = await run_doctor(tmp_path, config, "mcp", "--json")
+        _, text, _ = await run_doctor(tmp_path, config, "mcp")
+    assert code == 0
+    report = json.loads(out)["resource"]
+    assert report["metadata_url"] == f"{fake.url}{CUSTOM}"
+    assert report["authorization_servers"] == [rec.issuer]
+    assert report["uses"] == rec.issuer
+    assert report["scopes_supported"] == ["mcp:a"]
+    assert "moves to a new AS, with a new client" in report["migration"]
+    assert f"authorization servers {rec.issuer}; uses {rec.issuer}; scopes mcp:a" in text

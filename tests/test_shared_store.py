@@ -204,14 +204,21 @@ async def _true_when(value: bool) -> bool:
     return value
 
 
-async def test_file_store_behaves_as_before_without_rereads(
+async def test_memory_store_never_rereads_and_the_file_store_does(
         oidc: ProviderFactory, sidecar: SidecarFactory, tmp_path: Path) -> None:
-    """The file store is not `shared`: no staleness re-reads, the record age stays 0."""
+    """The memory store is not `shared` (one process): no staleness re-reads, the record age
+    stays 0. The file store may be shared by several processes, so it is re-read on the bound
+    (issue 14: before, a second process on one file never saw the other's changes)."""
     provider = await oidc()
-    side = await sidecar({"upstreams": [cc(provider.issuer)]})
-    await client_of(side)
-    assert not side.store.shared
-    assert side.resolver._record_age(side.resolver.state("acme")) == 0.0
+    memory = await sidecar({"store": {"backend": "memory"}, "upstreams": [cc(provider.issuer)]})
+    await client_of(memory)
+    assert not memory.store.shared
+    assert memory.resolver._record_age(memory.resolver.state("acme")) == 0.0
+    on_file = await sidecar({"upstreams": [cc(provider.issuer, "beta")]})
+    await client_of(on_file, "beta")
+    assert on_file.store.shared
+    await asyncio.sleep(0.05)
+    assert on_file.resolver._record_age(on_file.resolver.state("beta")) > 0.0
 
 
 async def test_lease_wait_timeout_is_503_with_retry_after_step_lease(
@@ -236,3 +243,37 @@ async def test_lease_wait_timeout_is_503_with_retry_after_step_lease(
     assert int(headers["Retry-After"]) >= 1
     assert side.resolver.state("acme").last_error_step == "lease"
     assert (await provider.stats())["registrations"] == 0
+
+
+async def test_file_store_shared_by_two_sidecars_serves_a_new_generation_within_the_bound(
+        oidc: ProviderFactory, sidecar: SidecarFactory, tmp_path: Path,
+        leak_guard: LeakGuard) -> None:
+    """Two sidecars on one credentials file (each its own FileStore and file descriptors, as two
+    processes have): A recovers a new generation after the AS forgot its client; B, which saw no
+    error, re-reads the file on the staleness bound and serves it, registering nothing."""
+    provider = await oidc()
+    config = {"store": {"backend": "file", "path": str(tmp_path / "shared.json")},
+              "upstreams": [cc(provider.issuer)]}
+    a, b = await sidecar(config), await sidecar(config)
+    for side in (a, b):
+        side.resolver.max_record_age = BOUND
+    _, first, _ = await client_of(a)
+    _, same, _ = await client_of(b)
+    assert same["client_id"] == first["client_id"]
+    await provider.reset()
+    async with aiohttp.ClientSession() as session:
+        status, token = await cc_token(session, a.listen.url)
+        assert status == 200, token
+        leak_guard.add_token_response(token)
+    _, recovered, _ = await client_of(a)
+    assert recovered["client_id"] != first["client_id"]
+
+    async def b_serves_it() -> bool:
+        return bool((await client_of(b))[1]["client_id"] == recovered["client_id"])
+
+    took = await until(b_serves_it, BOUND + 3, "B serves the new generation from the file")
+    print(f"\nfile store: a new generation on A served by B after {took:.2f} s "
+          f"(bound {BOUND} s)")
+    assert took <= BOUND + 1.0
+    assert b.resolver.state("acme").stats["registrations"] == 0
+    leak_guard.add_store(tmp_path / "shared.json")

@@ -26,15 +26,14 @@ async def result_page(
 ) -> tuple[str, str]:
     """(title, body HTML) of a login that got tokens."""
     claims, problem = await _validated_claims(session, login, tokens, calls)
-    sections = [_verdict_card(login, problem),
-                "<h2>What the sidecar did</h2>" + sidecar_panel(login, calls),
-                _claims_section(tokens, claims)]
+    sections = [_verdict_card(login, problem), "", _claims_section(tokens, claims)]
     sections.append("<h2>Token response</h2><div class=card>" + _token_table(tokens) + "</div>")
     userinfo_endpoint = login.metadata.get("userinfo_endpoint")
     if isinstance(userinfo_endpoint, str) and userinfo_endpoint:
         card = await _userinfo_card(session, userinfo_endpoint, tokens.get("access_token"),
                                     claims, calls)
         sections.append("<h2>UserInfo</h2>" + card)
+    sections[1] = "<h2>What the sidecar did</h2>" + sidecar_panel(login, calls)  # every call
     sections.append(links())
     _log.info(
         "demo_login_completed",
@@ -72,8 +71,9 @@ def sidecar_panel(login: PendingLogin, calls: Sequence[RecordedCall]) -> str:
                           "sidecar added none either"),
     ]
     return ("<div class='card ok' id=sidecar-panel>" + table(rows, raw=True)
-            + "<p class=muted>From the sidecar's <code>/client</code>. This login's calls to "
-              "the sidecar (find them in its log by request id):</p>" + _calls_table(calls)
+            + "<p class=muted>From the sidecar's <code>/client</code>. This login's calls "
+              "(the sidecar answers with an X-Request-Id: find each in its log):</p>"
+            + _calls_table(calls)
             + "</div>")
 
 

@@ -35,6 +35,8 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     redirect_uri = None if pushed else allowed_redirect_uri(pairs, upstream)
     try:
         creds = await runtime.resolver.credentials(name)
+        if await runtime.resolver.recheck_resource(name):  # the resource moved to another AS
+            creds = await runtime.resolver.credentials(name)
     except errors.UpstreamError as exc:
         if redirect_uri is None:
             raise

@@ -11,6 +11,8 @@ Invariants:
   reads and writes fail instead (:class:`StoreCorrupt`). Bytes that are not UTF-8 inside one
   record make that record corrupt, not the document: they are read as lone surrogates
   (``surrogateescape``) and written back as the same bytes when another record changes.
+- Several processes may share the file (``serve`` replicas on one volume, ``doctor``): the store
+  is ``shared``, so each re-reads the records it serves on the staleness bound.
 - Lock and temporary files are opened with ``O_NOFOLLOW``: a link planted in their place is
   refused, never followed. A store directory writable by others is refused (:class:`StoreUnsafe`
   naming it) at ``open()`` and on every use: start-up fails rather than writing secrets there.
@@ -53,7 +55,10 @@ log = structlog.get_logger(__name__)
 
 class FileStore:
     name = "file"
-    shared = False  # processes sharing the file serialise whole resolutions on the flock
+    # Processes sharing the file serialise whole resolutions on the flock, and each re-reads
+    # what it serves on the resolver's staleness bound (design.md §3.4), as with Redis: a new
+    # generation or renewal written by one is served by the others within 30 s.
+    shared = True
 
     def __init__(self, path: str, sealer: Sealer = PLAIN) -> None:
         self.path = Path(path)

@@ -43,6 +43,7 @@ from typing import Any
 NAME = "mcp"
 APP_REDIRECT = "http://127.0.0.1:{port}/app/callback"
 PLACEHOLDER_CLIENT_ID = "app"
+CIMD_DOCUMENT_URL = "https://conformance-test.local/client-metadata.json"
 MAX_LOGINS = 3  # a bounded number of logins per run: the retry limit an app must keep
 MAX_REDIRECTS = 10
 TIMEOUT_S = 10.0
@@ -94,6 +95,9 @@ def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
         "name": NAME, "resource": server_url, "resource_probe": "post",
         "callback": "sidecar", "pkce": "sidecar",
         "redirect_uris": [redirect], "client_metadata": {"client_name": "conformance app"},
+        # Where the operator publishes the client's metadata document (CIMD): the suite's
+        # authorization servers expect this URL as the client_id. A public client (PKCE).
+        "cimd": {"document_url": CIMD_DOCUMENT_URL, "auth_method": "none"},
     }
     if "client_id" in context:  # pre-registration: the operator configures the static client
         upstream.update(client_id=context["client_id"],

@@ -38,8 +38,6 @@ CLIENT_CREDENTIALS = ("out of scope: a machine-to-machine grant the app performs
                       "credentials (or a key the sidecar does not hold); no browser login, no "
                       "registration for the sidecar to make")
 EXPECTED: dict[str, tuple[str, str]] = {
-    "auth/basic-cimd": ("pending", "CIMD with a fixed cimd.document_url (branch cimd) has not "
-                                   "landed on main yet"),
     "auth/2025-03-26-oauth-metadata-backcompat": (
         "out of scope", "2025-03-26 back-compat: no protected-resource metadata at all, the MCP "
                         "server's own origin taken as the issuer; the sidecar's resource source "
