@@ -18,7 +18,6 @@ import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -30,6 +29,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
+from dcr_sidecar.listeners import ListenerRunner, handler_args
 from dcr_sidecar.management import redacted
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
@@ -37,7 +37,7 @@ from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
-from dcr_sidecar.proxy.boundary import MAX_HEADER_COUNT, boundary
+from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
@@ -129,14 +129,6 @@ def create_management_app(runtime: Runtime,
     app[RUNTIME] = runtime
     app.add_routes(management_routes())
     return app
-
-
-def _handler_args(settings: Settings) -> dict[str, Any]:
-    """aiohttp's own parser limits sit above the sidecar's (boundary._check_headers), so the
-    sidecar's JSON 431 answers first; beyond these, aiohttp's plain 400 (design.md §2.4)."""
-    size = settings.limits.max_header_bytes + 1024
-    return {"max_line_size": size, "max_field_size": size,
-            "max_headers": 2 * MAX_HEADER_COUNT}
 
 
 @dataclass
@@ -316,8 +308,9 @@ class Sidecar:
                      ssl_context: ssl.SSLContext | None = None) -> Bound:
         # In-flight requests are awaited by stop() itself (with the grace in force then);
         # the runner's own timeout only bounds the cancellation of what is left after that.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
-                               **_handler_args(self.settings))
+        runner = ListenerRunner(app, deadlines=lambda: self.settings.timeouts,
+                                access_log=None, shutdown_timeout=1.0,
+                                **handler_args(self.settings))
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

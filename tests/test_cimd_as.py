@@ -9,8 +9,10 @@ are printed for the issue report (pytest -s shows them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, get_json, validate_id_token
 from tests.support.oidc import OidcProvider, login_and_consent
 from tests.support.tls_ca import LocalCa
+
+ROUNDS = 3
 
 
 @pytest.fixture
@@ -197,21 +201,36 @@ async def test_provider_without_the_feature_falls_back_to_dcr(
 async def test_time_to_first_token_cimd_and_dcr(
         oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
         leak_guard: LeakGuard) -> None:
-    """First contact, client_credentials: discovery + (document fetch by the AS | RFC 7591
-    registration) + the token. Both succeed; the times are printed for the report."""
-    times: dict[str, float] = {}
-    for label, cimd in (("cimd", True), ("dcr", False)):
-        provider = await (cimd_provider(oidc, local_ca) if cimd else oidc())
-        app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
-        started = time.perf_counter()
-        status, issued = await post_form(f"{app.listen.url}/acme/token", {
-            "grant_type": "client_credentials", "scope": "api:read"})
-        times[label] = time.perf_counter() - started
-        leak_guard.add_token_response(issued)
-        assert status == 200, issued
-        assert app.resolver.state("acme").mechanism == label
-    print(f"\ntime to first token: CIMD {times['cimd'] * 1000:.1f} ms, "
-          f"DCR {times['dcr'] * 1000:.1f} ms")
+    """First contact, client_credentials, a fresh (warmed-up) AS and sidecar each round:
+    discovery, then (CIMD) the AS fetching the document and JWKS from the sidecar's TLS front,
+    or (DCR) an RFC 7591 registration, then the token. Both succeed; the medians of 3 rounds
+    are printed for the report."""
+    times: dict[str, list[float]] = {"cimd": [], "dcr": []}
+    for _ in range(ROUNDS):
+        for label, cimd in (("cimd", True), ("dcr", False)):
+            provider = await (cimd_provider(oidc, local_ca) if cimd else oidc())
+            app = await sidecar({"front": local_ca.front(), "upstreams": [
+                upstream(provider.issuer), upstream(provider.issuer, name="warm")]})
+            # A fresh node process loads its HTTP client on its first fetch (a few hundred ms
+            # that a long-running AS paid long ago): a first contact of another upstream
+            # warms the AS up, then the measured one.
+            status, issued = await post_form(f"{app.listen.url}/warm/token", {
+                "grant_type": "client_credentials", "scope": "api:read"})
+            leak_guard.add_token_response(issued)
+            assert status == 200, issued
+            await app.resolver.cimd_keys.record("acme")  # made at start-up under cimd anyway
+            started = time.perf_counter()
+            status, issued = await post_form(f"{app.listen.url}/acme/token", {
+                "grant_type": "client_credentials", "scope": "api:read"})
+            times[label].append(time.perf_counter() - started)
+            leak_guard.add_token_response(issued)
+            assert status == 200, issued
+            assert app.resolver.state("acme").mechanism == label
+            assert (await provider.stats())["registrations"] == (0 if cimd else 2)
+    cimd_ms, dcr_ms = (statistics.median(times[k]) * 1000 for k in ("cimd", "dcr"))
+    print(f"\ntime to first token (median of {ROUNDS}): CIMD {cimd_ms:.1f} ms, DCR "
+          f"{dcr_ms:.1f} ms; all: CIMD {[round(t * 1000) for t in times['cimd']]}, DCR "
+          f"{[round(t * 1000) for t in times['dcr']]}")
 
 
 async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
@@ -304,3 +323,93 @@ async def get_json_tls(ca: LocalCa, url: str) -> Any:
     async with browser(ca) as session, session.get(url) as resp:
         resp.raise_for_status()
         return await resp.json()
+
+
+async def test_invalid_client_for_a_cimd_client_is_relayed_and_reported(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """The published copy (cimd.document_url) is missing, so the AS cannot resolve the
+    client: its invalid_client is relayed as is, nothing is registered, and /readyz, the admin
+    API and a metric report it."""
+    provider = await cimd_provider(oidc, local_ca)
+    missing = "https://127.0.0.1:{port}/acme/no-such-copy.json"
+    probe = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    assert probe.front is not None
+    app = await sidecar({
+        "front": local_ca.front(), "admin": {"token": "admin-token-for-this-test"},
+        "upstreams": [upstream(provider.issuer, registration="cimd", cimd={
+            "document_url": missing.format(port=probe.front.port)})]})
+    status, body = await post_form(f"{app.listen.url}/acme/token",
+                                   {"grant_type": "client_credentials", "scope": "api:read"})
+    assert status in (400, 401)
+    assert body["error"] == "invalid_client"
+    assert (await provider.stats())["registrations"] == 0
+    ready = await get_json(f"{app.management.url}/readyz")
+    assert ready["upstreams"]["acme"]["cimd_invalid_client"] == 1
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{app.management.url}/admin/upstreams", headers={
+                "Authorization": "Bearer admin-token-for-this-test"}) as resp:
+            [listed] = (await resp.json())["upstreams"]
+        async with session.get(f"{app.management.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert listed["mechanism"] == "cimd"
+    assert listed["cimd"]["invalid_client"] == 1
+    assert listed["cimd"]["document_url"] == missing.format(port=probe.front.port)
+    assert 'dcr_sidecar_cimd_invalid_client_total{upstream="acme"} 1.0' in metrics
+
+
+async def test_changed_metadata_keeps_the_client_id(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """A reload that changes redirect URIs and scopes changes the document (a new ETag), never
+    the client_id; the AS keeps accepting the client."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
+    assert app.front is not None
+    before = await get_json(f"{app.listen.url}/acme/client")
+    document_url = f"https://127.0.0.1:{app.front.port}/acme/client-metadata.json"
+    async with browser(local_ca) as session, session.get(document_url) as resp:
+        old_etag = resp.headers["ETag"]
+    changed = app.settings.upstreams[0].model_copy(update={
+        "redirect_uris": [REDIRECT_URI, "http://127.0.0.1:8766/callback"],
+        "scopes": ["openid", "api:read", "api:write"]})
+    app.reload(Settings.model_validate({**dict(app.settings), "upstreams": [changed]}))
+    after = await get_json(f"{app.listen.url}/acme/client")
+    assert after["client_id"] == before["client_id"] == document_url
+    async with browser(local_ca) as session, session.get(document_url) as resp:
+        assert resp.headers["ETag"] != old_etag
+        document = await resp.json()
+    assert document["redirect_uris"] == [REDIRECT_URI, "http://127.0.0.1:8766/callback"]
+    status, issued = await post_form(f"{app.listen.url}/acme/token",
+                                     {"grant_type": "client_credentials", "scope": "api:read"})
+    leak_guard.add_token_response(issued)
+    assert status == 200, issued
+
+
+async def test_key_rotation_every_key_rotation_seconds(
+        oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
+        leak_guard: LeakGuard) -> None:
+    """`cimd.key_rotation`: the maintenance loop starts a rotation when the newest key is that
+    old; token requests keep working with the new key."""
+    provider = await cimd_provider(oidc, local_ca)
+    app = await cimd_sidecar(sidecar, local_ca, provider.issuer,
+                             cimd={"max_age": 1, "key_overlap": 1, "key_rotation": 3})
+    status, issued = await post_form(f"{app.listen.url}/acme/token",
+                                     {"grant_type": "client_credentials", "scope": "api:read"})
+    leak_guard.add_token_response(issued)
+    assert status == 200, issued
+    record = app.resolver.cimd_keys.held("acme")
+    assert record is not None
+    [first] = [g.client_id for g in record.generations]
+    deadline = time.monotonic() + 15
+    while True:
+        record = app.resolver.cimd_keys.held("acme")
+        kids = [g.client_id for g in record.generations] if record else []
+        if kids and first not in kids:
+            break
+        assert time.monotonic() < deadline, f"no rotation completed: {kids}"
+        await asyncio.sleep(0.1)
+    status, issued = await post_form(f"{app.listen.url}/acme/token",
+                                     {"grant_type": "client_credentials", "scope": "api:read"})
+    leak_guard.add_token_response(issued)
+    assert status == 200, issued
