@@ -38,3 +38,47 @@ async def test_temporarily_unavailable_carries_state_and_the_served_iss(
     assert params["state"] == ["s-1"]
     issuers = {"as": rec.issuer, "sidecar": f"{side.listen.url}/acme"}
     assert params.get("iss") == ([issuers[expected_iss]] if expected_iss else None)
+
+
+BAD_REDIRECTS = [
+    pytest.param("http://evil.example\\@127.0.0.1:9999/cb", id="backslash-userinfo"),
+    pytest.param("http://evil.example@127.0.0.1:9999/cb", id="userinfo"),
+    pytest.param("http://127.0.0.1:9999/c\tb", id="tab"),
+    pytest.param("http://127.0.0.1:9999/x/../cb", id="dot-segment"),
+    pytest.param("http://127.0.0.1:9999/%2e/cb", id="escaped-dot-segment"),
+    pytest.param("HTTP://127.0.0.1:9999/cb", id="upper-case-scheme"),
+    pytest.param(" http://127.0.0.1:9999/cb", id="leading-space"),
+]
+
+
+@pytest.mark.parametrize("callback", ["app", "sidecar"])
+@pytest.mark.parametrize("redirect_uri", BAD_REDIRECTS)
+async def test_a_redirect_uri_a_browser_reads_otherwise_is_400_never_a_redirect(
+        sidecar: SidecarFactory, callback: str, redirect_uri: str) -> None:
+    """With `loopback_any_port`, `http://evil.example\\@127.0.0.1:9999/cb` looked like a loopback
+    URI to urlsplit, while a browser (WHATWG URL) goes to evil.example: every redirect URI the
+    sidecar compares is taken only in the canonical form a browser navigates to."""
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": ["http://127.0.0.1:8765/cb"],
+            "loopback_any_port": True, "callback": callback}]})
+        query = {"response_type": "code", "redirect_uri": redirect_uri, "state": "s-1"}
+        status, location, body = await follow_once(
+            f"{side.listen.url}/acme/authorize?{urlencode(query)}")
+    assert (status, location) == (400, None)
+    assert body["error"] == "invalid_request"
+    assert "redirect_uri" in body["error_description"]
+
+
+async def test_another_loopback_port_is_still_allowed(sidecar: SidecarFactory) -> None:
+    """RFC 8252 §7.3: the canonical loopback URI on another port passes."""
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": ["http://127.0.0.1:8765/cb"],
+            "loopback_any_port": True, "callback": "sidecar"}]})
+        query = {"response_type": "code", "redirect_uri": "http://127.0.0.1:9999/cb"}
+        status, location, _ = await follow_once(
+            f"{side.listen.url}/acme/authorize?{urlencode(query)}")
+    assert status == 302
+    assert location is not None
+    assert location.startswith(rec.issuer + "/authorize?")

@@ -26,8 +26,8 @@ def settings(**upstream: Any) -> Settings:
      "upstreams[0].app_issuer", "openid scope"),
     ({"callback": "sidecar", "redirect_uris": []}, "upstreams[0].redirect_uris",
      "app-side allow-list"),
-    ({"client_id": "static", "client_secret": "s", "token_endpoint_auth_method":
-      "private_key_jwt"}, "upstreams[0].token_endpoint_auth_method", "static clients"),
+    ({"client_id": "static", "token_endpoint_auth_method": "private_key_jwt"},
+     "upstreams[0].token_endpoint_auth_method", "needs client_key"),
 ])
 def test_refused_combinations_name_the_key(upstream: dict[str, Any], path: str,
                                            message: str) -> None:
@@ -66,3 +66,33 @@ def test_sidecar_issuer_is_under_the_backchannel_base() -> None:
                        "redirect_uris": [REDIRECT]}]}), "t.yaml")
     assert config.sidecar_issuer("u") == "http://sidecar.local:9000/u"
     assert config.callback_uri("u") == "https://login.app.example/u/callback"
+
+
+@pytest.mark.parametrize(("uri", "reason"), [
+    ("http://evil.example\\@127.0.0.1:9999/cb", "backslash"),
+    ("http://evil.example@127.0.0.1:9999/cb", "userinfo"),
+    ("http://127.0.0.1:9999/c\tb", "control or whitespace"),
+    ("http://127.0.0.1:9999/a/../cb", "dot segment"),
+    ("http://127.1:9999/cb", "IPv4"),
+    ("HTTP://127.0.0.1:9999/cb", "lower-case scheme"),
+    ("https://app.example:443/cb", "default port"),
+    ("https://app.example", "at least '/'"),
+])
+def test_a_redirect_uri_a_browser_would_read_otherwise_is_a_config_error(
+        uri: str, reason: str) -> None:
+    """The allow-list holds only what a browser navigates to as written (WHATWG URL): the
+    error names the YAML path, the value and why."""
+    with pytest.raises(ConfigError) as info:
+        settings(redirect_uris=[REDIRECT, uri])
+    assert "upstreams[0].redirect_uris" in str(info.value)
+    assert repr(uri) in str(info.value)
+    assert reason in str(info.value)
+
+
+def test_a_public_base_url_whose_callback_a_browser_would_rewrite_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(yaml.safe_dump({
+            "version": 1, "public_base_url": "https://Login.App.example:443",
+            "upstreams": [{"name": "u", "issuer": "https://as.example", "callback": "sidecar",
+                           "redirect_uris": [REDIRECT]}]}), "t.yaml")
+    assert "public_base_url" in str(info.value)
