@@ -385,3 +385,24 @@ async def test_doctor_shows_what_the_resource_names_and_that_serve_follows_it(
     assert report["scopes_supported"] == ["mcp:a"]
     assert "moves to a new AS, with a new client" in report["migration"]
     assert f"authorization servers {rec.issuer}; uses {rec.issuer}; scopes mcp:a" in text
+
+
+async def test_pushed_authorization_request_follows_the_resource_too(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """POST /{name}/par starts a login as well: after the move it goes to AS2's PAR endpoint
+    with AS2's client."""
+    fake = await fake_server()
+    form = {"response_type": "code", "redirect_uri": REDIRECT_URI, "state": "s"}
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar(unpinned(fake))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{side.listen.url}/mcp/par", data=form) as resp:
+                assert resp.status == 201
+            resource.move_to(as2.issuer)
+            async with session.post(f"{side.listen.url}/mcp/par", data=form) as resp:
+                assert resp.status == 201
+    assert len(as1.requests("/par")) == len(as2.requests("/par")) == 1
+    assert len(as2.clients) == 1
+    old_id = as1.clients[0]["client_id"]
+    assert all(old_id not in repr(r) for r in as2.recorded)
