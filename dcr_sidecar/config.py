@@ -838,7 +838,7 @@ class Upstream(_Model):
         return self.registration
 
     @property
-    def cimd_possible(self) -> bool:
+    def cimd_possible(self) -> bool:  # see also Settings.publishes_cimd
         """Does the sidecar publish a CIMD document for this upstream (design.md §3.11)?"""
         return self.registration == "cimd" or (self.registration == "auto"
                                                and not self.client_id)
@@ -941,6 +941,7 @@ class Settings(_Model):
                 yield Problem((key,), "must be an http(s) URL without query")
         for index, upstream in enumerate(self.upstreams):
             yield from self._check_urls(index, upstream)
+            yield from self._check_cimd(index, upstream)
             if upstream.callback == "sidecar" and self.public_base_url:
                 yield from self._check_callback_uri(upstream.name)
 
@@ -954,6 +955,18 @@ class Settings(_Model):
             yield Problem(("public_base_url",), f"makes the callback redirect URI {uri!r}, which "
                           f"{exc.reason}", "write it as a browser would (lower-case host, "
                           "no default port, no userinfo)")
+
+    def _check_cimd(self, index: int, upstream: Upstream) -> Iterator[Problem]:
+        """`registration: cimd` needs a document URL the draft allows as a client_id."""
+        from dcr_sidecar.oauth.cimd import valid_client_id_url
+
+        url = self.cimd_document_url(upstream)
+        if upstream.registration == "cimd" and not valid_client_id_url(url):
+            yield Problem(("upstreams", index, "registration"),
+                          f"cimd needs an https document URL (the client_id); {url!r} is not one",
+                          "set public_base_url to the https address browsers and the AS use "
+                          "(or front.tls, or upstreams[].cimd.document_url)",
+                          involves=("public_base_url", "front"))
 
     def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
@@ -1012,6 +1025,13 @@ class Settings(_Model):
         """The CIMD client_id: where the document is published (design.md §3.11)."""
         default = f"{self.public_base}/{upstream.name}/client-metadata.json"
         return upstream.cimd.document_url or default
+
+    def publishes_cimd(self, upstream: Upstream) -> bool:
+        """The upstream may be a CIMD client: `registration: cimd`, or `auto` without a
+        client_id whose document URL is https (design.md §3.11)."""
+        from dcr_sidecar.oauth.cimd import valid_client_id_url
+
+        return upstream.cimd_possible and valid_client_id_url(self.cimd_document_url(upstream))
 
     def cimd_jwks_url(self, upstream: Upstream) -> str:
         return upstream.cimd.jwks_url or f"{self.public_base}/{upstream.name}/jwks.json"
@@ -1243,6 +1263,14 @@ def _under(path: YamlPath, prefix: YamlPath) -> bool:
 
 def _problems_in(exc: ValidationError, raw: Any) -> list[Problem]:
     return [p for err in exc.errors() for p in _problems_of(Settings, err, raw)]
+
+
+def validation_messages(exc: ValidationError, raw: Any) -> list[str]:
+    """Each error of a whole-settings validation as ``path: message — hint``."""
+    return [
+        f"{format_path(p.path)}: {p.message}" + (f" — {p.hint}" if p.hint else "")
+        for p in _problems_in(exc, raw)
+    ]
 
 
 def format_problem(source: str, problem: Problem, raw: Any) -> str:
