@@ -45,7 +45,9 @@ RESOURCE_ROUTES = frozenset({"token", "par", "device_authorization"})
 # parameters (RFC 9126 §2.1, RFC 6749 §4.1.1) whatever the client authentication.
 CLIENT_ID_ROUTES = frozenset({"par"})
 FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
-RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
+# Retry-After: an AS's 429 (RFC 6585 §4) or 503 (RFC 9110 §10.2.3) tells the app when to retry.
+RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate",
+                            "Retry-After")
 FORM_TYPE = "application/x-www-form-urlencoded"
 RELAYED_STATUSES = range(200, 600)
 Pairs = list[tuple[str, str]]
@@ -121,6 +123,12 @@ async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs:
     return None
 
 
+def accepted(response: Response) -> bool:
+    """Did the AS accept the client's authentication? A 2xx, or an OAuth error about
+    something else than the client (invalid_grant, invalid_scope ...)."""
+    return 200 <= response.status < 300 or oauth_error(response) not in (None, "invalid_client")
+
+
 def grant_type(pairs: Pairs) -> str | None:
     return next((v for k, v in pairs if k == "grant_type"), None)
 
@@ -154,6 +162,9 @@ def handler(route: str) -> Handler:
         pairs = await read_form(request, runtime)
         check_inbound(runtime.settings.inbound, request.headers, pairs)
         creds = await runtime.resolver.credentials(upstream.name)
+        # A pushed authorization request starts a login too: follow a resource that moved.
+        if route == "par" and await runtime.resolver.recheck_resource(upstream.name):
+            creds = await runtime.resolver.credentials(upstream.name)
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
@@ -175,7 +186,10 @@ def handler(route: str) -> Handler:
         retry_with = await second_chance(route, runtime, upstream, pairs, creds=creds,
                                          response=response)
         if retry_with is not None:
+            creds = retry_with
             response = await send(retry_with)
+        if accepted(response):
+            await runtime.resolver.served(upstream.name, creds)
         if pushed is not None and response.status == 201:
             await remember_pushed(runtime, pushed, response.body)
         return relay(relayed_status(response, upstream.name), response.headers,
