@@ -112,6 +112,8 @@ class UpstreamState:
     # The credentials served last, kept when `credentials` is cleared (admin DELETE) and
     # across a reload: what a client_id change is measured against.
     last_served: Credentials | None = None
+    # The client_id this state (so this config's client_id_file) last wrote to that file.
+    client_id_written: str | None = None
     previous: Credentials | None = None
     previous_until: float = 0.0  # wall clock
     current: Generation | None = None
@@ -567,7 +569,9 @@ class Resolver:
                        previous_generation=old.generation)
         if old is None or old.client_id != creds.client_id:
             self.metrics.client_id_seen(creds.upstream, old, creds)
+        if state.client_id_written != creds.client_id:  # also a new client_id_file (reload)
             self._write_client_id_file(state.config, creds.client_id)
+            state.client_id_written = creds.client_id
 
     async def _mark_served(self, state: UpstreamState, number: int) -> None:
         key = state.key
