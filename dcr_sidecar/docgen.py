@@ -320,6 +320,8 @@ def _code(value: Any) -> str:
 
 def meaning(path: str, field: FieldInfo) -> str:
     text = field.description or DESCRIPTIONS.get(path, "")
+    # Links are written from the repository root; the reference lives in docs/.
+    text = text.replace("](docs/", "](")
     return " ".join(text.split()).replace("|", "\\|")
 
 
