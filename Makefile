@@ -2,6 +2,8 @@
 #   make demo   the sidecar in front of a local, real OIDC provider, with a demo app to click through
 #               (ports: PROVIDER_PORT=9400 SIDECAR_PORT=8080 MANAGEMENT_PORT=9090 DEMO_PORT=8000)
 #   make test   ruff, mypy --strict and the whole test suite (with a real browser test)
+#   make chaos  the chaos soak (tests/chaos.py, at most 5 minutes, loopback only): a fleet under
+#               faults, its invariants printed as a table (a 60-s variant runs in `make test`)
 #   make bench  the benchmark suite (bench/, minutes; never part of `make test`): results in
 #               docs/benchmarks.md. BENCH_ARGS=--quick for a short check of the harness.
 # These targets install the Python and npm dependencies (a venv from pyproject + the lock file,
@@ -58,6 +60,9 @@ test: install lint typecheck
 
 conformance: $(STAMP) $(CONF_STAMP)
 	$(PY) tests/conformance/run.py $(CONFORMANCE_ARGS)
+
+chaos: install
+	$(PY) -m tests.chaos --duration 300
 
 demo: install
 	@scripts/demo.sh

@@ -82,7 +82,8 @@ def describe(state: UpstreamState, runtime: Runtime | None = None) -> dict[str, 
         "last_error": state.last_error,
         "last_error_step": state.last_error_step,
         **({"resource": _resource(state)} if config.resource is not None else {}),
-        **({"cimd": _cimd(state, runtime)} if runtime is not None and config.cimd_possible
+        **({"cimd": _cimd(state, runtime)} if runtime is not None
+           and runtime.settings.publishes_cimd(config)
            else {}),
     }
 

@@ -58,6 +58,8 @@ SECRET_KEYS = frozenset(
         "token",
         "url",
         "encryption_keys",
+        "password",
+        "proxy",
     }
 )
 # Registration request fields the sidecar derives itself (design.md §2.2 client_metadata).
@@ -446,6 +448,110 @@ class Security(_Model):
         return value
 
 
+class ProxyAuth(_Model):
+    """Credentials for the egress proxy (Proxy-Authorization: Basic), sent only to the proxy."""
+
+    username: str
+    password: SecretField = None
+
+
+NO_PROXY_RE = re.compile(r"^(\*|\.?[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+(/\d{1,3})?)$")
+
+
+def _split_no_proxy(text: str) -> list[str]:
+    return [entry.strip() for entry in text.split(",") if entry.strip()]
+
+
+class Egress(_Model):
+    """An HTTP CONNECT proxy for outbound OAuth traffic (design.md §3.8): https is tunnelled
+    end to end to the address the sidecar resolved and checked itself."""
+
+    proxy: str | None = None
+    no_proxy: list[str] = Field(default_factory=list)
+    proxy_auth: ProxyAuth | None = None
+    from_environment: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_environment(cls, data: Any, info: ValidationInfo) -> Any:
+        """`from_environment: true` reads HTTPS_PROXY / NO_PROXY (either case) now, into the
+        same fields; credentials in the variable's userinfo become proxy_auth."""
+        if not isinstance(data, Mapping) or data.get("from_environment") is not True:
+            return data
+        clash = [key for key in ("proxy", "no_proxy", "proxy_auth") if key in data]
+        if clash:
+            raise ValueError(f"from_environment: true takes {', '.join(clash)} from the "
+                             "environment (HTTPS_PROXY, NO_PROXY): remove them, or remove "
+                             "from_environment")
+        env = _environ(info)
+        url = env.get("HTTPS_PROXY") or env.get("https_proxy") or None
+        no_proxy = env.get("NO_PROXY") or env.get("no_proxy") or ""
+        derived: dict[str, Any] = {**data, "no_proxy": _split_no_proxy(no_proxy)}
+        if url:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            if parts.username is not None:
+                derived["proxy_auth"] = {"username": parts.username,
+                                         "password": Secret(parts.password or "")}
+                parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+            derived["proxy"] = parts.geturl()
+        return derived
+
+    def _problems(self) -> Iterator[Problem]:
+        if self.proxy is not None:
+            yield from self._check_proxy(self.proxy)
+        for index, entry in enumerate(self.no_proxy):
+            if not NO_PROXY_RE.fullmatch(entry):
+                yield Problem(("no_proxy", index), f"{entry!r} is not a host name, a .domain, "
+                              "an IP address, a CIDR or *", "for example .corp.test")
+        if self.proxy is None and self.proxy_auth is not None:
+            yield Problem(("proxy_auth",), "is for egress.proxy, which is not set",
+                          "set proxy: http://proxy.example:3128")
+
+    def _check_proxy(self, url: str) -> Iterator[Problem]:
+        where = ("from_environment",) if self.from_environment else ("proxy",)
+        shown = "HTTPS_PROXY: " if self.from_environment else ""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = urlsplit(""), None
+        if parts.username is not None or parts.password is not None:  # before any echo
+            yield Problem(where, "must not carry credentials in the URL",
+                          "put them in egress.proxy_auth (the password is a secret)")
+        elif parts.scheme != "http" or not parts.hostname or port is None:
+            yield Problem(where, f"{shown}{url!r} must be http://HOST:PORT (an HTTP CONNECT "
+                          "proxy; https traffic is tunnelled through it end to end)",
+                          "for example http://proxy.corp.example:3128")
+        elif parts.path not in ("", "/") or parts.query or parts.fragment:
+            yield Problem(where, f"{shown}{url!r} must have no path, query or fragment")
+
+    def proxy_authority(self) -> tuple[str, str, int] | None:
+        """(scheme, host, port) of the proxy as the address policy names it."""
+        if self.proxy is None:
+            return None
+        parts = urlsplit(self.proxy)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        return "http", parts.hostname.lower(), parts.port
+
+    def bypasses(self, host: str) -> bool:
+        """Whether `host` (lower-case, as dialled) is reached directly (``no_proxy``):
+        ``*``, the host itself, a parent domain (``corp.test`` or ``.corp.test``), or an IP
+        literal within an address or CIDR entry. Names are never resolved to decide."""
+        for given in self.no_proxy:
+            entry = given.lower()
+            if entry == "*" or host == entry.lstrip(".") or host.endswith(
+                    "." + entry.lstrip(".")):
+                return True
+            try:
+                if ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(
+                        entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False
+
+
 class Admin(_Model):
     token: SecretField = None
 
@@ -736,7 +842,7 @@ class Upstream(_Model):
         return self.registration
 
     @property
-    def cimd_possible(self) -> bool:
+    def cimd_possible(self) -> bool:  # see also Settings.publishes_cimd
         """Does the sidecar publish a CIMD document for this upstream (design.md §3.11)?"""
         return self.registration == "cimd" or (self.registration == "auto"
                                                and not self.client_id)
@@ -804,6 +910,7 @@ class Settings(_Model):
     shutdown: Shutdown = Shutdown()
     store: Store = Store()
     security: Security = Security()
+    egress: Egress = Egress()
     admin: Admin = Admin()
     upstreams: list[Upstream] = Field(default_factory=list)
 
@@ -838,6 +945,7 @@ class Settings(_Model):
                 yield Problem((key,), "must be an http(s) URL without query")
         for index, upstream in enumerate(self.upstreams):
             yield from self._check_urls(index, upstream)
+            yield from self._check_cimd(index, upstream)
             if upstream.callback == "sidecar" and self.public_base_url:
                 yield from self._check_callback_uri(upstream.name)
 
@@ -851,6 +959,18 @@ class Settings(_Model):
             yield Problem(("public_base_url",), f"makes the callback redirect URI {uri!r}, which "
                           f"{exc.reason}", "write it as a browser would (lower-case host, "
                           "no default port, no userinfo)")
+
+    def _check_cimd(self, index: int, upstream: Upstream) -> Iterator[Problem]:
+        """`registration: cimd` needs a document URL the draft allows as a client_id."""
+        from dcr_sidecar.oauth.cimd import valid_client_id_url
+
+        url = self.cimd_document_url(upstream)
+        if upstream.registration == "cimd" and not valid_client_id_url(url):
+            yield Problem(("upstreams", index, "registration"),
+                          f"cimd needs an https document URL (the client_id); {url!r} is not one",
+                          "set public_base_url to the https address browsers and the AS use "
+                          "(or front.tls, or upstreams[].cimd.document_url)",
+                          involves=("public_base_url", "front"))
 
     def _check_urls(self, index: int, upstream: Upstream) -> Iterator[Problem]:
         """https only, except `security.allow_http` hosts (design.md §3.8); no query or fragment."""
@@ -909,6 +1029,13 @@ class Settings(_Model):
         """The CIMD client_id: where the document is published (design.md §3.11)."""
         default = f"{self.public_base}/{upstream.name}/client-metadata.json"
         return upstream.cimd.document_url or default
+
+    def publishes_cimd(self, upstream: Upstream) -> bool:
+        """The upstream may be a CIMD client: `registration: cimd`, or `auto` without a
+        client_id whose document URL is https (design.md §3.11)."""
+        from dcr_sidecar.oauth.cimd import valid_client_id_url
+
+        return upstream.cimd_possible and valid_client_id_url(self.cimd_document_url(upstream))
 
     def cimd_jwks_url(self, upstream: Upstream) -> str:
         return upstream.cimd.jwks_url or f"{self.public_base}/{upstream.name}/jwks.json"

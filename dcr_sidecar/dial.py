@@ -15,6 +15,9 @@ Invariants:
   nothing reaches ``connect()`` without passing it.
 - Keep-alive reuse is safe: aiohttp pools connections per (host, port, TLS or not), i.e. per
   authority, so a pooled connection was checked under the policy of the authority reusing it.
+- The egress proxy (``egress.proxy``) is operator-configured: the connection to the proxy's own
+  authority may use any address but the always-blocked ones (cloud metadata). The targets
+  behind it are resolved and checked by the sidecar before the CONNECT (:mod:`dcr_sidecar.net`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import ipaddress
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -33,6 +37,10 @@ from yarl import URL
 
 from dcr_sidecar.config import Settings
 from dcr_sidecar.oauth.addresses import IPNetwork, parse_address, refusal
+
+# The egress proxy's authority may dial any address the operator's name for it resolves to.
+ANYWHERE: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"),
+                                   ipaddress.ip_network("::/0"))
 
 Authority = tuple[str, str, int]
 _DESTINATION: ContextVar[Authority | None] = ContextVar("dcr_sidecar_destination", default=None)
@@ -87,27 +95,37 @@ class AddressPolicy:
     reload reaches the running resolver and socket factory."""
 
     def __init__(self, allowed: Sequence[IPNetwork], configured: frozenset[Authority],
-                 server_supplied: Sequence[IPNetwork] = ()) -> None:
+                 server_supplied: Sequence[IPNetwork] = (),
+                 proxies: frozenset[Authority] = frozenset()) -> None:
         self.allowed = tuple(allowed)
         self.configured = configured
         self.server_supplied = tuple(server_supplied)
+        self.proxies = proxies
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AddressPolicy:
         configured = frozenset(authority(url) for upstream in settings.upstreams
                                for url in upstream.configured_urls())
         security = settings.security
+        proxy = settings.egress.proxy_authority()
         return cls(security.allow_private_networks, configured,
-                   security.allow_private_networks_server_supplied)
+                   security.allow_private_networks_server_supplied,
+                   frozenset([proxy]) if proxy is not None else frozenset())
 
     def replace(self, other: AddressPolicy) -> None:
         self.allowed, self.configured = other.allowed, other.configured
-        self.server_supplied = other.server_supplied
+        self.server_supplied, self.proxies = other.server_supplied, other.proxies
+
+    def key(self) -> tuple[object, ...]:
+        """What the verdicts depend on (a change retires the connection pool)."""
+        return self.allowed, self.configured, self.server_supplied, self.proxies
 
     def refusal(self, dest: Authority | None, address: str) -> str | None:
         """Why `address` may not be dialled for `dest` (None: unknown, server-supplied)."""
         configured = dest is not None and dest in self.configured
         allowed = self.allowed if configured else self.server_supplied
+        if dest is not None and dest in self.proxies:
+            allowed = ANYWHERE
         return refusal(parse_address(address), allowed)
 
 

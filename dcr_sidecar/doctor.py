@@ -78,7 +78,7 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
         report["error"] = {"step": "register", "error": "server_error", "detail": exc.reason}
         return EXIT_FAILURE
     report["mechanism"] = {"mechanism": mechanism, "why": why}
-    if upstream.cimd_possible:
+    if settings.publishes_cimd(upstream):
         report["cimd"] = await check_published(settings, upstream)
     if mechanism == "cimd":
         report["auth_method"] = {"method": upstream.cimd.auth_method,

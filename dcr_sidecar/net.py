@@ -14,6 +14,12 @@ Invariants:
 - At most ``limits.connections_per_upstream`` requests (hence connections) per upstream at a
   time, whichever hosts they go to; waiting for a slot counts against ``timeouts.total``, so
   a stalled AS exhausts only its own upstream's slots and never another upstream's.
+- With ``egress.proxy`` (or ``egress.from_environment``), https to any host outside
+  ``egress.no_proxy`` is tunnelled with HTTP CONNECT: the sidecar resolves the target and
+  checks the answer against the address policy itself, then CONNECTs to that checked address
+  while TLS still verifies (and SNI names) the real host. A refused target never reaches the
+  proxy. Plain http never goes through the proxy (it would read the traffic): refused. Only
+  the CONNECT line and Proxy-Authorization reach the proxy; credentials travel inside TLS.
 - Redirects are never followed here; discovery follows them itself under its own rules.
 - Every body read is capped while reading, and the connection is dropped at the cap.
 """
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +40,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings
@@ -52,6 +60,19 @@ from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.tls import AnchorError, TrustAnchors, describe_failure
 
 __all__ = ["BodyTooLarge", "Outbound", "Response", "authority", "read_capped"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request is sent: `url` as dialled (the checked address behind a proxy), the
+    authority the connector's policy judges (`named`), and the proxy's parts."""
+
+    url: str
+    named: Authority
+    host_header: str | None = None
+    server_hostname: str | None = None
+    proxy: str | None = None
+    proxy_headers: Mapping[str, str] | None = None  # Proxy-Authorization, on the CONNECT only
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,7 @@ class Outbound:
         self.policy = AddressPolicy.from_settings(settings)
         self.trust = TrustAnchors(settings.security.tls)
         self._resolver = resolver
+        self._targets = PolicyResolver(self.policy, resolver)  # targets behind the proxy
         self._session: aiohttp.ClientSession | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -120,6 +142,7 @@ class Outbound:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._targets.close()
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         timeouts = self.settings.timeouts
@@ -135,8 +158,7 @@ class Outbound:
                 self.settings.limits.connections_per_upstream):
             self._slots = {}  # requests holding an old slot release it into the old semaphore
         fresh = AddressPolicy.from_settings(settings)
-        changed = (fresh.allowed, fresh.configured) != (self.policy.allowed,
-                                                        self.policy.configured)
+        changed = fresh.key() != self.policy.key() or settings.egress != self.settings.egress
         if settings.security.tls != self.settings.security.tls:
             self.trust = TrustAnchors(settings.security.tls)
         self.settings = settings
@@ -211,19 +233,75 @@ class Outbound:
         dest = authority(url)
         started = time.perf_counter()
         try:
-            with self.translate(step=step, upstream=upstream, url=url), destination(dest):
-                async with asyncio.timeout(self.settings.timeouts.total), \
-                        self._slot(upstream or authority_text(dest)), \
-                        self._open_session(step, upstream).request(
-                            method, url, headers=headers, data=data, json=json_body,
-                            allow_redirects=False, timeout=self._timeout(),
-                            ssl=self.trust.context()) as resp:
-                    cap = (limit or limits.max_response_bytes) if resp.status < 400 else (
-                        error_limit or limits.max_error_body_bytes)
-                    body = await read_capped(resp, cap, url, step=step, upstream=upstream)
-                    return Response(resp.status, resp.headers, body, url)
+            with self.translate(step=step, upstream=upstream, url=url):
+                async with asyncio.timeout(self.settings.timeouts.total):
+                    route = await self._route(url, dest, step=step, upstream=upstream)
+                    if route.host_header is not None:
+                        headers = {**(headers or {}), "Host": route.host_header}
+                    with destination(route.named):
+                        async with self._slot(upstream or authority_text(dest)), \
+                                self._open_session(step, upstream).request(
+                                    method, route.url, headers=headers, data=data,
+                                    json=json_body, allow_redirects=False,
+                                    timeout=self._timeout(), ssl=self.trust.context(),
+                                    server_hostname=route.server_hostname,
+                                    proxy=route.proxy,
+                                    proxy_headers=route.proxy_headers) as resp:
+                            cap = (limit or limits.max_response_bytes) if resp.status < 400 \
+                                else (error_limit or limits.max_error_body_bytes)
+                            body = await read_capped(resp, cap, url, step=step,
+                                                     upstream=upstream)
+                            return Response(resp.status, resp.headers, body, url)
         finally:
             self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
+
+    async def _route(self, url: str, dest: Authority, *, step: errors.Step,
+                     upstream: str | None) -> Route:
+        """Direct, or through the egress proxy to the address checked here (see the module)."""
+        egress = self.settings.egress
+        scheme, host, port = dest
+        if egress.proxy is None or egress.bypasses(host):
+            return Route(url, dest)
+        if scheme != "https":
+            raise errors.PolicyRefused(
+                f"refusing plain http to {safe_url(url)}: it would cross the egress proxy in "
+                f"clear; list {host} in egress.no_proxy to reach it directly", step=step,
+                upstream=upstream)
+        address = await self._checked_address(dest, url, step=step, upstream=upstream)
+        proxy_authority = egress.proxy_authority()
+        assert proxy_authority is not None
+        auth = egress.proxy_auth
+        literal = address == host
+        return Route(
+            str(URL(url).with_host(address)) if not literal else url,
+            named=proxy_authority,
+            host_header=None if literal else (host if port == 443 else f"{host}:{port}"),
+            server_hostname=None if literal else host,
+            proxy=egress.proxy,
+            proxy_headers={"Proxy-Authorization": aiohttp.encode_basic_auth(
+                auth.username, auth.password.reveal() if auth.password is not None else "")}
+            if auth is not None else None)
+
+    async def _checked_address(self, dest: Authority, url: str, *, step: errors.Step,
+                               upstream: str | None) -> str:
+        """The first address of `dest`'s host that the policy allows for `dest` (an IP literal
+        was judged by check_url already)."""
+        host, port = dest[1], dest[2]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return host
+        with destination(dest):
+            try:
+                answers = await self._targets.resolve(host, port, socket.AF_UNSPEC)
+            except AddressRefused:
+                raise
+            except OSError as exc:
+                raise errors.Unavailable(f"cannot resolve the host name of {host}",
+                                         step=step, upstream=upstream) from exc
+        return str(answers[0]["host"])
 
     def _open_session(self, step: errors.Step, upstream: str | None) -> aiohttp.ClientSession:
         """The session, or 503 when it closed while this request waited for a slot (shutdown)."""
@@ -259,6 +337,19 @@ def _translated(exc: Exception, url: str, step: errors.Step, upstream: str | Non
                 settings: Settings) -> errors.UpstreamError:
     """Say what went wrong as a person would, naming the host once (the URL is the caller's)."""
     host = _host_port(url)
+    if isinstance(exc, AddressRefused):  # a target behind the proxy, refused before CONNECT
+        return errors.PolicyRefused(f"refusing {safe_url(url)}: {exc.strerror}", step=step,
+                                    upstream=upstream)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return errors.Unavailable(
+            f"the egress proxy refused the tunnel to {host}: HTTP {exc.status} {exc.message}"
+            f"{' (check egress.proxy_auth)' if exc.status == 407 else ''}", step=step,
+            upstream=upstream)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return errors.Unavailable(
+            f"cannot reach the egress proxy {settings.egress.proxy} (for {host}): "
+            f"{exc.os_error.strerror or type(exc.os_error).__name__}", step=step,
+            upstream=upstream)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return errors.CertificateRejected(
             describe_failure(exc.certificate_error, exc.host, exc.port), step=step,

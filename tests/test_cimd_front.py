@@ -101,7 +101,8 @@ async def test_document_url_override_is_the_client_id(sidecar: SidecarFactory) -
 
 
 async def test_public_client_document_has_no_keys(sidecar: SidecarFactory) -> None:
-    app = await sidecar({"upstreams": [cimd_upstream(cimd={"auth_method": "none"})]})
+    app = await sidecar({"public_base_url": "https://app.test",
+                         "upstreams": [cimd_upstream(cimd={"auth_method": "none"})]})
     _, _, body = await fetch(f"{app.listen.url}/acme/client-metadata.json")
     doc = json.loads(body)
     assert doc["token_endpoint_auth_method"] == "none"
@@ -110,12 +111,14 @@ async def test_public_client_document_has_no_keys(sidecar: SidecarFactory) -> No
 
 
 async def test_dcr_and_static_upstreams_publish_no_document(sidecar: SidecarFactory) -> None:
+    """Nor does `auto` when its document URL is not https (CIMD can never be chosen)."""
     app = await sidecar({"upstreams": [
+        {"name": "plain", "issuer": UNREACHABLE, "grant_types": ["client_credentials"]},
         {"name": "dcr", "issuer": UNREACHABLE, "registration": "dcr",
          "grant_types": ["client_credentials"]},
         {"name": "fixed", "issuer": UNREACHABLE, "client_id": "abc",
          "grant_types": ["client_credentials"]}]})
-    for name in ("dcr", "fixed"):
+    for name in ("plain", "dcr", "fixed"):
         status, _, body = await fetch(f"{app.listen.url}/{name}/client-metadata.json")
         assert status == 404
         assert json.loads(body)["error"] == "not_found"
@@ -185,6 +188,8 @@ async def test_front_tls_pair_is_reread_when_the_files_change(
      "upstreams[0].cimd.document_url: must be an https URL"),
     ({"front": {"port": 8081, "tls": {"cert_file": "/nonexistent/c", "key_file": "/n/k"}}},
      "front.tls.cert_file: is not a readable file"),
+    ({"upstreams": [cimd_upstream()]},
+     "upstreams[0].registration: cimd needs an https document URL"),
 ])
 def test_front_and_cimd_config_errors(extra: dict[str, Any], message: str) -> None:
     text = json.dumps({"version": 1, **extra})
@@ -200,3 +205,24 @@ def test_public_base_defaults_to_the_https_front(test_ca: LocalCa) -> None:
     upstream = settings.upstreams[0]
     assert settings.cimd_document_url(upstream) == \
         f"https://127.0.0.1:{port}/acme/client-metadata.json"
+
+
+async def test_key_set_is_sealed_at_rest_and_made_once(
+        sidecar: SidecarFactory, tmp_path: Path) -> None:
+    """With store.encryption_keys the stored private key is a Fernet token, never the JWK;
+    a second process on the same file serves the same key set instead of making another."""
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key().decode()
+    config = {"public_base_url": "https://app.test",
+              "store": {"encryption_keys": [key]}, "upstreams": [cimd_upstream()]}
+    first = await sidecar(config)
+    _, _, jwks = await fetch(f"{first.listen.url}/acme/jwks.json")
+    stored = json.loads((tmp_path / "credentials.json").read_text())
+    [record] = [r for name, r in stored["records"].items() if "cimd-keys" in name]
+    [generation] = record["generations"]
+    assert set(generation["private_key"]) == {"fernet"}
+    public = json.loads(jwks)["keys"][0]
+    assert public["x"] not in json.dumps(generation)  # nothing of the key in the clear
+    second = await sidecar(config)
+    assert (await fetch(f"{second.listen.url}/acme/jwks.json"))[2] == jwks

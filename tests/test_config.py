@@ -437,8 +437,10 @@ def test_error_http_issuer_not_allow_listed() -> None:
 
 
 def test_registration_cimd_is_accepted() -> None:
-    """registration: cimd (design.md §3.11) parses, with the cimd defaults."""
-    upstream = parse(MINIMAL + "    registration: cimd\n").upstreams[0]
+    """registration: cimd (design.md §3.11) parses, with the cimd defaults (given an https
+    public_base_url: the document URL is the client_id)."""
+    upstream = parse("public_base_url: https://app.test\n" + MINIMAL
+                     + "    registration: cimd\n").upstreams[0]
     assert upstream.strategy == "cimd"
     assert upstream.cimd_possible
     assert upstream.cimd.auth_method == "private_key_jwt"
@@ -447,7 +449,8 @@ def test_registration_cimd_is_accepted() -> None:
 
 def test_error_cimd_with_client_id() -> None:
     """registration: cimd cannot take a static client_id."""
-    message = config_error(MINIMAL + "    registration: cimd\n    client_id: abc\n")
+    message = config_error("public_base_url: https://app.test\n" + MINIMAL
+                           + "    registration: cimd\n    client_id: abc\n")
     assert_names(message, "upstreams[0].client_id", "'abc'")
 
 

@@ -16,6 +16,8 @@ SUBSET = [
     ("next", "auth/iss-wrong-issuer"),  # RFC 9207 mix-up defence at the sidecar's callback
     ("next", "auth/authorization-server-migration"),  # the resource moves to another AS
     ("stable", "auth/basic-cimd"),  # CIMD with the operator's cimd.document_url
+    ("stable", "auth/pre-registration"),  # a static client from the operator's config
+    ("next", "auth/client-credentials-basic"),  # a service: client_credentials, static client
 ]
 
 

@@ -230,6 +230,21 @@ async def test_answer_relayed_as_is_and_redirects_not_followed(sidecar: SidecarF
         assert len(rec.requests("/register")) == 2
 
 
+async def test_an_as_429_or_503_is_relayed_with_its_retry_after(
+        sidecar: SidecarFactory) -> None:
+    """An overloaded AS's Retry-After reaches the app (RFC 6585 §4, RFC 9110 §10.2.3); found
+    by the chaos soak: before, the app got the 429/503 without it."""
+    async with RecordingAS() as rec:
+        side = await start_pair(sidecar, rec)
+        for status in (429, 503):
+            rec.answers["/introspect"] = (status, b'{"error":"temporarily_unavailable"}', {
+                "Content-Type": "application/json", "Retry-After": "7"})
+            got, headers, _ = await post(f"{side.listen.url}/rec/introspect",
+                                         ROUTE_FORMS["introspect"])
+            assert got == status
+            assert headers["Retry-After"] == "7"
+
+
 async def test_inbound_credentials_are_checked_then_swapped(
         sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
     leak_guard.add(INBOUND_SECRET)

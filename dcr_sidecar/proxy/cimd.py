@@ -20,9 +20,9 @@ from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 
 def _cimd_upstream(runtime: Runtime, name: str) -> Upstream:
     upstream = runtime.upstream(name)
-    if not upstream.cimd_possible:
-        raise errors.NotFound(f"upstream {name!r} publishes no client metadata document "
-                              "(it uses a static client or registration: dcr)")
+    if not runtime.settings.publishes_cimd(upstream):
+        raise errors.NotFound(f"upstream {name!r} publishes no client metadata document (a "
+                              "static client, registration: dcr, or no https document URL)")
     return upstream
 
 

@@ -46,7 +46,9 @@ RESOURCE_ROUTES = frozenset({"token", "par", "device_authorization"})
 # parameters (RFC 9126 §2.1, RFC 6749 §4.1.1) whatever the client authentication.
 CLIENT_ID_ROUTES = frozenset({"par"})
 FORWARDED_REQUEST_HEADERS = ("Accept", "User-Agent")  # plus X-Request-Id and Content-Type
-RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate")
+# Retry-After: an AS's 429 (RFC 6585 §4) or 503 (RFC 9110 §10.2.3) tells the app when to retry.
+RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Authenticate",
+                            "Retry-After")
 FORM_TYPE = "application/x-www-form-urlencoded"
 RELAYED_STATUSES = range(200, 600)
 Pairs = list[tuple[str, str]]

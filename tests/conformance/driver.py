@@ -17,7 +17,9 @@ It checks nothing: discovery, the resource's identity, registration, PKCE, `iss`
 indicator and the scope from the resource's metadata are the sidecar's. The sidecar's config is
 made from the server URL alone (a ``resource:`` upstream, ``callback: sidecar``, ``pkce:
 sidecar``); a scenario that hands out a pre-registered client (``auth/pre-registration``) gets a
-static client, the operator's job. The sidecar's log goes to stderr (the suite keeps it).
+static client, the operator's job, and the client-credentials extension's scenarios (a service,
+not a person's app) get an app configured for the client_credentials grant. The sidecar's log
+goes to stderr (the suite keeps it).
 """
 
 from __future__ import annotations
@@ -88,8 +90,14 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------- the sidecar
 
 
+def machine_to_machine(scenario: str) -> bool:
+    """The OAuth client-credentials extension's scenarios test a service, not a person's app:
+    that app is configured for the client_credentials grant (its operator's choice)."""
+    return scenario.startswith("auth/client-credentials-")
+
+
 def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
-                   context: dict[str, Any]) -> dict[str, Any]:
+                   context: dict[str, Any], *, m2m: bool = False) -> dict[str, Any]:
     host = urllib.parse.urlsplit(server_url).hostname or "localhost"
     upstream: dict[str, Any] = {
         "name": NAME, "resource": server_url, "resource_probe": "post",
@@ -102,6 +110,11 @@ def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
     if "client_id" in context:  # pre-registration: the operator configures the static client
         upstream.update(client_id=context["client_id"],
                         client_secret=context.get("client_secret"))
+        del upstream["cimd"], upstream["client_metadata"]  # a static client registers nothing
+    if m2m:  # no browser, no redirect URIs, nothing to mediate
+        for key in ("callback", "pkce", "redirect_uris"):
+            del upstream[key]
+        upstream["grant_types"] = ["client_credentials"]
     return {
         "version": 1,
         "listen": {"host": "127.0.0.1", "port": listen},
@@ -167,8 +180,8 @@ def challenged_scope(answer: Answer) -> str | None:
 
 
 class Login:
-    def __init__(self, base: str, redirect: str) -> None:
-        self.base, self.redirect = base, redirect
+    def __init__(self, base: str, redirect: str, *, m2m: bool = False) -> None:
+        self.base, self.redirect, self.m2m = base, redirect, m2m
         self.asked: list[str] = []
 
     def token(self, scope: str | None) -> str:
@@ -179,6 +192,11 @@ class Login:
         if meta.status != 200:
             raise RuntimeError(f"the sidecar served no AS metadata: {meta.status} {meta.body!r}")
         document = meta.json()
+        if self.m2m:
+            grant = {"grant_type": "client_credentials", "client_id": PLACEHOLDER_CLIENT_ID}
+            if self.asked:
+                grant["scope"] = " ".join(self.asked)
+            return self._exchange(document["token_endpoint"], grant)
         state = secrets.token_urlsafe(16)
         query = {"response_type": "code", "client_id": PLACEHOLDER_CLIENT_ID,
                  "redirect_uri": self.redirect, "state": state}
@@ -188,10 +206,12 @@ class Login:
         params = self._follow(url)
         if "code" not in params:
             raise RuntimeError(f"the login ended without a code: {params}")
-        form = urllib.parse.urlencode({
+        return self._exchange(document["token_endpoint"], {
             "grant_type": "authorization_code", "code": params["code"],
-            "redirect_uri": self.redirect, "client_id": PLACEHOLDER_CLIENT_ID}).encode()
-        answer = http("POST", document["token_endpoint"], body=form,
+            "redirect_uri": self.redirect, "client_id": PLACEHOLDER_CLIENT_ID})
+
+    def _exchange(self, endpoint: str, grant: dict[str, str]) -> str:
+        answer = http("POST", endpoint, body=urllib.parse.urlencode(grant).encode(),
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
         if answer.status != 200:
             raise RuntimeError(f"the token request failed: {answer.status} {answer.body!r}")
@@ -307,10 +327,11 @@ def main(argv: list[str]) -> int:
     version = os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION", "2025-11-25")
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     redirect = APP_REDIRECT.format(port=free_port())
-    config = sidecar_config(server_url, free_port(), free_port(), redirect, context)
+    m2m = machine_to_machine(os.environ.get("MCP_CONFORMANCE_SCENARIO", ""))
+    config = sidecar_config(server_url, free_port(), free_port(), redirect, context, m2m=m2m)
     with sidecar(config) as base:
         try:
-            session(Mcp(server_url, version, Login(base, redirect)))
+            session(Mcp(server_url, version, Login(base, redirect, m2m=m2m)))
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
             print(f"driver: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

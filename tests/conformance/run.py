@@ -34,9 +34,6 @@ SCENARIO_TIMEOUT_MS = 30000
 
 # Scenario -> why it is not required. "out of scope": by design, the sidecar has no part in it;
 # "pending": waits for a feature being built (the reason names it).
-CLIENT_CREDENTIALS = ("out of scope: a machine-to-machine grant the app performs with its own "
-                      "credentials (or a key the sidecar does not hold); no browser login, no "
-                      "registration for the sidecar to make")
 EXPECTED: dict[str, tuple[str, str]] = {
     "auth/2025-03-26-oauth-metadata-backcompat": (
         "out of scope", "2025-03-26 back-compat: no protected-resource metadata at all, the MCP "
@@ -47,8 +44,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
                         "/register guessed at the server's root; the sidecar never guesses "
                         "endpoints for a server-supplied AS (an operator can pin them under "
                         "endpoints:)"),
-    "auth/client-credentials-jwt": ("out of scope", CLIENT_CREDENTIALS),
-    "auth/client-credentials-basic": ("out of scope", CLIENT_CREDENTIALS),
+    "auth/client-credentials-jwt": (
+        "out of scope", "extension: private_key_jwt with a key the operator is handed; a static "
+                        "client with private_key_jwt is not in version 1 (design.md §2.2: the "
+                        "sidecar signs only with key pairs it made itself)"),
     "auth/cross-app-access-complete-flow": (
         "out of scope", "extension: the app exchanges an enterprise IdP's ID token (RFC 8693, "
                         "RFC 7523) it holds; nothing for the sidecar to register or mediate"),

@@ -29,6 +29,10 @@
 //                           route, status, assertion_kid}  (assertion_kid: the `kid` in the
 //                           header of a client_assertion the request carried, else null)
 //   POST /__test/reset     empty store, counters and request log: a provider restarted afresh
+//   POST /__test/fault     {"status": 503|429, "seconds": N, "retryAfter": S}: for N seconds
+//                          every provider request is answered `status` with Retry-After: S and
+//                          {"error": "temporarily_unavailable", "error_description":
+//                          "test fault"} (an AS overloaded; chaos soak)
 //
 // Once listening it prints exactly one line on stdout: {"issuer": "...", "port": N}. Anything
 // else (the library's notices included) goes to stderr so that line stays machine-readable.
@@ -208,6 +212,7 @@ setInterval(() => {
 const counters = { registrations: 0, registrationAttempts: 0, cimdFetches: 0 };
 let deleted = [];
 let requestLog = [];
+let fault = { status: 0, until: 0, retryAfter: 1 };
 
 function authScheme(header) {
   if (!header) return null;
@@ -448,6 +453,13 @@ async function handleTest(req, res, path) {
     });
   } else if (req.method === 'GET' && path === '/__test/requests') {
     sendJson(res, 200, requestLog);
+  } else if (req.method === 'POST' && path === '/__test/fault') {
+    let body = '';
+    for await (const chunk of req) body += chunk;
+    const asked = JSON.parse(body || '{}');
+    fault = { status: asked.status, until: Date.now() + 1000 * asked.seconds,
+              retryAfter: asked.retryAfter ?? 1 };
+    sendJson(res, 200, { fault: true });
   } else if (req.method === 'POST' && path === '/__test/reset') {
     req.resume(); // no body expected; drain whatever came
     store.clear();
@@ -495,6 +507,14 @@ async function handle(req, res) {
 
   req.wirePath = path;
   req.wireQueryKeys = [...new Set(url.searchParams.keys())];
+
+  if (Date.now() < fault.until) {
+    req.resume();
+    res.setHeader('Retry-After', String(fault.retryAfter));
+    sendJson(res, fault.status, { error: 'temporarily_unavailable', error_description: 'test fault' });
+    recordRequest(req, { status: fault.status });
+    return;
+  }
 
   const inner = providerPath(path);
   if (inner === null || !providerCallback) {

@@ -318,6 +318,12 @@ class OidcProvider:
             resp.raise_for_status()
             return cast(list[RecordedRequest], await resp.json())
 
+    async def fault(self, status: int, seconds: float, retry_after: int = 1) -> None:
+        """For `seconds`, answer every provider request `status` (503, 429) with Retry-After."""
+        async with self._session().post(f"{self.base_url}/__test/fault", json={
+                "status": status, "seconds": seconds, "retryAfter": retry_after}) as resp:
+            resp.raise_for_status()
+
     async def reset(self) -> None:
         """Forget all clients, grants, tokens, counters and the request log (a fresh restart)."""
         async with self._session().post(f"{self.base_url}/__test/reset") as resp:

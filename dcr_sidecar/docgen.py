@@ -1,0 +1,378 @@
+"""``python -m dcr_sidecar.docgen``: write docs/configuration.md from the configuration model.
+
+Every key of :class:`dcr_sidecar.config.Settings` (nested models included, whatever they are
+named) becomes a row: YAML path, type, default, an example (from config/example.yaml when it sets
+the key) and what it means (the field's ``description``, else :data:`DESCRIPTIONS`). A test
+(tests/test_docgen.py) fails when the file differs from what this prints, so adding a key means
+running ``python -m dcr_sidecar.docgen`` (``--check`` only compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from dcr_sidecar.config import Settings
+from dcr_sidecar.oauth.secret import Secret
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "docs" / "configuration.md"
+EXAMPLE = ROOT / "config" / "example.yaml"
+COMMAND = "python -m dcr_sidecar.docgen"
+
+# What a key means, by YAML path, for fields without a pydantic ``description``.
+DESCRIPTIONS: dict[str, str] = {
+    'admin': 'the admin API on the management listener; off (404) while token is null',
+    'admin.token': 'the Bearer token of the admin API; null disables it',
+    'backchannel_base_url': (
+        'how the app reaches `listen`; the `app_issuer: sidecar` issuer is '
+        '`{backchannel_base_url}/{name}`'
+    ),
+    'backoff': 'after a failed resolution: full jitter; `Retry-After` honoured',
+    'backoff.base': 'first retry delay after a failed resolution (full jitter)',
+    'backoff.cap': 'longest retry delay',
+    'backoff.max_retry_after': 'longest `Retry-After` from an AS that is honoured',
+    'discovery': 'metadata cache; a failed refresh keeps the stale document',
+    'discovery.cache_ttl': 'longest time AS metadata is cached',
+    'discovery.min_ttl': 'shortest time AS metadata is cached (also after a failed refresh)',
+    'front': (
+        'a browser-facing listener serving only /{name}/authorize, /{name}/callback and the '
+        'public CIMD documents'
+    ),
+    'front.host': 'address of the front listener (not loopback: set public_base_url)',
+    'front.port': 'port of the front listener',
+    'front.tls': 'serve the front listener over TLS (the PEM files are re-read when they change)',
+    'inbound': (
+        'sidecar-local credentials the app must present on back-channel routes; required when'
+        ' `listen.host` is not loopback'
+    ),
+    'inbound.allow_unauthenticated': 'accept unauthenticated apps on a non-loopback listen.host',
+    'inbound.client_id': 'the client_id the app must present (null: any)',
+    'inbound.client_secret': 'the secret the app must present on back-channel routes',
+    'limits': (
+        'request body (413), headers (431), AS answer caps, concurrent connections per '
+        'upstream'
+    ),
+    'limits.connections_per_upstream': 'concurrent requests (connections) per upstream',
+    'limits.max_error_body_bytes': 'cap on AS error bodies during discovery/registration',
+    'limits.max_header_bytes': 'request headers beyond this get 431',
+    'limits.max_request_bytes': 'request bodies beyond this get 413',
+    'limits.max_response_bytes': 'cap on any AS answer read by the sidecar',
+    'listen': 'back channel (and front channel)',
+    'listen.host': (
+        'address of the back channel; keep loopback in a pod (the app shares its network)'
+    ),
+    'listen.port': 'port of the back channel',
+    'log': '`json` or `console`; one canonical line per request',
+    'log.format': '`json` (one object per line) or `console`',
+    'log.level': 'the lowest level logged',
+    'management': '`/healthz`, `/readyz`, `/metrics`, `/admin/...`',
+    'management.host': 'address of /healthz, /readyz, /metrics and the admin API',
+    'management.port': 'port of the management listener',
+    'public_base_url': (
+        'how the browser reaches `/{name}/authorize` and `/{name}/callback` (the callback URI'
+        ' registered under `callback: sidecar` is built from it)'
+    ),
+    'security': 'outbound address and transport policy (docs/SECURITY.md)',
+    'security.allow_http': 'hosts allowed over plain http',
+    'security.allow_private_networks': (
+        'CIDRs exempt from the private-address block, for configured authorities (scheme, '
+        'host, port) only ([SECURITY.md](docs/SECURITY.md))'
+    ),
+    'security.allow_private_networks_server_supplied': (
+        'CIDRs exempt for server-supplied authorities too: an AS that a `resource` names on '
+        'an internal network (cloud metadata addresses stay blocked)'
+    ),
+    'shutdown': 'after SIGTERM: keep serving `delay` s, then drain up to `grace` s',
+    'shutdown.delay': (
+        'after SIGTERM, seconds to keep serving before draining (a second signal skips it)'
+    ),
+    'shutdown.grace': 'seconds in-flight requests get to finish',
+    'store': (
+        'where credentials are kept: `file` (0600, atomic replace, per-key locks shared with '
+        'other processes), `redis` (a fleet of replicas) or `memory`'
+    ),
+    'store.backend': '`file`, `redis` (a fleet of replicas) or `memory`',
+    'store.encryption_keys': 'Fernet keys (secret fields), newest first: secrets in stored',
+    'store.ephemeral': 'true for storage that dies with the pod (emptyDir): delete',
+    'store.key_prefix': 'redis: keys {prefix}:{<upstream>:<issuer hash>}:record|lease',
+    'store.lease': 'redis: lease lifetime (extended while held) and how long',
+    'store.lease.ttl': 'redis: lease lifetime, extended while held',
+    'store.lease.wait': 'redis: how long other replicas wait for a lease before answering 503',
+    'store.path': 'file: mode 0600, atomic replace, an exclusive file lock',
+    'store.url': 'redis (a secret field): redis://[[user]:pass@]host:port/db,',
+    'timeouts': 'every outbound request',
+    'timeouts.connect': 'seconds to connect to an AS',
+    'timeouts.read': 'seconds without a byte from an AS',
+    'timeouts.total': 'seconds for a whole outbound request',
+    'upstreams': 'the authorization servers, one entry each (below)',
+    'upstreams[].app_issuer': (
+        "the `issuer` served to the app: the AS's, or `sidecar` = "
+        '`{backchannel_base_url}/{name}` (needs `callback: sidecar`; refused with the '
+        '`openid` scope)'
+    ),
+    'upstreams[].application_type': '`native` for loopback/custom-scheme redirects, else `web`',
+    'upstreams[].assertion_audience': 'private_key_jwt `aud`: `issuer` or `token_endpoint`',
+    'upstreams[].callback': (
+        '`app`: the AS redirects to the app; `sidecar`: through `/{name}/callback` (see '
+        'above)'
+    ),
+    'upstreams[].cimd': (
+        'Client ID Metadata Documents: how the published client document and its keys are '
+        'served'
+    ),
+    'upstreams[].client_assertion': (
+        'static `private_key_jwt`: `{file, kid, alg}` (PEM or JWK) or `{file}` (a ready-made '
+        'JWT); re-read on change'
+    ),
+    'upstreams[].client_id': "a static client's id (static clients only)",
+    'upstreams[].client_id_file': 'file rewritten atomically (0644) with the current client_id',
+    'upstreams[].client_key': (
+        'static `private_key_jwt`: `{file, kid, alg}` (PEM or JWK) or `{file}` (a ready-made '
+        'JWT); re-read on change'
+    ),
+    'upstreams[].client_metadata': (
+        'other RFC 7591 fields (`client_name`, `contacts`, …); keys the sidecar derives are '
+        'rejected'
+    ),
+    'upstreams[].client_profile': '`auto`, `confidential`, `public`',
+    'upstreams[].client_secret': "a static client's secret (static clients only)",
+    'upstreams[].discovery_url': (
+        'discover from exactly this URL (the issuer is derived unless given)'
+    ),
+    'upstreams[].endpoints': (
+        "no discovery: the AS's endpoints given here (issuer required beside them)"
+    ),
+    'upstreams[].generation_grace': 'how long a superseded client generation stays usable',
+    'upstreams[].grant_types': (
+        '`response_types` is `[code]` exactly when `authorization_code` is present'
+    ),
+    'upstreams[].initial_access_token': (
+        'sent as Bearer, only to a registration endpoint on a configured authority'
+    ),
+    'upstreams[].issuer': "the AS's issuer: discovery tries its RFC 8414 and OIDC well-known URLs",
+    'upstreams[].loopback_any_port': 'loopback IP redirect URIs match any port (RFC 8252 §7.3)',
+    'upstreams[].name': (
+        'route prefix; `^[a-z0-9][a-z0-9-]{0,62}$`, not `healthz readyz metrics admin well-'
+        'known`'
+    ),
+    'upstreams[].pkce': (
+        '`sidecar`: add S256 PKCE when the app sent none (needs `callback: sidecar`)'
+    ),
+    'upstreams[].prefetch': 'resolve at startup (retrying with backoff)',
+    'upstreams[].redirect_uris': (
+        "the app's redirect URIs (exact match): registered at the AS under `callback: app`, "
+        'the allow-list under `callback: sidecar`; required with `authorization_code`'
+    ),
+    'upstreams[].registration': '`auto` (static when `client_id` is set), `static`, `dcr`',
+    'upstreams[].registration_endpoint': 'pin the registration endpoint',
+    'upstreams[].required': (
+        '`/readyz` fails until this upstream has credentials; implies `prefetch`'
+    ),
+    'upstreams[].resource': (
+        'a protected resource (RFC 9728) whose metadata names the AS (MCP servers)'
+    ),
+    'upstreams[].resource_indicator': (
+        '`auto`: with a `resource` source, send the identifier its metadata publishes as RFC '
+        '8707 `resource` on authorize, token, PAR and device authorization when the app named'
+        ' none; `off`'
+    ),
+    'upstreams[].resource_metadata': (
+        '`resource` sources: the protected-resource metadata URL, read first (its `resource` '
+        'must equal the configured one)'
+    ),
+    'upstreams[].resource_probe': (
+        '`resource` sources: how the resource is asked for its challenge — `get`, or `post` '
+        '(a JSON-RPC ping without a token: MCP servers answer 401 to POST only)'
+    ),
+    'upstreams[].scopes': 'registered `scope` (sorted, de-duplicated); `[]` sends none',
+    'upstreams[].software_statement': 'sent as is',
+    'upstreams[].token_endpoint_auth_method': (
+        "a static client's authentication method (static clients only)"
+    ),
+    'upstreams[].token_endpoint_auth_methods': (
+        'preference list; `none` needs S256 PKCE at the AS; add `private_key_jwt` (first) for'
+        ' key-based auth (needs a signing algorithm in common: ES256, PS256 or RS256)'
+    ),
+    'version': 'must be `1`',
+}
+
+HEADER = f"""\
+# Configuration reference
+
+<!-- GENERATED by `{COMMAND}` from dcr_sidecar/config.py: do not edit by hand. -->
+
+One YAML file: `--config PATH`, else `$DCR_SIDECAR_CONFIG`, else `./config/sidecar.yaml`.
+`dcr-sidecar check-config` lists every error at once (file, YAML path, value, a hint);
+`dcr-sidecar config-schema` prints the JSON Schema; [config/example.yaml](../config/example.yaml)
+is a commented example. Strings may use `${{VAR}}`, `${{VAR:-fallback}}` and `$${{` (a
+literal `${{`). A *secret* is a string, `{{env: NAME}}`, `{{env: NAME, optional: true}}` or
+`{{file: PATH}}`; secrets are never printed. Durations are seconds. `upstreams[].key` is a key
+of each upstream.
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    type: str
+    default: str
+    example: str
+    meaning: str
+
+
+def rows(model: type[BaseModel], prefix: str = "") -> Iterator[Row]:
+    """Every key of `model`, depth first (a nested model's keys follow its own row)."""
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        yield Row(path, type_text(field.annotation), default_text(field), example_text(path),
+                  meaning(path, field))
+        nested, many = _nested(field.annotation)
+        if nested is not None:
+            yield from rows(nested, f"{path}[]." if many else f"{path}.")
+
+
+def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model a key holds (directly, optionally, or as a list of them)."""
+    for arg in _members(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+        if get_origin(arg) is list:
+            inner = get_args(arg)[0]
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner, True
+    return None, False
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+_NAMES: dict[Any, str] = {
+    str: "string", int: "integer", float: "number", bool: "boolean", Secret: "secret",
+    ipaddress.IPv4Network: "CIDR", ipaddress.IPv6Network: "CIDR", Any: "any",
+}
+
+
+def type_text(annotation: Any) -> str:
+    members = [m for m in _members(annotation) if m is not type(None)]
+    words = list(dict.fromkeys(_one_type(m) for m in members))
+    if "secret" in words:
+        words = ["secret"]  # the {file:} reference is another form of the same secret
+    text = " or ".join(words)
+    return f"{text} or null" if len(members) < len(_members(annotation)) else text
+
+
+def _one_type(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Annotated:  # constraints live in the field's metadata; the base type speaks
+        return _one_type(get_args(annotation)[0])
+    if origin is Literal:
+        return " \\| ".join(f"`{v}`" for v in get_args(annotation))
+    if origin is list:
+        return f"list of {type_text(get_args(annotation)[0])}"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "secret" if {"env", "file"} & set(annotation.model_fields) else "mapping"
+    return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    return _code(value)
+
+
+def _code(value: Any) -> str:
+    if value is PydanticUndefined:
+        return ""
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return f"`{text}`".replace("|", "\\|")
+
+
+def meaning(path: str, field: FieldInfo) -> str:
+    text = field.description or DESCRIPTIONS.get(path, "")
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _example_tree() -> Any:
+    try:
+        return yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def example_text(path: str, tree: Any = None) -> str:
+    """The value config/example.yaml gives `path` (the first upstream that sets it)."""
+    nodes = [tree if tree is not None else _EXAMPLE]
+    for part in path.split("."):
+        many = part.endswith("[]")
+        key = part.removesuffix("[]")
+        found = [n[key] for n in nodes if isinstance(n, dict) and key in n]
+        nodes = [item for f in found for item in f] if many and found and all(
+            isinstance(f, list) for f in found) else found
+    for node in nodes:
+        if (node is not None and not isinstance(node, dict | list)) or (
+                isinstance(node, list) and node and not any(isinstance(i, dict) for i in node)):
+            return _code(node)
+    return ""
+
+
+_EXAMPLE = _example_tree()
+
+
+def render() -> str:
+    """The top-level keys in one table, then one table per key that holds a mapping."""
+    every = list(rows(Settings))
+    out = [HEADER, "## Top level\n", *_table([r for r in every if "." not in r.path])]
+    for top in (r.path for r in every if "." not in r.path):
+        below = [r for r in every if r.path.startswith((f"{top}.", f"{top}[]."))]
+        if below:
+            out += [f"\n## `{top}`\n", *_table(below)]
+    return "\n".join(out) + "\n"
+
+
+def _table(items: list[Row]) -> list[str]:
+    return ["| key | type | default | example | meaning |", "|---|---|---|---|---|",
+            *(f"| `{r.path}` | {r.type} | {r.default} | {r.example} | {r.meaning} |"
+              for r in items)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only compare; exit 1 when docs/configuration.md is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
+        if current != text:
+            print(f"{TARGET} is out of date: run `{COMMAND}`", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text, encoding="utf-8")
+    print(f"wrote {TARGET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
