@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.listeners import ListenerRunner, handler_args
@@ -171,8 +171,7 @@ def combine(old: Settings, new: Settings) -> Settings:
     try:
         return Settings.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ").split(">>")[-1]
-                             for e in exc.errors(include_url=False))
+        problems = "; ".join(validation_messages(exc, fields))
         raise ConfigError("the new configuration does not fit the settings that need a "
                           f"restart (kept from the running one): {problems}") from None
 

@@ -1269,6 +1269,14 @@ def _problems_in(exc: ValidationError, raw: Any) -> list[Problem]:
     return [p for err in exc.errors() for p in _problems_of(Settings, err, raw)]
 
 
+def validation_messages(exc: ValidationError, raw: Any) -> list[str]:
+    """Each error of a whole-settings validation as ``path: message — hint``."""
+    return [
+        f"{format_path(p.path)}: {p.message}" + (f" — {p.hint}" if p.hint else "")
+        for p in _problems_in(exc, raw)
+    ]
+
+
 def format_problem(source: str, problem: Problem, raw: Any) -> str:
     """``file: path: message (got value) — hint``."""
     value = _shown(problem.path, _value_at(raw, problem.path))

@@ -50,6 +50,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         raise errors.NotFound(f"the authorization server of {name!r} has no "
                               "authorization_endpoint")
+    await runtime.resolver.served(name, creds)  # the AS may issue codes to this client_id
     if pushed and upstream.callback == "sidecar":
         await claim_pushed(runtime, upstream, creds, pairs)
     elif not pushed:

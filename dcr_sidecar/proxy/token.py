@@ -129,6 +129,12 @@ async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs:
     return None
 
 
+def accepted(response: Response) -> bool:
+    """Did the AS accept the client's authentication? A 2xx, or an OAuth error about
+    something else than the client (invalid_grant, invalid_scope ...)."""
+    return 200 <= response.status < 300 or oauth_error(response) not in (None, "invalid_client")
+
+
 def grant_type(pairs: Pairs) -> str | None:
     return next((v for k, v in pairs if k == "grant_type"), None)
 
@@ -162,6 +168,9 @@ def handler(route: str) -> Handler:
         pairs = await read_form(request, runtime)
         check_inbound(runtime.settings.inbound, request.headers, pairs)
         creds = await runtime.resolver.credentials(upstream.name)
+        # A pushed authorization request starts a login too: follow a resource that moved.
+        if route == "par" and await runtime.resolver.recheck_resource(upstream.name):
+            creds = await runtime.resolver.credentials(upstream.name)
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
@@ -184,7 +193,10 @@ def handler(route: str) -> Handler:
         retry_with = await second_chance(route, runtime, upstream, pairs, creds=creds,
                                          response=response)
         if retry_with is not None:
+            creds = retry_with
             response = await send(retry_with)
+        if accepted(response):
+            await runtime.resolver.served(upstream.name, creds)
         if pushed is not None and response.status == 201:
             await remember_pushed(runtime, pushed, response.body)
         return relay(relayed_status(response, upstream.name), response.headers,
