@@ -181,7 +181,10 @@ DESCRIPTIONS: dict[str, str] = {
     'upstreams[].prefetch': 'resolve at startup (retrying with backoff)',
     'upstreams[].redirect_uris': (
         "the app's redirect URIs (exact match): registered at the AS under `callback: app`, "
-        'the allow-list under `callback: sidecar`; required with `authorization_code`'
+        'the allow-list under `callback: sidecar`; required with `authorization_code`. Written '
+        'as a browser writes them: lower-case scheme and host, a path, no userinfo, backslash, '
+        'whitespace, fragment, dot segment or default port; http(s), or a private-use scheme '
+        'with a dot (`com.example.app:/cb`)'
     ),
     'upstreams[].registration': '`auto` (static when `client_id` is set), `static`, `dcr`',
     'upstreams[].registration_endpoint': 'pin the registration endpoint',
@@ -317,6 +320,8 @@ def _code(value: Any) -> str:
 
 def meaning(path: str, field: FieldInfo) -> str:
     text = field.description or DESCRIPTIONS.get(path, "")
+    # Links are written from the repository root; the reference lives in docs/.
+    text = text.replace("](docs/", "](")
     return " ".join(text.split()).replace("|", "\\|")
 
 
