@@ -120,7 +120,16 @@ DESCRIPTIONS: dict[str, str] = {
     'store.lease.wait': 'redis: how long other replicas wait for a lease before answering 503',
     'store.path': 'file: mode 0600, atomic replace, an exclusive file lock',
     'store.url': 'redis (a secret field): redis://[[user]:pass@]host:port/db,',
-    'timeouts': 'every outbound request',
+    'timeouts': 'every outbound request; `client_header`/`client_body`: every listener',
+    'timeouts.client_body': (
+        "seconds a client may take to send a request's body after its header, on every "
+        'listener (`listen`, `front`, `management`); then the connection is closed'
+    ),
+    'timeouts.client_header': (
+        "seconds a client may take to send a request's header (from the connection's start, "
+        'or the first byte of the next request on a kept-alive connection), on every listener; '
+        'then the connection is closed: a slow-loris client cannot hold it'
+    ),
     'timeouts.connect': 'seconds to connect to an AS',
     'timeouts.read': 'seconds without a byte from an AS',
     'timeouts.total': 'seconds for a whole outbound request',
