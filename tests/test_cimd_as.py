@@ -267,8 +267,8 @@ async def test_public_cimd_client_needs_s256(
         oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
         leak_guard: LeakGuard) -> None:
     """`cimd.auth_method: none`: an authorization request without S256 PKCE (at /authorize or
-    /par) is refused before it reaches the AS; with it, an unmodified login completes as a public client (no
-    assertion, no secret)."""
+    /par) is refused before it reaches the AS; with it, an unmodified login completes as a
+    public client (no assertion, no secret)."""
     provider = await cimd_provider(oidc, local_ca)
     app = await cimd_sidecar(sidecar, local_ca, provider.issuer, cimd={"auth_method": "none"},
                              grant_types=["authorization_code", "refresh_token"])
