@@ -3,12 +3,12 @@
 A protected resource may move to another authorization server: its metadata's
 `authorization_servers` changes. The sidecar follows it:
 
-- Each authorization start (GET /{name}/authorize), once it holds credentials, re-checks the
-  resource's metadata with a conditional request (If-None-Match / If-Modified-Since, RFC 9110
-  §13.1). The first start after a discovery uses what that discovery just read (the discovery may
-  be its own); after it, at most one re-check per :data:`RECHECK_INTERVAL` seconds per upstream in
-  a process (concurrent starts share one). A failed re-check keeps what is held (logged), never
-  backs the upstream off.
+- Each authorization start (GET /{name}/authorize, POST /{name}/par), once it holds credentials,
+  re-checks the resource's metadata with a conditional request (If-None-Match /
+  If-Modified-Since, RFC 9110 §13.1). The first start after a discovery uses what that discovery
+  just read (the discovery may be its own); after it, at most one re-check per
+  :data:`RECHECK_INTERVAL` seconds per upstream in a process (concurrent starts share one). A
+  failed re-check keeps what is held (logged), never backs the upstream off.
 - A changed `authorization_servers` that no longer lists the AS in use switches the upstream:
   the named AS is discovered under the same rules as at first contact, and the credentials held
   for the old AS are dropped at once. The next resolution reads or registers under the new

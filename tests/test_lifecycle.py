@@ -321,3 +321,28 @@ async def test_a_superseded_generation_that_served_is_kept_for_its_grace(
     assert record is not None
     assert [(g.client_id, g.superseded_at is not None) for g in record.generations] == [
         ("storm-1", True), ("storm-2", False)]
+
+
+async def test_the_recovery_window_doubles_while_new_generations_never_serve(
+        fake_server: FakeFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """After the window ends, the next invalid_client may register once more; the window then
+    doubles (backoff.base 0.2 -> 0.4 s) because the new client never served either, and that
+    unserved client is deleted at once as well."""
+    storm = InvalidClientAS(await fake_server())
+    side = await sidecar({"backoff": {"base": 0.2, "cap": 300},
+                          "upstreams": [cc_upstream(storm.fake.url, initial_access_token=None)]})
+    state = side.resolver.state("acme")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        for expected in (2, 3):
+            deadline = loop.time() + 10
+            while time.monotonic() < state.recover_until:  # the previous window, if any
+                assert loop.time() < deadline, "the recovery window never ended"
+                await asyncio.sleep(0.02)
+            assert (await cc_token(session, side.listen.url))[0] == 401
+            assert len(storm.registered) == expected
+    assert storm.registered == ["storm-1", "storm-2", "storm-3"]
+    assert storm.deleted == ["storm-1", "storm-2"]
+    assert state.recoveries_unserved == 2
+    windows = [e["window_s"] for e in audit_events(leak_guard, "recovery_window_started")]
+    assert windows == [0.2, 0.4]

@@ -162,6 +162,9 @@ def handler(route: str) -> Handler:
         pairs = await read_form(request, runtime)
         check_inbound(runtime.settings.inbound, request.headers, pairs)
         creds = await runtime.resolver.credentials(upstream.name)
+        # A pushed authorization request starts a login too: follow a resource that moved.
+        if route == "par" and await runtime.resolver.recheck_resource(upstream.name):
+            creds = await runtime.resolver.credentials(upstream.name)
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
