@@ -41,7 +41,7 @@ from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
-from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
+from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -187,6 +187,14 @@ def _flow_store(store: CredentialStore) -> FlowStore:
     return MemoryFlowStore()
 
 
+def _bounded(settings: Settings, flows: FlowStore) -> FlowStore:
+    """Every flow store behind the budget of `limits` (store/flows.py)."""
+    limits = settings.limits
+    return BoundedFlowStore(flows, max_entries=limits.flow_records,
+                            max_bytes=limits.flow_record_bytes,
+                            per_client=limits.flow_records_per_client)
+
+
 class Sidecar:
     """One sidecar process: start() binds the listeners, stop() drains and closes."""
 
@@ -203,7 +211,8 @@ class Sidecar:
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               flows if flows is not None else _flow_store(self.store),
+                               _bounded(settings, flows if flows is not None
+                                        else _flow_store(self.store)),
                                self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()

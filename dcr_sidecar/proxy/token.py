@@ -19,7 +19,8 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
-from dcr_sidecar.oauth.callback import FlowRecord
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.callback import FlowRecord, check_lengths
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
@@ -86,12 +87,17 @@ def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
 
 
 async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
-                   pairs: Pairs) -> tuple[Pairs, Credentials, FlowRecord | None]:
+                   pairs: Pairs, *, client: str) -> tuple[Pairs, Credentials, FlowRecord | None]:
     """The app's form as the AS must see it: mediated, restored, the default resource added;
-    with the flow record of a mediated push."""
+    with the flow record of a mediated push (counted against `client`, the caller's address)."""
     record = None
+    if route == "par":
+        try:
+            check_lengths(pairs)
+        except ProtocolError as exc:
+            raise errors.BadRequest(exc.reason) from exc
     if upstream.callback == "sidecar" and route == "par":
-        pairs, record = await mediate(runtime, upstream, creds, pairs)
+        pairs, record = await mediate(runtime, upstream, creds, pairs, client)
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
     if route == "par":
@@ -168,7 +174,8 @@ def handler(route: str) -> Handler:
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
-        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs)
+        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs,
+                                              client=request.remote or "")
 
         async def send(with_creds: Credentials) -> Response:
             auth = auth_parts(with_creds.auth)
