@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.listeners import ListenerRunner, handler_args
@@ -41,7 +41,7 @@ from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Resolver, wait_backoff
 from dcr_sidecar.store import CredentialStore, open_store
-from dcr_sidecar.store.flows import FlowStore, MemoryFlowStore
+from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
 NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
@@ -171,8 +171,7 @@ def combine(old: Settings, new: Settings) -> Settings:
     try:
         return Settings.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ").split(">>")[-1]
-                             for e in exc.errors(include_url=False))
+        problems = "; ".join(validation_messages(exc, fields))
         raise ConfigError("the new configuration does not fit the settings that need a "
                           f"restart (kept from the running one): {problems}") from None
 
@@ -186,6 +185,14 @@ def _flow_store(store: CredentialStore) -> FlowStore:
         assert isinstance(store, RedisStore)
         return RedisFlowStore(RedisFlowRecords.sharing(store))
     return MemoryFlowStore()
+
+
+def _bounded(settings: Settings, flows: FlowStore) -> FlowStore:
+    """Every flow store behind the budget of `limits` (store/flows.py)."""
+    limits = settings.limits
+    return BoundedFlowStore(flows, max_entries=limits.flow_records,
+                            max_bytes=limits.flow_record_bytes,
+                            per_client=limits.flow_records_per_client)
 
 
 class Sidecar:
@@ -204,7 +211,8 @@ class Sidecar:
         self.resolver = Resolver(settings, self.outbound, self.store)
         self.resolver.metrics = self.metrics
         self.runtime = Runtime(settings, self.resolver, self.outbound,
-                               flows if flows is not None else _flow_store(self.store),
+                               _bounded(settings, flows if flows is not None
+                                        else _flow_store(self.store)),
                                self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()

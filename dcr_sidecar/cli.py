@@ -14,7 +14,7 @@ import textwrap
 import structlog
 
 from dcr_sidecar import __version__
-from dcr_sidecar.config import Settings, config_path, json_schema, load_settings
+from dcr_sidecar.config import Settings, Upstream, config_path, json_schema, load_settings
 from dcr_sidecar.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -33,14 +33,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{path}: ok (version 1)")
     print(f"  listen {settings.listen.host}:{settings.listen.port}, management "
           f"{settings.management.host}:{settings.management.port}, store {settings.store.backend}")
+    if settings.front is not None:
+        print(f"  front {settings.front.host}:{settings.front.port}"
+              f"{' (tls)' if settings.front.tls else ''}, public {settings.public_base}")
     for upstream in settings.upstreams:
         source = next(k for k in ("endpoints", "discovery_url", "resource", "issuer")
                       if getattr(upstream, k) is not None)
         flags = [f for f in ("prefetch", "required") if getattr(upstream, f)]
         print(f"  upstream {upstream.name}: {source} "
               f"{upstream.issuer or upstream.discovery_url or upstream.resource}, registration "
-              f"{upstream.strategy}{', ' + ', '.join(flags) if flags else ''}")
+              f"{_registration(settings, upstream)}{', ' + ', '.join(flags) if flags else ''}")
     return EXIT_OK
+
+
+def _registration(settings: Settings, upstream: Upstream) -> str:
+    """What check-config says of the registration: CIMD candidates name their client_id."""
+    if not settings.publishes_cimd(upstream):
+        return upstream.strategy
+    way = ("cimd" if upstream.registration == "cimd"
+           else "auto (cimd if the AS supports it, else dcr)")
+    return f"{way}, CIMD client_id {settings.cimd_document_url(upstream)}"
 
 
 def cmd_config_schema(args: argparse.Namespace) -> int:

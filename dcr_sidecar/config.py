@@ -306,6 +306,10 @@ class Limits(_Model):
     max_response_bytes: Annotated[int, Field(ge=1024)] = 1048576
     max_error_body_bytes: Annotated[int, Field(ge=256)] = 8192
     connections_per_upstream: Annotated[int, Field(ge=1, le=1000)] = 20
+    # Callback-mediation records in progress (design.md §3.6): refused beyond, never evicted.
+    flow_records: Annotated[int, Field(ge=1)] = 100_000
+    flow_record_bytes: Annotated[int, Field(ge=65536)] = 32 * 1024 * 1024
+    flow_records_per_client: Annotated[int, Field(ge=0)] = 1_000  # per client address; 0: off
 
 
 class Timeouts(_Model):
@@ -1263,6 +1267,14 @@ def _under(path: YamlPath, prefix: YamlPath) -> bool:
 
 def _problems_in(exc: ValidationError, raw: Any) -> list[Problem]:
     return [p for err in exc.errors() for p in _problems_of(Settings, err, raw)]
+
+
+def validation_messages(exc: ValidationError, raw: Any) -> list[str]:
+    """Each error of a whole-settings validation as ``path: message — hint``."""
+    return [
+        f"{format_path(p.path)}: {p.message}" + (f" — {p.hint}" if p.hint else "")
+        for p in _problems_in(exc, raw)
+    ]
 
 
 def format_problem(source: str, problem: Problem, raw: Any) -> str:

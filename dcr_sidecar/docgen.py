@@ -67,6 +67,12 @@ DESCRIPTIONS: dict[str, str] = {
         'upstream'
     ),
     'limits.connections_per_upstream': 'concurrent requests (connections) per upstream',
+    'limits.flow_records': 'callback-mediation flows in progress at most; new ones get 503 '
+                           'beyond (none is evicted)',
+    'limits.flow_record_bytes': 'estimated memory of the flows in progress at most; new ones '
+                                'get 503 beyond',
+    'limits.flow_records_per_client': 'flows in progress per client address (429 beyond); 0: '
+                                      'none (behind a proxy every browser has its address)',
     'limits.max_error_body_bytes': 'cap on AS error bodies during discovery/registration',
     'limits.max_header_bytes': 'request headers beyond this get 431',
     'limits.max_request_bytes': 'request bodies beyond this get 413',
@@ -114,7 +120,16 @@ DESCRIPTIONS: dict[str, str] = {
     'store.lease.wait': 'redis: how long other replicas wait for a lease before answering 503',
     'store.path': 'file: mode 0600, atomic replace, an exclusive file lock',
     'store.url': 'redis (a secret field): redis://[[user]:pass@]host:port/db,',
-    'timeouts': 'every outbound request',
+    'timeouts': 'every outbound request; `client_header`/`client_body`: every listener',
+    'timeouts.client_body': (
+        "seconds a client may take to send a request's body after its header, on every "
+        'listener (`listen`, `front`, `management`); then the connection is closed'
+    ),
+    'timeouts.client_header': (
+        "seconds a client may take to send a request's header (from the connection's start, "
+        'or the first byte of the next request on a kept-alive connection), on every listener; '
+        'then the connection is closed: a slow-loris client cannot hold it'
+    ),
     'timeouts.connect': 'seconds to connect to an AS',
     'timeouts.read': 'seconds without a byte from an AS',
     'timeouts.total': 'seconds for a whole outbound request',
@@ -175,7 +190,10 @@ DESCRIPTIONS: dict[str, str] = {
     'upstreams[].prefetch': 'resolve at startup (retrying with backoff)',
     'upstreams[].redirect_uris': (
         "the app's redirect URIs (exact match): registered at the AS under `callback: app`, "
-        'the allow-list under `callback: sidecar`; required with `authorization_code`'
+        'the allow-list under `callback: sidecar`; required with `authorization_code`. Written '
+        'as a browser writes them: lower-case scheme and host, a path, no userinfo, backslash, '
+        'whitespace, fragment, dot segment or default port; http(s), or a private-use scheme '
+        'with a dot (`com.example.app:/cb`)'
     ),
     'upstreams[].registration': '`auto` (static when `client_id` is set), `static`, `dcr`',
     'upstreams[].registration_endpoint': 'pin the registration endpoint',
@@ -311,6 +329,8 @@ def _code(value: Any) -> str:
 
 def meaning(path: str, field: FieldInfo) -> str:
     text = field.description or DESCRIPTIONS.get(path, "")
+    # Links are written from the repository root; the reference lives in docs/.
+    text = text.replace("](docs/", "](")
     return " ".join(text.split()).replace("|", "\\|")
 
 

@@ -11,6 +11,8 @@
     ├── InboundUnauthorized            401     invalid_client   (+ WWW-Authenticate: Basic)
     ├── AdminUnauthorized              401     invalid_token    (+ WWW-Authenticate: Bearer)
     ├── Conflict                       409     conflict
+    ├── TooManyFlows                   503     temporarily_unavailable  (+ Retry-After)
+    │   └── TooManyFlowsFromClient     429     one client address's budget of flows is spent
     └── UpstreamError                  (carries the resolution `step` that failed)
         ├── Unavailable                503     temporarily_unavailable  (+ Retry-After)
         │   ├── BackingOff             503     the upstream is in backoff after a failure
@@ -109,6 +111,26 @@ class AdminUnauthorized(SidecarError):
 class Conflict(SidecarError):
     status = 409
     error = "conflict"
+
+
+class TooManyFlows(SidecarError):
+    """The callback-mediation budget is spent: a new authorization request waits until records
+    expire or are used (nothing in progress is evicted)."""
+
+    status = 503
+    error = "temporarily_unavailable"
+
+    def __init__(self, description: str, *, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_hint = retry_after
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, int(self.retry_hint + 0.999))
+
+
+class TooManyFlowsFromClient(TooManyFlows):
+    status = 429
 
 
 class UpstreamError(SidecarError):

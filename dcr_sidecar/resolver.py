@@ -112,6 +112,8 @@ class UpstreamState:
     # The credentials served last, kept when `credentials` is cleared (admin DELETE) and
     # across a reload: what a client_id change is measured against.
     last_served: Credentials | None = None
+    # The client_id this state (so this config's client_id_file) last wrote to that file.
+    client_id_written: str | None = None
     previous: Credentials | None = None
     previous_until: float = 0.0  # wall clock
     current: Generation | None = None
@@ -123,7 +125,8 @@ class UpstreamState:
     step: errors.Step = "discover"
     last_renewal: float | None = None  # monotonic
     record_read_at: float = 0.0  # monotonic: when the adopted record was read (or written)
-    recover_until: float = 0.0  # monotonic
+    recover_until: float = 0.0  # monotonic: no re-registration on invalid_client before it
+    recoveries_unserved: int = 0  # recovery generations in a row that never served
     registered_here: set[int] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     mechanism: str | None = None  # static | cimd | dcr, once resolved
@@ -226,6 +229,30 @@ class Resolver:
         if time.monotonic() < state.recover_until:
             return None
         return await self._shared(state, "recover", lambda st: self._recover(st, failed))
+
+    async def served(self, name: str, creds: Credentials) -> None:
+        """A request was served with `creds` (the AS accepted them, or the client_id went to
+        an app): their generation is kept for its grace when superseded, and recovery's window
+        starts again from `backoff.base`. Recorded once per generation; never raises."""
+        state = self._states.get(name)
+        if state is None or creds.static or creds.mechanism != "dcr":
+            return
+        gen = state.current
+        if gen is None or gen.generation != creds.generation:
+            return
+        state.recoveries_unserved = 0
+        if gen.served:
+            return
+
+        async def work() -> None:
+            await self._mark_served(state, gen.generation)
+
+        try:
+            await self._flight.run(("served", name), work)
+        except errors.SidecarError as exc:  # the store: tried again on the next request
+            log.warning("served_mark_failed", upstream=name, generation=gen.generation,
+                        detail=exc.description if isinstance(exc, errors.UpstreamError)
+                        else str(exc))
 
     async def maintain(self, name: str) -> None:
         """Background upkeep of one upstream: renew before expiry, refresh metadata before it
@@ -542,11 +569,28 @@ class Resolver:
                        previous_generation=old.generation)
         if old is None or old.client_id != creds.client_id:
             self.metrics.client_id_seen(creds.upstream, old, creds)
+        if state.client_id_written != creds.client_id:  # also a new client_id_file (reload)
             self._write_client_id_file(state.config, creds.client_id)
+            state.client_id_written = creds.client_id
+
+    async def _mark_served(self, state: UpstreamState, number: int) -> None:
+        key = state.key
+        if key is None:
+            return
+        async with self._locked(state, key):
+            record = await self._read(state, key)
+            gen = record.get(number)
+            if gen is not None and not gen.served:
+                await self._write(state, record.replace(replace(gen, served=True)))
+        if state.current is not None and state.current.generation == number:
+            state.current = replace(state.current, served=True)
 
     async def _register(self, state: UpstreamState, metadata: Metadata, record: Record,
                         wanted: str) -> tuple[Generation, Record]:
+        """Register a new generation, superseding the live ones; those that never served a
+        request are deleted at once (RFC 7592), the others kept for `generation_grace`."""
         config = state.config
+        unserved = [g for g in record.generations if g.superseded_at is None and not g.served]
         state.step = "register"
         signing_key = await registration_key(config, metadata, record)
         registration = await self.registrar.register(
@@ -554,7 +598,8 @@ class Resolver:
         client = registration.client
         now = time.time()
         generation = Generation(
-            generation=record.next_number(), fingerprint=wanted, client_id=client.client_id,
+            generation=max(record.next_number(), state.watch.generation_floor + 1),
+            fingerprint=wanted, client_id=client.client_id,
             client_secret=client.client_secret,
             token_endpoint_auth_method=client.token_endpoint_auth_method,
             client_secret_expires_at=client.client_secret_expires_at,
@@ -562,7 +607,7 @@ class Resolver:
             registration_access_token=client.registration_access_token,
             registration_client_uri=client.registration_client_uri,
             registration_endpoint=registration.endpoint, received_at=now,
-            private_key=signing_key.private_jwk if signing_key else None)
+            private_key=signing_key.private_jwk if signing_key else None, served=False)
         updated = record.with_generation(generation, now)
         try:
             await self._write(state, updated)
@@ -577,7 +622,25 @@ class Resolver:
                    endpoint_source=registration.provenance,
                    manageable=Rfc7592.manageable(generation))
         self.metrics.registration(config.name, "success")
+        for old in unserved:
+            updated = await self._delete_unserved(state, updated, old.generation)
         return generation, updated
+
+    async def _delete_unserved(self, state: UpstreamState, record: Record,
+                               number: int) -> Record:
+        """Delete a superseded generation no request was served with: nobody holds a code or
+        token of it, and a storm of invalid_client must not leave a client per answer at the
+        AS. On failure it stays superseded and the janitor deletes it after the grace."""
+        gen = record.get(number)
+        if gen is None:
+            return record
+        try:
+            return await self._delete_generation(state, record, gen,
+                                                 "superseded before it served a request")
+        except errors.UpstreamError as exc:
+            log.warning("superseded_delete_failed", upstream=state.config.name,
+                        client_id=gen.client_id, generation=number, detail=exc.description)
+            return record
 
     async def _discard_orphan(self, state: UpstreamState, gen: Generation,
                               cause: errors.UpstreamError) -> None:
@@ -711,8 +774,20 @@ class Resolver:
             audit.info("client_invalidated", upstream=config.name, client_id=failed.client_id,
                        generation=failed.generation)
             current, record = await self._register(state, metadata, record, wanted)
+            self._recovery_window(state)
         self._adopt(state, metadata, key, record, current)
         return state.credentials
+
+    def _recovery_window(self, state: UpstreamState) -> None:
+        """At most one re-registration per window: `backoff.base`, doubling up to `backoff.cap`
+        for each recovery in a row whose generation never served a request. Inside it an
+        invalid_client is relayed to the app, registering nothing."""
+        backoff = self.settings.backoff
+        state.recoveries_unserved += 1
+        window = min(backoff.cap, backoff.base * 2.0 ** min(state.recoveries_unserved - 1, 30))
+        state.recover_until = time.monotonic() + window
+        log.info("recovery_window_started", upstream=state.config.name, window_s=window,
+                 recoveries_unserved=state.recoveries_unserved)
 
     def _hold_off_recovery(self, state: UpstreamState, why: str) -> None:
         backoff = self.settings.backoff

@@ -82,3 +82,25 @@ async def test_another_loopback_port_is_still_allowed(sidecar: SidecarFactory) -
     assert status == 302
     assert location is not None
     assert location.startswith(rec.issuer + "/authorize?")
+
+
+@pytest.mark.parametrize("callback", ["app", "sidecar"])
+@pytest.mark.parametrize("name", ["state", "nonce"])
+async def test_a_state_or_nonce_over_512_bytes_is_400(sidecar: SidecarFactory, callback: str,
+                                                      name: str) -> None:
+    """The caller's state is kept for every mediated flow: 512 bytes at most (16 KB were
+    accepted and held for 600 s); exactly 512 still passes."""
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": ["http://127.0.0.1:8765/cb"],
+            "callback": callback}]})
+        base = {"response_type": "code", "redirect_uri": "http://127.0.0.1:8765/cb"}
+        answers = []
+        # UTF-8 bytes count: 256 é are 512 bytes; 16 KB as the review sent it
+        for value in ("é" * 256, "é" * 256 + "x", "x" * 16384):
+            query = urlencode({**base, name: value})
+            answers.append(await follow_once(f"{side.listen.url}/acme/authorize?{query}"))
+    assert answers[0][0] == 302
+    for status, location, body in answers[1:]:
+        assert (status, location) == (400, None)
+        assert body["error_description"] == f"{name} is longer than 512 bytes"

@@ -226,3 +226,19 @@ async def test_key_set_is_sealed_at_rest_and_made_once(
     assert public["x"] not in json.dumps(generation)  # nothing of the key in the clear
     second = await sidecar(config)
     assert (await fetch(f"{second.listen.url}/acme/jwks.json"))[2] == jwks
+
+
+def test_check_config_names_the_front_and_the_cimd_client_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dcr_sidecar.cli import main
+
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(json.dumps({
+        "version": 1, "front": {"host": "127.0.0.1", "port": 8443},
+        "public_base_url": "https://app.example.com",
+        "upstreams": [{"name": "acme", "issuer": UNREACHABLE,
+                       "grant_types": ["client_credentials"]}]}))
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "front 127.0.0.1:8443, public https://app.example.com" in out
+    assert "CIMD client_id https://app.example.com/acme/client-metadata.json" in out

@@ -142,7 +142,7 @@ async def test_three_replicas_register_once_and_restarts_register_nothing(
     assert json.loads(out)["client"] | {"checked_at": 0} == {
         "client_id": next(iter(ids)), "generation": 1, "registered_now": False,
         "token_endpoint_auth_method": "client_secret_basic", "client_secret_expires_at": 0,
-        "checked_at": 0}
+        "mechanism": "dcr", "checked_at": 0}
     assert (await provider.stats())["registrations"] == 1
     leak_guard.add_records(await stored_record(redis.url, provider.issuer))
     for replica in replicas:

@@ -5,16 +5,20 @@ invalid_client recovery for dynamic clients only, generations with grace, and de
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
+from aiohttp import web
 
-from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
+from tests.conftest import FakeFactory, LeakGuard, ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, authlib_login, get_json
+from tests.support.fake_server import FakeServer, as_metadata
 
 IAT = "lifecycle-iat-0123456789"
 
@@ -219,3 +223,126 @@ async def test_static_client_is_never_registered_or_deleted(
     stats = await provider.stats()
     assert stats["registrations"] == 1
     assert stats["deleted"] == []
+
+
+class InvalidClientAS:
+    """An in-process AS whose token endpoint answers invalid_client for every client it is
+    told to refuse (all of them, by default): what no real AS does on demand. Registration
+    gives RFC 7592 management whose GET says the client is gone (401), so recovery registers."""
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.fake = fake
+        self.refuse_all = True
+        self.accepted: set[str] = set()
+        self.registered: list[str] = []
+        self.deleted: list[str] = []
+        fake.json("GET", "/.well-known/oauth-authorization-server", as_metadata(fake.url))
+        fake.route("POST", "/register", self.register)
+        fake.route("POST", "/token", self.token)
+
+    async def register(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        client_id = f"storm-{len(self.registered) + 1}"
+        self.registered.append(client_id)
+        path = f"/register/{client_id}"
+        self.fake.json("GET", path, {"error": "invalid_token"}, status=401)
+        self.fake.route("DELETE", path, self.delete)
+        return web.json_response({
+            **body, "client_id": client_id, "client_secret": f"{client_id}-secret-0123456789",
+            "client_secret_expires_at": 0, "registration_access_token": f"{client_id}-rat-0123",
+            "registration_client_uri": f"{self.fake.url}{path}"}, status=201)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        self.deleted.append(request.path.rsplit("/", 1)[1])
+        return web.Response(status=204)
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        basic = request.headers.get("Authorization", "").removeprefix("Basic ")
+        client_id = unquote(base64.b64decode(basic).decode().partition(":")[0])
+        if self.refuse_all or client_id not in self.accepted:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        return web.json_response({"access_token": f"at-{client_id}-0123456789",
+                                  "token_type": "Bearer"})
+
+
+async def test_invalid_client_storm_registers_once_and_deletes_the_unserved_generation(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """50 concurrent requests (10 at a time), every one answered invalid_client: exactly one
+    re-registration inside the backoff window, every other invalid_client relayed; the
+    superseded generation, which never served a request, is deleted at the AS at once
+    (RFC 7592), not kept for the 24 h grace. (Before: a registration per recovery flight —
+    6 for these 50 — and every generation kept.)"""
+    storm = InvalidClientAS(await fake_server())
+    side = await sidecar({"backoff": {"base": 30, "cap": 300},
+                          "upstreams": [cc_upstream(storm.fake.url, initial_access_token=None)]})
+    slots = asyncio.Semaphore(10)  # 50 requests, 10 at a time: later ones meet new clients
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
+        async with slots:
+            return await cc_token(session, side.listen.url)
+
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.wait_for(asyncio.gather(*(one(session) for _ in range(50))),
+                                         timeout=60)
+    assert [status for status, _ in answers] == [401] * 50
+    assert {body["error"] for _, body in answers} == {"invalid_client"}
+    assert storm.registered == ["storm-1", "storm-2"]  # the first client and one recovery
+    assert storm.deleted == ["storm-1"]
+    assert side.resolver.state("acme").stats["recoveries"] == 1
+    record = await side.resolver.store.get(side.resolver.state("acme").key)  # type: ignore[arg-type]
+    assert record is not None
+    assert [g.client_id for g in record.generations] == ["storm-2"]
+    # Inside the window a later invalid_client is relayed too, registering nothing.
+    async with aiohttp.ClientSession() as session:
+        assert (await cc_token(session, side.listen.url))[0] == 401
+    assert storm.registered == ["storm-1", "storm-2"]
+
+
+async def test_a_superseded_generation_that_served_is_kept_for_its_grace(
+        fake_server: FakeFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """A generation the AS accepted once, then invalid_client: recovery registers a new one
+    and the old one, which served, stays for generation_grace (not deleted at once)."""
+    storm = InvalidClientAS(await fake_server())
+    storm.refuse_all = False
+    storm.accepted = {"storm-1"}
+    side = await sidecar({"backoff": {"base": 30, "cap": 300},
+                          "upstreams": [cc_upstream(storm.fake.url, initial_access_token=None)]})
+    async with aiohttp.ClientSession() as session:
+        status, body = await cc_token(session, side.listen.url)
+        assert status == 200, body
+        leak_guard.add_token_response(body)
+        storm.accepted = {"storm-2"}
+        status, body = await cc_token(session, side.listen.url)
+        assert status == 200, body  # recovered and retried transparently
+        leak_guard.add_token_response(body)
+    assert storm.registered == ["storm-1", "storm-2"]
+    assert storm.deleted == []
+    record = await side.resolver.store.get(side.resolver.state("acme").key)  # type: ignore[arg-type]
+    assert record is not None
+    assert [(g.client_id, g.superseded_at is not None) for g in record.generations] == [
+        ("storm-1", True), ("storm-2", False)]
+
+
+async def test_the_recovery_window_doubles_while_new_generations_never_serve(
+        fake_server: FakeFactory, sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """After the window ends, the next invalid_client may register once more; the window then
+    doubles (backoff.base 0.2 -> 0.4 s) because the new client never served either, and that
+    unserved client is deleted at once as well."""
+    storm = InvalidClientAS(await fake_server())
+    side = await sidecar({"backoff": {"base": 0.2, "cap": 300},
+                          "upstreams": [cc_upstream(storm.fake.url, initial_access_token=None)]})
+    state = side.resolver.state("acme")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        for expected in (2, 3):
+            deadline = loop.time() + 10
+            while time.monotonic() < state.recover_until:  # the previous window, if any
+                assert loop.time() < deadline, "the recovery window never ended"
+                await asyncio.sleep(0.02)
+            assert (await cc_token(session, side.listen.url))[0] == 401
+            assert len(storm.registered) == expected
+    assert storm.registered == ["storm-1", "storm-2", "storm-3"]
+    assert storm.deleted == ["storm-1", "storm-2"]
+    assert state.recoveries_unserved == 2
+    windows = [e["window_s"] for e in audit_events(leak_guard, "recovery_window_started")]
+    assert windows == [0.2, 0.4]

@@ -111,7 +111,7 @@ async def test_a_header_sent_byte_by_byte_is_cut_at_client_header_on_every_liste
     for name, port in listeners(side).items():
         elapsed, sent = await drip(port, REQUEST)
         assert sent < len(REQUEST) // 2, name
-        assert 0.9 <= elapsed < 4, (name, elapsed)
+        assert 0.9 <= elapsed < 6, (name, elapsed)  # 1 s, plus a loaded loop's lag
     slow = [e for e in events(leak_guard) if e["event"] == "client_too_slow"]
     assert [e["phase"] for e in slow] == ["header"] * 3
 
@@ -130,7 +130,7 @@ async def test_a_body_sent_byte_by_byte_is_cut_at_client_body(
     await writer.drain()
     elapsed, sent = await drip_more(reader, writer, b"g" * 400)
     assert sent < 200
-    assert 0.9 <= elapsed < 4, elapsed
+    assert 0.9 <= elapsed < 6, elapsed
     await wait_for(lambda: side.in_flight.count == 0)
     seen = [(e["event"], e.get("phase")) for e in events(leak_guard)
             if e["event"] in ("client_too_slow", "client_disconnected", "request_crashed")]

@@ -300,6 +300,7 @@ async def test_authorization_start_follows_the_resource_to_a_new_authorization_s
         (as1.issuer, as2.issuer, "recheck")]
     assert described["issuer"] == as2.issuer
     assert described["client_id"] == new_id
+    assert described["generation"] == 2  # the upstream's next generation, at the new AS
     assert described["resource"]["authorization_servers"] == [as2.issuer]
     assert [(c["previous_issuer"], c["issuer"], c["via"])
             for c in described["resource"]["authorization_server_changes"]] == [
@@ -385,3 +386,52 @@ async def test_doctor_shows_what_the_resource_names_and_that_serve_follows_it(
     assert report["scopes_supported"] == ["mcp:a"]
     assert "moves to a new AS, with a new client" in report["migration"]
     assert f"authorization servers {rec.issuer}; uses {rec.issuer}; scopes mcp:a" in text
+
+
+async def test_pushed_authorization_request_follows_the_resource_too(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """POST /{name}/par starts a login as well: after the move it goes to AS2's PAR endpoint
+    with AS2's client."""
+    fake = await fake_server()
+    form = {"response_type": "code", "redirect_uri": REDIRECT_URI, "state": "s"}
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar(unpinned(fake))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{side.listen.url}/mcp/par", data=form) as resp:
+                assert resp.status == 201
+            resource.move_to(as2.issuer)
+            async with session.post(f"{side.listen.url}/mcp/par", data=form) as resp:
+                assert resp.status == 201
+    assert len(as1.requests("/par")) == len(as2.requests("/par")) == 1
+    assert len(as2.clients) == 1
+    old_id = as1.clients[0]["client_id"]
+    assert all(old_id not in repr(r) for r in as2.recorded)
+
+
+async def test_background_refresh_that_finds_another_authorization_server_is_a_change(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """The metadata refresh (before the cache expires) reads the moved resource: the change is
+    recorded (via refresh) and the next login uses a client registered at AS2."""
+    fake = await fake_server()
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar({**unpinned(fake, prefetch=True),
+                              "discovery": {"cache_ttl": 1, "min_ttl": 1}})
+        state = side.resolver.state("mcp")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while state.credentials is None:
+            assert loop.time() < deadline, "no prefetch"
+            await asyncio.sleep(0.05)
+        resource.move_to(as2.issuer)
+        while not state.watch.changes:
+            assert loop.time() < deadline, "no background refresh saw the move"
+            await asyncio.sleep(0.05)
+        location = await authorize_at(side.listen.url)
+    assert [(c.previous_issuer, c.issuer, c.via) for c in state.watch.changes] == [
+        (as1.issuer, as2.issuer, "refresh")]
+    assert location.startswith(as2.issuer + "/authorize?")
+    assert sent_to(parse_qs(urlsplit(location).query)) == as2.clients[0]["client_id"]
+    assert state.credentials is not None
+    assert state.credentials.generation == 2

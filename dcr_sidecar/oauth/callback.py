@@ -27,6 +27,9 @@ from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import clean_text
 
 STATE_BYTES = 32  # 256 bits; design.md §3.6 asks for at least 128
+# What an authorization request's own state and nonce may hold (UTF-8 bytes): the state is stored
+# for each mediated flow, so its size is what an unauthenticated caller makes the sidecar keep.
+MAX_PARAM_BYTES = {"state": 512, "nonce": 512}
 PAR_REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"  # RFC 9126 §2.2
 # What the AS may say on the way back that the app gets (RFC 6749 §4.1.2, §4.1.2.1).
 ERROR_PARAMS = ("error", "error_description", "error_uri")
@@ -45,6 +48,7 @@ class FlowRecord:
     generation: int
     upstream: str
     issuer: str
+    client: str = ""  # the address that started the flow: its budget (store/flows.py)
 
     def __repr__(self) -> str:  # the verifier stays out of logs
         return (f"FlowRecord({self.app_redirect_uri!r}, upstream={self.upstream!r}, "
@@ -93,6 +97,13 @@ def check_binding(record: FlowRecord, upstream: str, issuer: str, what: str) -> 
     if record.upstream != upstream or record.issuer != issuer:
         raise ProtocolError(f"the {what} belongs to another upstream's authorization request "
                             "(mix-up refused)")
+
+
+def check_lengths(pairs: Pairs) -> None:
+    """`state` and `nonce` within :data:`MAX_PARAM_BYTES`."""
+    for name, limit in MAX_PARAM_BYTES.items():
+        if any(len(v.encode("utf-8")) > limit for v in values(pairs, name)):
+            raise ProtocolError(f"{name} is longer than {limit} bytes")
 
 
 def check_mediable(pairs: Pairs) -> None:

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
-from dcr_sidecar.oauth.callback import is_par_reference
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.callback import check_lengths, is_par_reference
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
@@ -27,6 +28,10 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     upstream = runtime.upstream(name)
     pairs = parse_query(request)  # strict: a clear 400 for a malformed query
+    try:
+        check_lengths(pairs)
+    except ProtocolError as exc:
+        raise errors.BadRequest(exc.reason) from exc
     # A PAR reference (RFC 9126 §4) carries only client_id beside request_uri: the rest,
     # redirect_uri included, was pushed (and checked) at /par. Under mediation only a request
     # the sidecar pushed itself is taken; under `callback: app` the AS holds the pushed
@@ -45,19 +50,20 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         raise errors.NotFound(f"the authorization server of {name!r} has no "
                               "authorization_endpoint")
+    await runtime.resolver.served(name, creds)  # the AS may issue codes to this client_id
     if pushed and upstream.callback == "sidecar":
         await claim_pushed(runtime, upstream, creds, pairs)
     elif not pushed:
-        pairs = await _prepared(runtime, upstream, creds, pairs)
+        pairs = await _prepared(runtime, upstream, creds, pairs, request.remote or "")
     forwarded = [(k, v) for k, v in pairs if k != "client_id"]
     forwarded.append(("client_id", creds.client_id))
     return redirect(with_query(endpoint, forwarded))
 
 
 async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
-                    pairs: Pairs) -> Pairs:
+                    pairs: Pairs, client: str) -> Pairs:
     if upstream.callback == "sidecar":
-        pairs, _ = await mediate(runtime, upstream, creds, pairs)
+        pairs, _ = await mediate(runtime, upstream, creds, pairs, client)
     if creds.mechanism == "cimd" and creds.method == "none" and not _has_s256(pairs):
         raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
                                 "S256 (design.md §3.11); send it, or use callback: sidecar "

@@ -38,9 +38,10 @@ Pairs = list[tuple[str, str]]
 
 
 async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
-                  pairs: Pairs) -> tuple[Pairs, FlowRecord]:
+                  pairs: Pairs, client: str) -> tuple[Pairs, FlowRecord]:
     """An authorization request (query of /authorize or form of /par) made to come back
-    through /{name}/callback, with a one-time state bound to a new record (returned too)."""
+    through /{name}/callback, with a one-time state bound to a new record (returned too);
+    `client` is the caller's address, whose budget the record counts against."""
     try:
         check_mediable(pairs)
     except ProtocolError as exc:
@@ -55,7 +56,7 @@ async def mediate(runtime: Runtime, upstream: Upstream, creds: Credentials,
         verifier = make_verifier()
     state = new_state()
     record = FlowRecord(redirect_uri, single(pairs, "state"), verifier, creds.generation,
-                        upstream=upstream.name, issuer=creds.issuer)
+                        upstream=upstream.name, issuer=creds.issuer, client=client)
     await runtime.flows.put(state_key(state), record)
     return rewrite_request(pairs, redirect_uri=runtime.settings.callback_uri(upstream.name),
                            state=state,

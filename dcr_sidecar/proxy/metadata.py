@@ -106,6 +106,7 @@ async def client(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     runtime.upstream(name)
     creds = await runtime.resolver.credentials(name)
+    await runtime.resolver.served(name, creds)  # an app may start a login with this client_id
     body = {
         "client_id": creds.client_id,
         "mechanism": creds.mechanism,

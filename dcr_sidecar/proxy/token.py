@@ -19,7 +19,8 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import errors
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.net import Response
-from dcr_sidecar.oauth.callback import FlowRecord
+from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.callback import FlowRecord, check_lengths
 from dcr_sidecar.oauth.client_auth import AuthParts, auth_parts, strip_client_auth
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
@@ -86,12 +87,17 @@ def relay(status: int, headers: Mapping[str, str], body: bytes) -> web.Response:
 
 
 async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Credentials,
-                   pairs: Pairs) -> tuple[Pairs, Credentials, FlowRecord | None]:
+                   pairs: Pairs, *, client: str) -> tuple[Pairs, Credentials, FlowRecord | None]:
     """The app's form as the AS must see it: mediated, restored, the default resource added;
-    with the flow record of a mediated push."""
+    with the flow record of a mediated push (counted against `client`, the caller's address)."""
     record = None
+    if route == "par":
+        try:
+            check_lengths(pairs)
+        except ProtocolError as exc:
+            raise errors.BadRequest(exc.reason) from exc
     if upstream.callback == "sidecar" and route == "par":
-        pairs, record = await mediate(runtime, upstream, creds, pairs)
+        pairs, record = await mediate(runtime, upstream, creds, pairs, client)
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
     if route == "par":
@@ -121,6 +127,12 @@ async def second_chance(route: str, runtime: Runtime, upstream: Upstream, pairs:
     if error == "invalid_grant" and grant in GRACE_GRANTS and upstream.callback != "sidecar":
         return runtime.resolver.previous(upstream.name)
     return None
+
+
+def accepted(response: Response) -> bool:
+    """Did the AS accept the client's authentication? A 2xx, or an OAuth error about
+    something else than the client (invalid_grant, invalid_scope ...)."""
+    return 200 <= response.status < 300 or oauth_error(response) not in (None, "invalid_client")
 
 
 def grant_type(pairs: Pairs) -> str | None:
@@ -156,10 +168,14 @@ def handler(route: str) -> Handler:
         pairs = await read_form(request, runtime)
         check_inbound(runtime.settings.inbound, request.headers, pairs)
         creds = await runtime.resolver.credentials(upstream.name)
+        # A pushed authorization request starts a login too: follow a resource that moved.
+        if route == "par" and await runtime.resolver.recheck_resource(upstream.name):
+            creds = await runtime.resolver.credentials(upstream.name)
         if creds.metadata.get_url(member) is None:
             raise errors.NotFound(f"the authorization server of {upstream.name!r} has no "
                                   f"{member}")
-        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs)
+        pairs, creds, pushed = await adjusted(route, runtime, upstream, creds, pairs,
+                                              client=request.remote or "")
 
         async def send(with_creds: Credentials) -> Response:
             auth = auth_parts(with_creds.auth)
@@ -177,7 +193,10 @@ def handler(route: str) -> Handler:
         retry_with = await second_chance(route, runtime, upstream, pairs, creds=creds,
                                          response=response)
         if retry_with is not None:
+            creds = retry_with
             response = await send(retry_with)
+        if accepted(response):
+            await runtime.resolver.served(upstream.name, creds)
         if pushed is not None and response.status == 201:
             await remember_pushed(runtime, pushed, response.body)
         return relay(relayed_status(response, upstream.name), response.headers,

@@ -62,6 +62,10 @@ class Generation:
     # private_key_jwt: the upstream's key pair as a private JWK (JSON text), kept with the
     # credentials so a restart signs with the registered key.
     private_key: Secret | None = None
+    # Has a request been served with it (the AS accepted it, or its client_id went to an app)?
+    # A superseded generation that never served is deleted at once, not kept for the grace.
+    # Records written before this field existed read as served: kept, as they always were.
+    served: bool = True
     # CIMD key sets (design.md §3.11) store each key as a generation of their own record; these
     # place it in the rotation schedule (oauth.cimd.ScheduledKey). None elsewhere.
     signs_from: float | None = None

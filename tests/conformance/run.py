@@ -34,6 +34,9 @@ SCENARIO_TIMEOUT_MS = 30000
 
 # Scenario -> why it is not required. "out of scope": by design, the sidecar has no part in it;
 # "pending": waits for a feature being built (the reason names it).
+ENTERPRISE = ("extension: a login through two authorization servers — the enterprise IdP's "
+              "token exchange (RFC 8693) of an ID token the app holds, then a jwt-bearer grant "
+              "(RFC 7523) at the MCP server's AS; an upstream models one AS")
 EXPECTED: dict[str, tuple[str, str]] = {
     "auth/2025-03-26-oauth-metadata-backcompat": (
         "out of scope", "2025-03-26 back-compat: no protected-resource metadata at all, the MCP "
@@ -48,14 +51,12 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "out of scope", "extension: private_key_jwt with a key the operator is handed; a static "
                         "client with private_key_jwt is not in version 1 (design.md §2.2: the "
                         "sidecar signs only with key pairs it made itself)"),
-    "auth/cross-app-access-complete-flow": (
-        "out of scope", "extension: the app exchanges an enterprise IdP's ID token (RFC 8693, "
-                        "RFC 7523) it holds; nothing for the sidecar to register or mediate"),
-    "auth/enterprise-managed-authorization": (
-        "out of scope", "extension: the app exchanges an enterprise IdP's ID token (RFC 8693, "
-                        "RFC 7523) it holds; nothing for the sidecar to register or mediate"),
-    "auth/wif-jwt-bearer": ("out of scope", "extension: workload identity federation, a "
-                                            "jwt-bearer grant with the workload's own token"),
+    "auth/cross-app-access-complete-flow": ("out of scope", ENTERPRISE),
+    "auth/enterprise-managed-authorization": ("out of scope", ENTERPRISE),
+    "auth/wif-jwt-bearer": ("out of scope", "extension: workload identity federation: the "
+                                            "workload's own identity token is the credential; "
+                                            "no client for the sidecar to register or "
+                                            "authenticate"),
     "auth/dpop": ("out of scope", "extension: DPoP-bound tokens; the sidecar refuses DPoP in "
                                   "version 1 (design.md §2.3)"),
     "auth/dpop-nonce": ("out of scope", "extension: DPoP-bound tokens; the sidecar refuses "

@@ -37,8 +37,10 @@ from typing import Any, Self, TypedDict, cast
 import aiohttp
 from yarl import URL
 
+from tests.support.startup import STARTUP_DEADLINE, until_ready
+
 OIDC_DIR = Path(__file__).resolve().parent.parent / "oidc"
-STARTUP_TIMEOUT = 20.0
+STARTUP_TIMEOUT = STARTUP_DEADLINE  # a loaded machine makes node slow to start, never wrong
 _NPM_CI_TIMEOUT = 300.0
 _STDERR_TAIL_LINES = 200
 _PIPE_LINE_LIMIT = 1 << 20
@@ -222,23 +224,13 @@ class OidcProvider:
         # Keep stderr drained from the start: a full pipe would block node mid-request.
         self._drains.append(asyncio.create_task(self._drain_stderr(self._process.stderr)))
         try:
-            line = await asyncio.wait_for(
-                self._process.stdout.readline(), timeout=self.startup_timeout
-            )
-            if not line:
-                await self._process.wait()
-                raise OidcProviderError(
-                    f"OIDC provider exited with {self._process.returncode} before it was ready; "
-                    f"config {json.dumps(self.config)}; stderr:\n{await self._final_stderr()}"
-                )
-            ready = json.loads(line)
+            ready = await until_ready(
+                self._ready_line(self._process.stdout), self._process,
+                what=f"OIDC provider (config {json.dumps(self.config)})",
+                output=self._final_stderr, error=OidcProviderError,
+                deadline=self.startup_timeout)
             self._issuer = str(ready["issuer"])
             self._port = int(ready["port"])
-        except TimeoutError as exc:
-            await self.stop()
-            raise OidcProviderError(
-                f"OIDC provider not ready within {self.startup_timeout} s; stderr:\n{self.stderr}"
-            ) from exc
         except BaseException:
             await self.stop()
             raise
@@ -284,6 +276,15 @@ class OidcProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    @staticmethod
+    async def _ready_line(stream: asyncio.StreamReader) -> dict[str, Any]:
+        """server.mjs prints one JSON line once it listens (its readiness signal)."""
+        line = await stream.readline()
+        if not line:
+            raise EOFError("stdout closed before the readiness line")
+        ready: dict[str, Any] = json.loads(line)
+        return ready
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

@@ -17,7 +17,8 @@ import socket
 import ssl
 from pathlib import Path
 
-STARTUP_DEADLINE = 10.0
+from tests.support.startup import until_ready
+
 STOP_DEADLINE = 10.0
 
 
@@ -150,20 +151,20 @@ class RedisServer:
             return False
 
     async def _wait_ready(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_DEADLINE
-        while not await self.ping():
-            assert self.process is not None
-            if self.process.returncode is not None or loop.time() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} did not answer PING within "
-                                   f"{STARTUP_DEADLINE} s:\n{self.log.read_text()[-2000:]}")
+        """Until it answers (a sentinel: until it knows its master); at once when it exits."""
+        assert self.process is not None
+        await until_ready(self._answers(), self.process, what=f"redis-server on {self.port}",
+                          output=lambda: self.log.read_text(errors="replace")[-2000:])
+
+    async def _answers(self) -> None:
+        while True:  # until_ready bounds it
+            if await self.ping() and await self._knows_master():
+                return
             await asyncio.sleep(0.05)
-        if self.sentinel_of is not None:
-            while "127.0.0.1" not in await command(
-                    self.port, "SENTINEL", "get-master-addr-by-name", self.service):
-                if loop.time() > deadline:
-                    raise RuntimeError("the sentinel did not learn its master in time")
-                await asyncio.sleep(0.05)
+
+    async def _knows_master(self) -> bool:
+        return self.sentinel_of is None or "127.0.0.1" in await command(
+            self.port, "SENTINEL", "get-master-addr-by-name", self.service)
 
     async def stop(self) -> None:
         """SIGTERM and wait (bounded); SIGKILL if it will not go."""

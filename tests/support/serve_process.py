@@ -19,8 +19,9 @@ import aiohttp
 import yaml
 
 from tests.support.redis_server import free_port
+from tests.support.startup import STARTUP_DEADLINE, until_ready
 
-START_DEADLINE = 30.0
+START_DEADLINE = STARTUP_DEADLINE
 STOP_DEADLINE = 30.0
 
 
@@ -65,22 +66,20 @@ class ServeProcess:
         return self
 
     async def wait_healthy(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_DEADLINE
-        async with aiohttp.ClientSession() as session:
+        """Until /healthz answers 200; at once, with its output, when the process exits."""
+        assert self.process is not None
+        await until_ready(self._healthy(), self.process, what=self.name,
+                          output=lambda: self.output()[-3000:])
+
+    async def _healthy(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             while True:
-                assert self.process is not None
-                if self.process.returncode is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
-                                       f"{self.output()[-3000:]}")
                 try:
                     async with session.get(f"{self.mgmt_url}/healthz") as resp:
                         if resp.status == 200:
                             return
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, TimeoutError):
                     pass
-                if loop.time() > deadline:
-                    raise TimeoutError(f"{self.name} was not healthy within {START_DEADLINE} s")
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> int | None:

@@ -78,6 +78,20 @@ dcr-sidecar.io/instance: {{ include "dcr-sidecar.fullname" . }}
 {{- if and (eq $v.store.backend "redis") (not $v.store.redis.existingSecret) -}}
 {{- fail "dcr-sidecar: store.backend redis needs store.redis.existingSecret (a Secret holding the Redis URL under store.redis.urlKey)" -}}
 {{- end -}}
+{{- if $v.workloadIdentity.enabled -}}
+{{- if not $v.workloadIdentity.audience -}}
+{{- fail "dcr-sidecar: workloadIdentity.enabled needs workloadIdentity.audience (the audience the authorization server expects in the projected token)" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range (default list (get (default dict $v.config.sidecar) "upstreams")) -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- range $v.workloadIdentity.upstreams -}}
+{{- if and (not $v.config.existingConfigMap) (not (has . $names)) -}}
+{{- fail (printf "dcr-sidecar: workloadIdentity.upstreams names %q, which is not in config.sidecar.upstreams" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "dcr-sidecar.storeConfig" -}}
@@ -110,6 +124,22 @@ ephemeral: {{ not $s.file.existingClaim }}
 {{- end -}}
 {{- $_ := set $cfg "front" $front -}}
 {{- $_ := set $cfg "public_base_url" $v.front.publicBaseUrl -}}
+{{- end -}}
+{{- if $v.trustBundle.configMap -}}
+{{- $security := default dict (get $cfg "security") -}}
+{{- $tls := default dict (get $security "tls") -}}
+{{- $_ := set $tls "ca_file" (printf "/etc/dcr-sidecar/trust/%s" $v.trustBundle.key) -}}
+{{- $_ := set $tls "system" $v.trustBundle.system -}}
+{{- $_ := set $security "tls" $tls -}}
+{{- $_ := set $cfg "security" $security -}}
+{{- end -}}
+{{- if $v.workloadIdentity.enabled -}}
+{{- $file := printf "/var/run/secrets/dcr-sidecar/tokens/%s" $v.workloadIdentity.path -}}
+{{- range (default list (get $cfg "upstreams")) -}}
+{{- if has .name $v.workloadIdentity.upstreams -}}
+{{- $_ := set . "client_assertion" (dict "file" $file) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
@@ -183,6 +213,18 @@ checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
       mountPath: /etc/dcr-sidecar/tls
       readOnly: true
     {{- end }}
+    {{- if $v.trustBundle.configMap }}
+    # A directory mount (no subPath): a rotated bundle reaches the file and is re-read.
+    - name: dcr-sidecar-trust
+      mountPath: /etc/dcr-sidecar/trust
+      readOnly: true
+    {{- end }}
+    {{- if $v.workloadIdentity.enabled }}
+    # The kubelet renews the token in place; the sidecar re-reads it on change.
+    - name: dcr-sidecar-workload-token
+      mountPath: /var/run/secrets/dcr-sidecar/tokens
+      readOnly: true
+    {{- end }}
     {{- with $v.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -232,6 +274,20 @@ checksum/config: {{ include "dcr-sidecar.configYaml" . | sha256sum }}
   secret:
     secretName: {{ $v.front.tls.existingSecret }}
     defaultMode: 0440
+{{- end }}
+{{- if $v.trustBundle.configMap }}
+- name: dcr-sidecar-trust
+  configMap:
+    name: {{ $v.trustBundle.configMap }}
+{{- end }}
+{{- if $v.workloadIdentity.enabled }}
+- name: dcr-sidecar-workload-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ $v.workloadIdentity.audience | quote }}
+          expirationSeconds: {{ int $v.workloadIdentity.expirationSeconds }}
+          path: {{ $v.workloadIdentity.path | quote }}
 {{- end }}
 {{- with $v.extraVolumes }}
 {{ toYaml . }}
