@@ -13,7 +13,8 @@ A protected resource may move to another authorization server: its metadata's
   the named AS is discovered under the same rules as at first contact, and the credentials held
   for the old AS are dropped at once. The next resolution reads or registers under the new
   issuer's record key — a new client, never the old AS's (records are keyed by issuer and
-  upstream, §3.4); the superseded generation of the old AS is never offered there.
+  upstream, §3.4), registered as the upstream's next generation number; the superseded
+  generation of the old AS is never offered there.
 - A background metadata refresh that finds another AS is the same change, reported the same way.
 - Every change is an audit event (``authorization_server_changed``), kept for the admin API
   (``authorization_server_changes``) and counted in the upstream's stats.
@@ -57,6 +58,9 @@ class ResourceWatch:
     fresh: bool = False  # a discovery just read the document: the next start need not ask
     checked_at: float | None = None  # monotonic, the last re-check started
     changes: list[ServerChange] = field(default_factory=list)
+    # After a switch the new AS's first client continues the upstream's generation numbers
+    # (its record, keyed by the new issuer, would start at 1 again).
+    generation_floor: int = 0
     flight: SingleFlight[str, None] = field(default_factory=SingleFlight)  # concurrent starts
 
 
@@ -66,6 +70,7 @@ def discovered(state: UpstreamState, previous: DiscoveryResult | None) -> None:
     current = state.discovery
     if previous is not None and current is not None and \
             previous.metadata.issuer != current.metadata.issuer:
+        _continue_generations(state)
         _record(state, previous.metadata.issuer, current.metadata.issuer, "refresh")
 
 
@@ -121,12 +126,18 @@ async def _recheck(resolver: Resolver, state: UpstreamState) -> None:
     except errors.UpstreamError as exc:
         log.warning("resource_recheck_failed", upstream=config.name, detail=exc.description)
         return
+    _continue_generations(state)
     state.discovery = moved
     state.metadata_expires = time.monotonic() + moved.ttl
     # The old AS's credentials and superseded generation are never offered at the new one.
     state.credentials = state.previous = None
     state.current, state.key, state.previous_until = None, None, 0.0
     _record(state, issuer, moved.metadata.issuer, "recheck")
+
+
+def _continue_generations(state: UpstreamState) -> None:
+    held = state.credentials.generation if state.credentials is not None else 0
+    state.watch.generation_floor = max(state.watch.generation_floor, held)
 
 
 def _record(state: UpstreamState, previous: str, issuer: str, via: str) -> None:

@@ -580,7 +580,8 @@ class Resolver:
         client = registration.client
         now = time.time()
         generation = Generation(
-            generation=record.next_number(), fingerprint=wanted, client_id=client.client_id,
+            generation=max(record.next_number(), state.watch.generation_floor + 1),
+            fingerprint=wanted, client_id=client.client_id,
             client_secret=client.client_secret,
             token_endpoint_auth_method=client.token_endpoint_auth_method,
             client_secret_expires_at=client.client_secret_expires_at,

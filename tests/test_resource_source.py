@@ -300,6 +300,7 @@ async def test_authorization_start_follows_the_resource_to_a_new_authorization_s
         (as1.issuer, as2.issuer, "recheck")]
     assert described["issuer"] == as2.issuer
     assert described["client_id"] == new_id
+    assert described["generation"] == 2  # the upstream's next generation, at the new AS
     assert described["resource"]["authorization_servers"] == [as2.issuer]
     assert [(c["previous_issuer"], c["issuer"], c["via"])
             for c in described["resource"]["authorization_server_changes"]] == [
@@ -432,3 +433,5 @@ async def test_background_refresh_that_finds_another_authorization_server_is_a_c
         (as1.issuer, as2.issuer, "refresh")]
     assert location.startswith(as2.issuer + "/authorize?")
     assert sent_to(parse_qs(urlsplit(location).query)) == as2.clients[0]["client_id"]
+    assert state.credentials is not None
+    assert state.credentials.generation == 2
