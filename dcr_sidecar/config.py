@@ -44,6 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.metadata import unsafe_url_character
 from dcr_sidecar.oauth.redirect_uri import parse_redirect_uri
 from dcr_sidecar.oauth.secret import MASK, Secret
 
@@ -1005,6 +1006,10 @@ class Settings(_Model):
                                                issuer=False)
 
     def _check_url(self, url: str, path: YamlPath, *, issuer: bool) -> Iterator[Problem]:
+        unsafe = unsafe_url_character(url)
+        if unsafe is not None:  # the rule discovered metadata follows (design.md §3.1)
+            yield Problem(path, f"holds the character {unsafe}, which no URL may contain")
+            return
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             yield Problem(path, "must be an absolute https URL")
