@@ -7,9 +7,9 @@
 #   make bench  the benchmark suite (bench/, minutes; never part of `make test`): results in
 #               docs/benchmarks.md. BENCH_ARGS=--quick for a short check of the harness.
 # These targets install the Python and npm dependencies (a venv from pyproject + the lock file,
-# npm ci for the test provider). The machine needs: python3 (>= 3.11) with venv, node (>= 20;
-# the provider suggests 22 LTS, 20 works) and npm; for `make test` also redis-server and chromium
-# (Debian packages; .ci/run installs whatever is missing).
+# npm ci for the test provider). The machine needs: python3 (>= 3.11) with venv, node 22 LTS
+# (20 works; the provider then warns "Unsupported runtime") and npm; for `make test` also
+# redis-server and chromium (Debian packages; .ci/run installs whatever is missing).
 
 PYTHON ?= python3
 VENV ?= .venv

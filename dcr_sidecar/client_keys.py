@@ -255,6 +255,10 @@ class FileAssertion(AssertionSource):
         log.error("client_assertion_reload_failed", upstream=self.upstream, path=self.spec.file,
                   detail=str(exc))
 
+    def expiry(self) -> int:
+        """The `exp` of the assertion in force (after assertion() succeeded)."""
+        return self._watched.get().exp
+
     def assertion(self, now: int) -> str:
         try:
             current = self._watched.get()
@@ -315,6 +319,28 @@ async def registration_key(config: Upstream, metadata: Metadata,
             if key.alg == alg:
                 return key
     return await asyncio.to_thread(generate, alg)
+
+
+def static_key_summary(config: Upstream, now: int) -> tuple[str, str | None]:
+    """What `doctor` shows of a static client's key or assertion file: a line, and the
+    reason it cannot be used now (the 502 a request would get), if any."""
+    if config.client_key is not None:
+        spec = config.client_key
+        try:
+            key = load_key_file(spec.file, kid=spec.kid, alg=spec.alg)
+        except KeyFileError as exc:
+            return "", f"the client key file of {config.name!r} cannot be used: {exc}"
+        return f"client key: {spec.file} ({key.alg}, kid {key.kid})", None
+    if config.client_assertion is not None:
+        source = FileAssertion(config.client_assertion, config.name)
+        try:
+            source.assertion(now)
+        except errors.CredentialUnavailable as exc:
+            return "", exc.description
+        exp = source.expiry()
+        return (f"client assertion: {config.client_assertion.file}, expires "
+                f"{_utc(exp)} (in {exp - now} s; re-read whenever the file changes)"), None
+    return "", None
 
 
 def _audience(config: Upstream, metadata: Metadata) -> str:

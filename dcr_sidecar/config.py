@@ -44,6 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth import ProtocolError
+from dcr_sidecar.oauth.metadata import unsafe_url_character
 from dcr_sidecar.oauth.redirect_uri import parse_redirect_uri
 from dcr_sidecar.oauth.secret import MASK, Secret
 
@@ -462,6 +463,20 @@ def _split_no_proxy(text: str) -> list[str]:
     return [entry.strip() for entry in text.split(",") if entry.strip()]
 
 
+def _no_proxy_entry(entry: Any) -> Any:
+    """The forms NO_PROXY lists carry, reduced to the ones :meth:`Egress.bypasses` knows:
+    ``*.corp.example`` is ``.corp.example``; ``host:port`` is ``host`` (every port)."""
+    if not isinstance(entry, str):
+        return entry
+    entry = entry.strip()
+    if entry.startswith("*.") and len(entry) > 2:
+        entry = entry[1:]
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        entry = host
+    return entry
+
+
 class Egress(_Model):
     """An HTTP CONNECT proxy for outbound OAuth traffic (design.md §3.8): https is tunnelled
     end to end to the address the sidecar resolved and checked itself."""
@@ -470,6 +485,11 @@ class Egress(_Model):
     no_proxy: list[str] = Field(default_factory=list)
     proxy_auth: ProxyAuth | None = None
     from_environment: bool = False
+
+    @field_validator("no_proxy", mode="before")
+    @classmethod
+    def _no_proxy(cls, value: Any) -> Any:
+        return [_no_proxy_entry(e) for e in value] if isinstance(value, list) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -986,6 +1006,10 @@ class Settings(_Model):
                                                issuer=False)
 
     def _check_url(self, url: str, path: YamlPath, *, issuer: bool) -> Iterator[Problem]:
+        unsafe = unsafe_url_character(url)
+        if unsafe is not None:  # the rule discovered metadata follows (design.md §3.1)
+            yield Problem(path, f"holds the character {unsafe}, which no URL may contain")
+            return
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             yield Problem(path, "must be an absolute https URL")

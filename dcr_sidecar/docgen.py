@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from dcr_sidecar.config import Settings
+from dcr_sidecar.config import EnvSecret, FileSecret, Settings
 from dcr_sidecar.oauth.secret import Secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +98,28 @@ DESCRIPTIONS: dict[str, str] = {
         'CIDRs exempt from the private-address block, for configured authorities (scheme, '
         'host, port) only ([SECURITY.md](docs/SECURITY.md))'
     ),
+    'security.tls': (
+        'trust anchors for every outbound OAuth connection; TLS is always verified, host name '
+        'included'
+    ),
+    'security.tls.ca_file': 'extra PEM anchors (a private CA), re-read when the file changes',
+    'security.tls.ca_dir': 'every PEM file of a directory (a trust bundle), re-read on change',
+    'security.tls.system': 'also trust the system store; false: only ca_file / ca_dir',
+    'egress': (
+        'an HTTP CONNECT proxy for outbound OAuth traffic (docs/deployment.md, "Inside a '
+        'corporate network")'
+    ),
+    'egress.proxy': (
+        '`http://HOST:PORT`: https is tunnelled end to end to the address the sidecar resolved '
+        'and checked itself; plain http never crosses it'
+    ),
+    'egress.no_proxy': 'hosts reached directly: a name, `.domain`, an IP, a CIDR or `*`',
+    'egress.proxy_auth': 'Basic credentials for the proxy, sent on the CONNECT request only',
+    'egress.proxy_auth.username': 'the proxy user name',
+    'egress.proxy_auth.password': 'the proxy password',
+    'egress.from_environment': (
+        'take proxy, no_proxy and proxy_auth from `HTTPS_PROXY` / `NO_PROXY` (either case)'
+    ),
     'security.allow_private_networks_server_supplied': (
         'CIDRs exempt for server-supplied authorities too: an AS that a `resource` names on '
         'an internal network (cloud metadata addresses stay blocked)'
@@ -150,15 +172,20 @@ DESCRIPTIONS: dict[str, str] = {
         'served'
     ),
     'upstreams[].client_assertion': (
-        'static `private_key_jwt`: `{file, kid, alg}` (PEM or JWK) or `{file}` (a ready-made '
-        'JWT); re-read on change'
+        'static `private_key_jwt` with a ready-made JWT (a projected service-account token for '
+        'workload identity), sent with `client_id`; re-read when the file changes, never sent '
+        'past its `exp`'
     ),
+    'upstreams[].client_assertion.file': 'the file holding the JWT',
     'upstreams[].client_id': "a static client's id (static clients only)",
     'upstreams[].client_id_file': 'file rewritten atomically (0644) with the current client_id',
     'upstreams[].client_key': (
-        'static `private_key_jwt`: `{file, kid, alg}` (PEM or JWK) or `{file}` (a ready-made '
-        'JWT); re-read on change'
+        "static `private_key_jwt`: the client's private key (EC P-256 or RSA), signing a fresh "
+        'assertion per request; re-read when the file changes'
     ),
+    'upstreams[].client_key.file': 'PEM (PKCS#8, SEC1, PKCS#1) or a private JWK',
+    'upstreams[].client_key.kid': "default: the JWK's, else its RFC 7638 thumbprint",
+    'upstreams[].client_key.alg': "default: the JWK's, else ES256 (EC P-256) or RS256 (RSA)",
     'upstreams[].client_metadata': (
         'other RFC 7591 fields (`client_name`, `contacts`, …); keys the sidecar derives are '
         'rejected'
@@ -227,6 +254,47 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     'version': 'must be `1`',
 }
+
+# Corrections and keys the harvest above could not describe in one line.
+DESCRIPTIONS.update({
+    'store.path': (
+        'file: the JSON file (mode 0600, atomic replace, an exclusive lock per key held '
+        'across each resolution)'
+    ),
+    'store.url': (
+        'redis: `redis://[[user]:pass@]host:port/db`, `rediss://` for TLS, or '
+        '`redis+sentinel://[:pass@]host:port[,host:port...]/service[/db]`'
+    ),
+    'store.key_prefix': (
+        'redis: keys are `{prefix}:{<upstream>:<issuer hash>}:record` and `...:lease`'
+    ),
+    'store.encryption_keys': (
+        'Fernet keys, newest first: secrets in stored records are encrypted with the first; a'
+        ' wrong key set is a startup error (exit 1)'
+    ),
+    'store.lease': 'redis: the per-key lease replicas take before registering',
+    'store.ephemeral': (
+        "storage that dies with the pod (emptyDir): delete this process's clients on a clean "
+        'shutdown; memory implies it'
+    ),
+    'security': 'outbound address and transport policy ([SECURITY.md](SECURITY.md))',
+    'upstreams[].registration': (
+        '`auto` (static when `client_id` is set, else CIMD when the AS supports it and '
+        '`public_base_url` is https, else DCR), `static`, `dcr`, `cimd`'
+    ),
+    'upstreams[].client_key': (
+        'static `private_key_jwt`: the key, `{file, kid, alg}` (PEM or JWK); re-read on '
+        'change'
+    ),
+    'upstreams[].client_assertion': (
+        'static `private_key_jwt`: a ready-made JWT, `{file}` (e.g. a projected service-'
+        'account token); re-read on change'
+    ),
+    'upstreams[].callback': (
+        '`app`: the AS redirects to the app; `sidecar`: through `/{name}/callback` '
+        '([clients.md](clients.md#callback-mediation-callback-sidecar))'
+    ),
+})
 
 HEADER = f"""\
 # Configuration reference
@@ -299,7 +367,7 @@ def type_text(annotation: Any) -> str:
 def _one_type(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:  # constraints live in the field's metadata; the base type speaks
-        return _one_type(get_args(annotation)[0])
+        return type_text(get_args(annotation)[0])
     if origin is Literal:
         return " \\| ".join(f"`{v}`" for v in get_args(annotation))
     if origin is list:
@@ -307,8 +375,9 @@ def _one_type(annotation: Any) -> str:
     if origin is dict:
         return "mapping"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "secret" if {"env", "file"} & set(annotation.model_fields) else "mapping"
-    return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        return "secret" if annotation in (EnvSecret, FileSecret) else "mapping"
+    name = _NAMES.get(annotation, getattr(annotation, "__name__", None))
+    return name if isinstance(name, str) else str(annotation).replace("|", "or")
 
 
 def default_text(field: FieldInfo) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dcr_sidecar import errors, migration
+from dcr_sidecar.client_keys import static_key_summary
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, ResourceFetch
 from dcr_sidecar.net import Outbound
@@ -101,6 +102,12 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
             return EXIT_FAILURE
     else:
         report["auth_method"] = {"method": upstream.static_auth_method, "why": "static client"}
+        line, problem = static_key_summary(upstream, int(time.time()))
+        if line:
+            report["client_key"] = line
+        if problem is not None:
+            report["error"] = {"step": "forward", "error": "server_error", "detail": problem}
+            return EXIT_FAILURE
     if register:
         return await _register(settings, name, report)
     return EXIT_OK
@@ -260,6 +267,8 @@ def _render(report: dict[str, Any], out: Callable[[str], object]) -> None:
             out(f"CIMD {what}: {report['cimd'][what + '_url']}: {verdict}{detail}")
     if "auth_method" in report:
         out(f"auth method: {report['auth_method']['method']} — {report['auth_method']['why']}")
+    if "client_key" in report:
+        out(report["client_key"])
     if "client" in report:
         client = report["client"]
         out(f"client ({client['mechanism']}): {client['client_id']} "

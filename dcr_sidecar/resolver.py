@@ -377,27 +377,9 @@ class Resolver:
     async def _store_errors(self, state: UpstreamState,
                             step: errors.Step) -> AsyncIterator[None]:
         state.step = step
-        try:
+        with store_errors.map_store_errors(step, upstream=state.config.name,
+                                           count=self.metrics.store_error):
             yield
-        except errors.SidecarError:
-            raise
-        except store_errors.LeaseLost as exc:
-            raise errors.LeaseLost(str(exc), step="lease", upstream=state.config.name,
-                                   retry_after=1) from exc
-        except store_errors.LeaseTimeout as exc:
-            # The holder is busy, not failing: retry soon.
-            raise errors.StoreUnavailable(str(exc), step="lease", upstream=state.config.name,
-                                          retry_after=1) from exc
-        except store_errors.StoreError as exc:
-            self.metrics.store_error(step)
-            raise errors.StoreUnavailable(f"the credential store failed ({step}): {exc}",
-                                          step=step, upstream=state.config.name,
-                                          retry_after=5) from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.metrics.store_error(step)
-            raise errors.StoreUnavailable(
-                f"the credential store failed ({step}): {type(exc).__name__}: {exc}",
-                step=step, upstream=state.config.name, retry_after=5) from exc
 
     async def _read(self, state: UpstreamState, key: RecordKey) -> Record:
         async with self._store_errors(state, "store_read"):

@@ -266,9 +266,9 @@ async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
 async def test_public_cimd_client_needs_s256(
         oidc: ProviderFactory, sidecar: SidecarFactory, local_ca: LocalCa,
         leak_guard: LeakGuard) -> None:
-    """`cimd.auth_method: none`: an authorization request without S256 PKCE is refused before
-    it reaches the AS; with it, an unmodified login completes as a public client (no
-    assertion, no secret)."""
+    """`cimd.auth_method: none`: an authorization request without S256 PKCE (at /authorize or
+    /par) is refused before it reaches the AS; with it, an unmodified login completes as a
+    public client (no assertion, no secret)."""
     provider = await cimd_provider(oidc, local_ca)
     app = await cimd_sidecar(sidecar, local_ca, provider.issuer, cimd={"auth_method": "none"},
                              grant_types=["authorization_code", "refresh_token"])
@@ -279,6 +279,12 @@ async def test_public_cimd_client_needs_s256(
                            "scope": "openid", "state": "s"}, allow_redirects=False) as resp:
         assert resp.status == 400
         assert "S256" in (await resp.json())["error_description"]
+    status, body = await post_form(f"{app.listen.url}/acme/par", {
+        "response_type": "code", "redirect_uri": REDIRECT_URI, "scope": "openid",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "plain"})
+    assert status == 400
+    assert "S256" in body["error_description"]
     url = app.settings.cimd_document_url(app.settings.upstreams[0])
     metadata, token = await authlib_login(
         local_ca, f"{app.listen.url}/acme/.well-known/openid-configuration", url, "openid")

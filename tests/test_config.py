@@ -613,3 +613,23 @@ def test_cli_version(tmp_path: Path) -> None:
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize(("escape", "code"), [("\\x1b", "U+001B"), ("\\v", "U+000B"),
+                                              ("\\x7f", "U+007F"), ("\\0", "U+0000")])
+@pytest.mark.parametrize("key", ["issuer", "endpoints.authorization_endpoint"])
+def test_a_configured_url_with_a_control_character_is_refused(
+        escape: str, code: str, key: str) -> None:
+    """The operator's URLs follow the rule discovered metadata follows (review finding 8): a
+    control character is a config error naming the YAML path and the character."""
+    issuer = f"https://login.acme.test/a{escape}b" if key == "issuer" \
+        else "https://login.acme.test"
+    endpoint = f"https://login.acme.test/auth{escape}orize" if key != "issuer" \
+        else "https://login.acme.test/authorize"
+    message = config_error(
+        "version: 1\nupstreams:\n  - name: acme\n"
+        f'    issuer: "{issuer}"\n    client_id: static-client\n'
+        "    redirect_uris: [https://app.test/callback]\n"
+        "    endpoints: {token_endpoint: https://login.acme.test/token,\n"
+        f'                authorization_endpoint: "{endpoint}"}}\n')
+    assert_names(message, f"upstreams[0].{key}", code)

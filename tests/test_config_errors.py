@@ -202,3 +202,13 @@ def test_the_machinery_works_for_any_model_field() -> None:
         (("knobs", 1, "speed"), "too fast going down", "slow down"),
         (("knobs", 2, "speed"), "Input should be greater than or equal to 1", "use a larger value"),
     }
+
+
+def test_a_missing_required_key_says_so_with_a_hint() -> None:
+    line = one(errors_of("""\
+version: 1
+upstreams:
+  - issuer: https://as.example
+    redirect_uris: [https://app.example/cb]
+"""), "upstreams[0].name")
+    assert "required key is missing (got null) — this key is required here; add it" in line

@@ -252,6 +252,42 @@ async def test_an_expired_client_assertion_is_a_clear_502_and_never_sent(
     assert await token_requests(provider) == []
 
 
+async def test_doctor_shows_the_key_and_the_assertion_s_expiry_and_fails_when_expired(
+        setup: tuple[OidcProvider, Keys, WorkloadIssuer], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], leak_guard: LeakGuard) -> None:
+    """`doctor`: the key file's alg and kid; the assertion file's expiry; an expired assertion
+    fails (exit 1) with the same sentence as the 502."""
+    from dcr_sidecar.doctor import run_doctor
+    from tests.conftest import sidecar_config
+
+    provider, keys, issuer = setup
+    settings = parse_settings(yaml.safe_dump(sidecar_config(
+        tmp_path, key_upstream(provider.issuer, keys.path))), "t.yaml")
+    assert await run_doctor(settings, "acme", register=False, as_json=False) == 0
+    assert f"client key: {keys.path} (ES256, kid {keys.first_key.kid})" in \
+        capsys.readouterr().out
+
+    path = tmp_path / "token"
+    fresh = issuer.token(provider.issuer)
+    path.write_text(fresh)
+    leak_guard.add(fresh)
+    settings = parse_settings(yaml.safe_dump(sidecar_config(
+        tmp_path, assertion_upstream(provider.issuer, path))), "t.yaml")
+    assert await run_doctor(settings, "wif", register=False, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert f"client assertion: {path}, expires " in out
+    assert fresh not in out
+
+    stale = issuer.token(provider.issuer, now=int(time.time()) - 600, lifetime=300)
+    leak_guard.add(stale)
+    replace(path, stale.encode())
+    assert await run_doctor(settings, "wif", register=False, as_json=False) == 1
+    out = capsys.readouterr().out
+    assert (f"FAILED at forward: server_error: the client assertion of 'wif' in {str(path)!r} "
+            "(client_assertion.file) expired at ") in out
+    assert stale not in out
+
+
 def test_key_files_pem_and_jwk_get_kid_and_alg(tmp_path: Path) -> None:
     """PEM: kid is the RFC 7638 thumbprint, EC -> ES256; JWK: its own kid, RSA -> RS256; the
     config's kid and alg win; a key type that cannot sign the alg is refused."""

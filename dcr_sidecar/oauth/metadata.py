@@ -45,6 +45,12 @@ _UNSAFE_IN_URL = re.compile(
     r"\u3000\ufeff]")
 
 
+def unsafe_url_character(url: str) -> str | None:
+    """``U+XXXX`` naming the first character no URL may hold (see _UNSAFE_IN_URL), or None."""
+    found = _UNSAFE_IN_URL.search(url)
+    return None if found is None else f"U+{ord(found.group(0)):04X}"
+
+
 class IssuerMismatch(ProtocolError):
     def __init__(self, expected: str, received: object) -> None:
         super().__init__(
@@ -121,10 +127,10 @@ def validate_metadata(document: object, expected_issuer: str,
         raise IssuerMismatch(expected_issuer, received)
     for member in URL_MEMBERS:
         value = document.get(member)
-        unsafe = _UNSAFE_IN_URL.search(value) if isinstance(value, str) else None
+        unsafe = unsafe_url_character(value) if isinstance(value, str) else None
         if unsafe is not None:
-            raise ProtocolError(f"metadata member {member} holds the character "
-                                f"U+{ord(unsafe.group(0)):04X}, which no URL may contain")
+            raise ProtocolError(f"metadata member {member} holds the character {unsafe}, "
+                                "which no URL may contain")
         if value is not None and not (isinstance(value, str) and _absolute_http_url(value)):
             raise ProtocolError(
                 f"metadata member {member} is not an absolute http(s) URL: {clean_text(value)!r}"

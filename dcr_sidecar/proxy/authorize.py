@@ -14,7 +14,7 @@ from dcr_sidecar.oauth.callback import check_lengths, is_par_reference
 from dcr_sidecar.oauth.resource import with_default_scope
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
 from dcr_sidecar.proxy.forms import parse_query, single
-from dcr_sidecar.proxy.mediation import claim_pushed, mediate
+from dcr_sidecar.proxy.mediation import claim_pushed, mediate, require_s256_for_public_cimd
 from dcr_sidecar.proxy.metadata import advertises_iss
 from dcr_sidecar.proxy.redirects import allowed_redirect_uri, redirect, with_query
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -64,17 +64,9 @@ async def _prepared(runtime: Runtime, upstream: Upstream, creds: Credentials,
                     pairs: Pairs, client: str) -> Pairs:
     if upstream.callback == "sidecar":
         pairs, _ = await mediate(runtime, upstream, creds, pairs, client)
-    if creds.mechanism == "cimd" and creds.method == "none" and not _has_s256(pairs):
-        raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
-                                "S256 (design.md §3.11); send it, or use callback: sidecar "
-                                "with pkce: sidecar")
+    require_s256_for_public_cimd(creds, pairs)
     pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
     return with_default_resource(pairs, runtime.default_resource(upstream))
-
-
-def _has_s256(pairs: Pairs) -> bool:
-    return single(pairs, "code_challenge") is not None and \
-        single(pairs, "code_challenge_method") == "S256"
 
 
 def _unavailable_redirect(runtime: Runtime, upstream: Upstream, redirect_uri: str,

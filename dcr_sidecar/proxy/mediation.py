@@ -129,3 +129,15 @@ async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Cr
                 auth=client_credentials(gen, upstream, creds.metadata))
     structlog.contextvars.bind_contextvars(flow_generation_gone=number)
     return creds
+
+
+def require_s256_for_public_cimd(creds: Credentials, pairs: Pairs) -> None:
+    """design.md §3.11: a public CIMD client's authorization request (at /authorize or /par,
+    after mediation may have added the sidecar's own PKCE) carries S256 PKCE, else 400."""
+    if creds.mechanism != "cimd" or creds.method != "none":
+        return
+    if single(pairs, "code_challenge") is None or \
+            single(pairs, "code_challenge_method") != "S256":
+        raise errors.BadRequest("a public CIMD client needs PKCE with code_challenge_method "
+                                "S256 (design.md §3.11); send it, or use callback: sidecar "
+                                "with pkce: sidecar")

@@ -28,7 +28,12 @@ from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.boundary import REQUEST_ID, REQUEST_ID_KEY
 from dcr_sidecar.proxy.forms import parse_form, read_body
 from dcr_sidecar.proxy.inbound import check as check_inbound
-from dcr_sidecar.proxy.mediation import mediate, remember_pushed, restore_code_exchange
+from dcr_sidecar.proxy.mediation import (
+    mediate,
+    remember_pushed,
+    require_s256_for_public_cimd,
+    restore_code_exchange,
+)
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Credentials
 
@@ -101,6 +106,7 @@ async def adjusted(route: str, runtime: Runtime, upstream: Upstream, creds: Cred
     elif upstream.callback == "sidecar" and route == "token":
         pairs, creds = await restore_code_exchange(runtime, upstream, creds, pairs)
     if route == "par":
+        require_s256_for_public_cimd(creds, pairs)
         pairs = with_default_scope(pairs, runtime.resource_scopes(upstream))
     if route in RESOURCE_ROUTES:
         pairs = with_default_resource(pairs, runtime.default_resource(upstream))
