@@ -213,14 +213,8 @@ class CimdKeys:
 
     @contextlib.asynccontextmanager
     async def _errors(self, name: str, step: errors.Step) -> AsyncIterator[None]:
-        try:
+        with store_errors.map_store_errors(step, upstream=name, about=" for the CIMD keys"):
             yield
-        except errors.SidecarError:
-            raise
-        except (store_errors.StoreError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise errors.StoreUnavailable(
-                f"the credential store failed ({step}) for the CIMD keys: "
-                f"{type(exc).__name__}", step=step, upstream=name, retry_after=5) from exc
 
 
 def _generation(number: int, private_jwk: Secret, kid: str, now: float, *,

@@ -29,6 +29,9 @@
             ├── CertificateRejected    the AS's TLS certificate failed verification
             └── CredentialUnavailable  the client's key or ready-made assertion cannot be used
 
+Store failures become ``StoreUnavailable`` in one place, the table in
+:mod:`dcr_sidecar.store.errors` (``map_store_errors``); store backends raise nothing else.
+
 ``ConfigError`` is separate: it never reaches HTTP, it stops start-up (exit 2).
 
 Descriptions are written for the app's developer and never carry a secret or a raw AS body;

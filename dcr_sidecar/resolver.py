@@ -377,27 +377,9 @@ class Resolver:
     async def _store_errors(self, state: UpstreamState,
                             step: errors.Step) -> AsyncIterator[None]:
         state.step = step
-        try:
+        with store_errors.map_store_errors(step, upstream=state.config.name,
+                                           count=self.metrics.store_error):
             yield
-        except errors.SidecarError:
-            raise
-        except store_errors.LeaseLost as exc:
-            raise errors.LeaseLost(str(exc), step="lease", upstream=state.config.name,
-                                   retry_after=1) from exc
-        except store_errors.LeaseTimeout as exc:
-            # The holder is busy, not failing: retry soon.
-            raise errors.StoreUnavailable(str(exc), step="lease", upstream=state.config.name,
-                                          retry_after=1) from exc
-        except store_errors.StoreError as exc:
-            self.metrics.store_error(step)
-            raise errors.StoreUnavailable(f"the credential store failed ({step}): {exc}",
-                                          step=step, upstream=state.config.name,
-                                          retry_after=5) from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.metrics.store_error(step)
-            raise errors.StoreUnavailable(
-                f"the credential store failed ({step}): {type(exc).__name__}: {exc}",
-                step=step, upstream=state.config.name, retry_after=5) from exc
 
     async def _read(self, state: UpstreamState, key: RecordKey) -> Record:
         async with self._store_errors(state, "store_read"):
@@ -429,12 +411,12 @@ class Resolver:
             return state.discovery.metadata
         previous, state.discovery = state.discovery, result
         state.metadata_expires = time.monotonic() + result.ttl
-        migration.discovered(state, previous)
+        migration.discovered(state, previous)  # may keep `previous` (a static client's AS)
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")
         self.metrics.discovery(state.config.name, "success")
-        return result.metadata
+        return state.discovery.metadata
 
     async def _fresh_metadata(self, state: UpstreamState) -> Metadata:
         if state.discovery is None or time.monotonic() >= state.metadata_expires:

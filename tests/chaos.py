@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.records import Record, RecordKey
@@ -94,6 +96,7 @@ class Chaos:
         self.down: set[str] = set()  # replicas killed right now
         self.seen = Observed()
         self.stop = asyncio.Event()
+        self.store: RedisStore | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -115,6 +118,8 @@ class Chaos:
         await asyncio.gather(*(r.start() for r in self.replicas))
 
     async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
         await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
         await self.provider.stop()
         await self.group.stop()
@@ -178,15 +183,13 @@ class Chaos:
                 await asyncio.wait_for(self.stop.wait(), 1.0)
 
     async def records(self) -> dict[str, Record]:
-        store = RedisStore(Secret(self.group.url()), lease_wait=2)
+        if self.store is None:  # one client for the whole run, following failovers
+            self.store = RedisStore(Secret(self.group.url()), lease_wait=2)
         found = {}
-        try:
-            for upstream in UPSTREAMS:
-                record = await store.get(RecordKey(self.provider.issuer, upstream))
-                if record is not None:
-                    found[upstream] = record
-        finally:
-            await store.close()
+        for upstream in UPSTREAMS:
+            record = await self.store.get(RecordKey(self.provider.issuer, upstream))
+            if record is not None:
+                found[upstream] = record
         return found
 
     async def collect_secrets(self) -> None:
@@ -348,6 +351,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=MAX_DURATION,
                         help=f"seconds of load and faults (at most {MAX_DURATION:g})")
     args = parser.parse_args()
+    # The harness's own store client logs each wait for a master: only warnings here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="dcr-chaos-") as tmp:
         invariants, chaos = asyncio.run(soak(Path(tmp), args.duration))
         print(table(invariants, chaos.seen.faults, chaos.duration))

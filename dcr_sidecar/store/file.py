@@ -30,14 +30,14 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from dcr_sidecar.files import write_atomic
-from dcr_sidecar.store.errors import StoreCorrupt, StoreUnsafe
+from dcr_sidecar.store.errors import StoreCorrupt, StoreUnreachable, StoreUnsafe
 from dcr_sidecar.store.records import (
     PLAIN,
     PLAIN_SCHEMA,
@@ -159,16 +159,19 @@ class FileStore:
         return None
 
     async def get(self, key: RecordKey) -> Record | None:
-        return await asyncio.to_thread(self._get_sync, key)
+        with self._os_errors("reading"):
+            return await asyncio.to_thread(self._get_sync, key)
 
     async def put(self, record: Record) -> None:
-        await asyncio.to_thread(self._put_sync, record)
+        with self._os_errors("writing"):
+            await asyncio.to_thread(self._put_sync, record)
 
     @contextlib.asynccontextmanager
     async def lock(self, key: RecordKey) -> AsyncIterator[None]:
         lock_path = self._lock_path(hashlib.sha256(str(key).encode()).hexdigest()[:16])
         async with self._locks.setdefault(key, asyncio.Lock()):
-            fd = await asyncio.to_thread(_acquire, lock_path)
+            with self._os_errors("locking"):
+                fd = await asyncio.to_thread(_acquire, lock_path)
             try:
                 yield
             finally:
@@ -176,6 +179,16 @@ class FileStore:
 
     async def close(self) -> None:
         return None
+
+    @contextlib.contextmanager
+    def _os_errors(self, doing: str) -> Iterator[None]:
+        """The store raises only store errors (store/errors.py): a file system failure is
+        :class:`StoreUnreachable`, naming the file."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreUnreachable(f"{self.path} failed ({doing}): {type(exc).__name__}: "
+                                   f"{exc.strerror or exc}") from exc
 
 
 def _with_schema(doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ Invariants:
   budget). Nothing already stored gives way, so an unauthenticated flood of /authorize cannot
   grow the process without bound nor push a login in progress out (issue: /authorize flood).
   With a shared store a record another replica took stays counted here until its TTL ends.
+- a backend's store errors leave :class:`BoundedFlowStore` as 503s (store/errors.py's map).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Protocol
 
 from dcr_sidecar import errors
 from dcr_sidecar.oauth.callback import FlowRecord
+from dcr_sidecar.store import errors as store_errors
 
 FLOW_TTL = 600.0
 MAX_ENTRIES = 100_000
@@ -113,14 +115,16 @@ class BoundedFlowStore:
             raise errors.TooManyFlowsFromClient(
                 f"more than {self.per_client} authorization requests from this address are in "
                 "progress; try again later", retry_after=self._retry_after(now))
-        await self.inner.put(key, record)
+        with store_errors.map_store_errors("store_write"):
+            await self.inner.put(key, record)
         self._admitted[key] = (now + self.ttl, record.client, cost)
         self._by_client[record.client] += 1
         self.bytes += cost
 
     async def take(self, key: str) -> FlowRecord | None:
         try:
-            return await self.inner.take(key)
+            with store_errors.map_store_errors("store_read"):
+                return await self.inner.take(key)
         finally:
             self._release(key)
 

@@ -73,7 +73,6 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dcr_sidecar import errors
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.observability import remember_secret, scrub
@@ -611,27 +610,24 @@ def _dumps(data: dict[str, Any]) -> str:
 class RedisFlowStore:
     """The callback-mediation :class:`~dcr_sidecar.store.flows.FlowStore` on Redis, so a login
     started on one replica can finish on another (design.md §3.4: the records live in Redis with
-    the redis store). Store failures become typed 503s."""
+    the redis store). It raises only store errors; BoundedFlowStore maps them to 503s."""
 
     def __init__(self, records: RedisFlowRecords, ttl: float = FLOW_TTL) -> None:
         self.records = records
         self.ttl = ttl
 
     async def put(self, key: str, record: FlowRecord) -> None:
-        try:
-            await self.records.set(key, json.dumps(dataclasses.asdict(record)), self.ttl)
-        except StoreError as exc:
-            raise errors.StoreUnavailable(str(exc), step="store_write", retry_after=5) from exc
+        await self.records.set(key, json.dumps(dataclasses.asdict(record)), self.ttl)
 
     async def take(self, key: str) -> FlowRecord | None:
-        try:
-            raw = await self.records.pop(key)
-        except StoreError as exc:
-            raise errors.StoreUnavailable(str(exc), step="store_read", retry_after=5) from exc
+        raw = await self.records.pop(key)
         if raw is None:
             return None
-        data = json.loads(raw)
-        # A record written before records were bound carries no binding: refused as foreign.
-        data.setdefault("upstream", "")
-        data.setdefault("issuer", "")
-        return FlowRecord(**data)
+        try:
+            data = json.loads(raw)
+            # A record written before records were bound carries no binding: refused as foreign.
+            data.setdefault("upstream", "")
+            data.setdefault("issuer", "")
+            return FlowRecord(**data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreCorrupt(f"a flow record is malformed ({type(exc).__name__})") from None
