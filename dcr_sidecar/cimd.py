@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -137,7 +138,7 @@ class CimdKeys:
         await self.record(name)
 
         async def work(record: Record) -> Record:
-            now = _whole_seconds()
+            now = time.time()
             keys = schedule(record)
             if cimd.rotating(keys, now):
                 until = cimd.next_change(keys, now)
@@ -145,14 +146,18 @@ class CimdKeys:
                                       f"{until and round(until)}); rotate again after it ends")
             current = cimd.signing_key(keys, now)
             new = await asyncio.to_thread(generate, cimd.CIMD_ALG)
-            kept = tuple(replace(g, retires_at=now + 2 * overlap)
+            # Whole seconds, rounded so that each phase lasts at least `overlap`: assertions
+            # pick their key by a whole-second time (see _whole_seconds).
+            switch = float(math.ceil(now + overlap))
+            retire = switch + math.ceil(overlap)
+            kept = tuple(replace(g, retires_at=retire)
                          if current is not None and g.generation == current.number else g
                          for g in record.generations)
-            gen = _generation(record.next_number(), new.private_jwk, new.kid, now,
-                              signs_from=now + overlap)
+            gen = _generation(record.next_number(), new.private_jwk, new.kid,
+                              _whole_seconds(), signs_from=switch)
             audit.info("cimd_key_rotation_started", upstream=name, new_kid=new.kid,
-                       old_kid=current.kid if current else None, signs_from=round(now + overlap),
-                       old_retires_at=round(now + 2 * overlap))
+                       old_kid=current.kid if current else None, signs_from=round(switch),
+                       old_retires_at=round(retire))
             return replace(record, generations=(*kept, gen))
 
         async with self._locks.setdefault(name, asyncio.Lock()):

@@ -635,7 +635,7 @@ class Cimd(_Model):
 
     auth_method: Literal["private_key_jwt", "none"] = "private_key_jwt"
     max_age: Annotated[int, Field(ge=0, le=86400)] = 300
-    key_overlap: Annotated[float, Field(gt=0)] | None = None
+    key_overlap: Annotated[float, Field(ge=1)] | None = None  # whole-second schedule
     key_rotation: Annotated[float, Field(gt=0)] | None = None
     document_url: str | None = None
     jwks_url: str | None = None
@@ -654,7 +654,7 @@ class Cimd(_Model):
     @property
     def overlap(self) -> float:
         """How long a new key is published before it signs, and an old one after it stops."""
-        return self.key_overlap if self.key_overlap is not None else 2.0 * self.max_age
+        return self.key_overlap if self.key_overlap is not None else max(1.0, 2.0 * self.max_age)
 
     def _problems(self) -> Iterator[Problem]:
         if self.key_rotation is not None and self.key_rotation <= 2 * self.overlap:
