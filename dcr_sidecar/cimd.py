@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -131,34 +132,46 @@ class CimdKeys:
                 record = await self._change(name, self._ensure_key)
             return record
 
-    async def rotate(self, name: str, overlap: float) -> Record:
+    async def rotate(self, name: str, overlap: float, *,
+                     if_older_than: float | None = None) -> Record:
         """Schedule a rotation now: publish a new key, sign with it after `overlap`, drop the
-        old one after another `overlap`. A rotation under way is a Conflict."""
+        old one after another `overlap`. A rotation under way is a Conflict. With
+        `if_older_than`, rotate only if the newest key is that old on the fresh read under the
+        lock (another replica may have rotated meanwhile)."""
         await self.record(name)
 
         async def work(record: Record) -> Record:
-            now = _whole_seconds()
+            now = time.time()
             keys = schedule(record)
+            newest = max((k.published_at for k in keys), default=now)
+            if if_older_than is not None and now - newest < if_older_than:
+                return record
             if cimd.rotating(keys, now):
                 until = cimd.next_change(keys, now)
                 raise errors.Conflict(f"a key rotation of {name!r} is under way (next step at "
                                       f"{until and round(until)}); rotate again after it ends")
             current = cimd.signing_key(keys, now)
             new = await asyncio.to_thread(generate, cimd.CIMD_ALG)
-            kept = tuple(replace(g, retires_at=now + 2 * overlap)
+            # Whole seconds, rounded so that each phase lasts at least `overlap`: assertions
+            # pick their key by a whole-second time (see _whole_seconds).
+            switch = float(math.ceil(now + overlap))
+            retire = switch + math.ceil(overlap)
+            kept = tuple(replace(g, retires_at=retire)
                          if current is not None and g.generation == current.number else g
                          for g in record.generations)
-            gen = _generation(record.next_number(), new.private_jwk, new.kid, now,
-                              signs_from=now + overlap)
+            gen = _generation(record.next_number(), new.private_jwk, new.kid,
+                              _whole_seconds(), signs_from=switch)
             audit.info("cimd_key_rotation_started", upstream=name, new_kid=new.kid,
-                       old_kid=current.kid if current else None, signs_from=round(now + overlap),
-                       old_retires_at=round(now + 2 * overlap))
+                       old_kid=current.kid if current else None, signs_from=round(switch),
+                       old_retires_at=round(retire))
             return replace(record, generations=(*kept, gen))
 
         async with self._locks.setdefault(name, asyncio.Lock()):
             return await self._change(name, work)
 
     async def rotate_if_due(self, name: str, every: float, overlap: float) -> bool:
+        """`cimd.key_rotation`: rotate when the newest key is `every` seconds old; True when
+        the key set changed."""
         record = await self.record(name)
         keys = schedule(record)
         now = time.time()
@@ -166,8 +179,8 @@ class CimdKeys:
         if cimd.rotating(keys, now) or now - newest < every:
             return False
         with contextlib.suppress(errors.Conflict):  # another replica started it meanwhile
-            await self.rotate(name, overlap)
-            return True
+            after = await self.rotate(name, overlap, if_older_than=every)
+            return after.high_water != record.high_water  # the key set changed: re-adopt it
         return False
 
     def _usable(self, record: Record) -> bool:

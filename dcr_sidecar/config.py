@@ -463,6 +463,20 @@ def _split_no_proxy(text: str) -> list[str]:
     return [entry.strip() for entry in text.split(",") if entry.strip()]
 
 
+def _no_proxy_entry(entry: Any) -> Any:
+    """The forms NO_PROXY lists carry, reduced to the ones :meth:`Egress.bypasses` knows:
+    ``*.corp.example`` is ``.corp.example``; ``host:port`` is ``host`` (every port)."""
+    if not isinstance(entry, str):
+        return entry
+    entry = entry.strip()
+    if entry.startswith("*.") and len(entry) > 2:
+        entry = entry[1:]
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        entry = host
+    return entry
+
+
 class Egress(_Model):
     """An HTTP CONNECT proxy for outbound OAuth traffic (design.md §3.8): https is tunnelled
     end to end to the address the sidecar resolved and checked itself."""
@@ -471,6 +485,11 @@ class Egress(_Model):
     no_proxy: list[str] = Field(default_factory=list)
     proxy_auth: ProxyAuth | None = None
     from_environment: bool = False
+
+    @field_validator("no_proxy", mode="before")
+    @classmethod
+    def _no_proxy(cls, value: Any) -> Any:
+        return [_no_proxy_entry(e) for e in value] if isinstance(value, list) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -616,7 +635,7 @@ class Cimd(_Model):
 
     auth_method: Literal["private_key_jwt", "none"] = "private_key_jwt"
     max_age: Annotated[int, Field(ge=0, le=86400)] = 300
-    key_overlap: Annotated[float, Field(gt=0)] | None = None
+    key_overlap: Annotated[float, Field(ge=1)] | None = None  # whole-second schedule
     key_rotation: Annotated[float, Field(gt=0)] | None = None
     document_url: str | None = None
     jwks_url: str | None = None
@@ -635,7 +654,7 @@ class Cimd(_Model):
     @property
     def overlap(self) -> float:
         """How long a new key is published before it signs, and an old one after it stops."""
-        return self.key_overlap if self.key_overlap is not None else 2.0 * self.max_age
+        return self.key_overlap if self.key_overlap is not None else max(1.0, 2.0 * self.max_age)
 
     def _problems(self) -> Iterator[Problem]:
         if self.key_rotation is not None and self.key_rotation <= 2 * self.overlap:

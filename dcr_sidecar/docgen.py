@@ -255,6 +255,47 @@ DESCRIPTIONS: dict[str, str] = {
     'version': 'must be `1`',
 }
 
+# Corrections and keys the harvest above could not describe in one line.
+DESCRIPTIONS.update({
+    'store.path': (
+        'file: the JSON file (mode 0600, atomic replace, an exclusive lock per key held '
+        'across each resolution)'
+    ),
+    'store.url': (
+        'redis: `redis://[[user]:pass@]host:port/db`, `rediss://` for TLS, or '
+        '`redis+sentinel://[:pass@]host:port[,host:port...]/service[/db]`'
+    ),
+    'store.key_prefix': (
+        'redis: keys are `{prefix}:{<upstream>:<issuer hash>}:record` and `...:lease`'
+    ),
+    'store.encryption_keys': (
+        'Fernet keys, newest first: secrets in stored records are encrypted with the first; a'
+        ' wrong key set is a startup error (exit 1)'
+    ),
+    'store.lease': 'redis: the per-key lease replicas take before registering',
+    'store.ephemeral': (
+        "storage that dies with the pod (emptyDir): delete this process's clients on a clean "
+        'shutdown; memory implies it'
+    ),
+    'security': 'outbound address and transport policy ([SECURITY.md](SECURITY.md))',
+    'upstreams[].registration': (
+        '`auto` (static when `client_id` is set, else CIMD when the AS supports it and '
+        '`public_base_url` is https, else DCR), `static`, `dcr`, `cimd`'
+    ),
+    'upstreams[].client_key': (
+        'static `private_key_jwt`: the key, `{file, kid, alg}` (PEM or JWK); re-read on '
+        'change'
+    ),
+    'upstreams[].client_assertion': (
+        'static `private_key_jwt`: a ready-made JWT, `{file}` (e.g. a projected service-'
+        'account token); re-read on change'
+    ),
+    'upstreams[].callback': (
+        '`app`: the AS redirects to the app; `sidecar`: through `/{name}/callback` '
+        '([clients.md](clients.md#callback-mediation-callback-sidecar))'
+    ),
+})
+
 HEADER = f"""\
 # Configuration reference
 
@@ -326,7 +367,7 @@ def type_text(annotation: Any) -> str:
 def _one_type(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:  # constraints live in the field's metadata; the base type speaks
-        return _one_type(get_args(annotation)[0])
+        return type_text(get_args(annotation)[0])
     if origin is Literal:
         return " \\| ".join(f"`{v}`" for v in get_args(annotation))
     if origin is list:
@@ -335,7 +376,8 @@ def _one_type(annotation: Any) -> str:
         return "mapping"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "secret" if annotation in (EnvSecret, FileSecret) else "mapping"
-    return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    name = _NAMES.get(annotation, getattr(annotation, "__name__", None))
+    return name if isinstance(name, str) else str(annotation).replace("|", "or")
 
 
 def default_text(field: FieldInfo) -> str:

@@ -65,13 +65,21 @@ class ResourceWatch:
 
 
 def discovered(state: UpstreamState, previous: DiscoveryResult | None) -> None:
-    """A (re)discovery finished: its document is fresh; a new AS is a change (via refresh)."""
+    """A (re)discovery finished: its document is fresh; a new AS is a change (via refresh),
+    except for a static client, which keeps the AS it has (`previous` is put back)."""
     state.watch.fresh = True
     current = state.discovery
-    if previous is not None and current is not None and \
-            previous.metadata.issuer != current.metadata.issuer:
-        _continue_generations(state)
-        _record(state, previous.metadata.issuer, current.metadata.issuer, "refresh")
+    if previous is None or current is None or \
+            previous.metadata.issuer == current.metadata.issuer:
+        return
+    if state.config.strategy == "static":
+        log.warning("authorization_server_change_ignored", upstream=state.config.name,
+                    issuer=previous.metadata.issuer, named=current.metadata.issuer,
+                    why="static client")
+        state.discovery = previous
+        return
+    _continue_generations(state)
+    _record(state, previous.metadata.issuer, current.metadata.issuer, "refresh")
 
 
 async def recheck(resolver: Resolver, state: UpstreamState) -> bool:

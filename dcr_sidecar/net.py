@@ -235,7 +235,10 @@ class Outbound:
         try:
             with self.translate(step=step, upstream=upstream, url=url):
                 async with asyncio.timeout(self.settings.timeouts.total):
-                    route = await self._route(url, dest, step=step, upstream=upstream)
+                    egress = self.settings.egress
+                    route = Route(url, dest) if egress.proxy is None or egress.bypasses(
+                        dest[1]) else await self._proxied(url, dest, step=step,
+                                                          upstream=upstream)
                     if route.host_header is not None:
                         headers = {**(headers or {}), "Host": route.host_header}
                     with destination(route.named):
@@ -255,13 +258,11 @@ class Outbound:
         finally:
             self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
 
-    async def _route(self, url: str, dest: Authority, *, step: errors.Step,
-                     upstream: str | None) -> Route:
-        """Direct, or through the egress proxy to the address checked here (see the module)."""
+    async def _proxied(self, url: str, dest: Authority, *, step: errors.Step,
+                       upstream: str | None) -> Route:
+        """Through the egress proxy to the address checked here (see the module)."""
         egress = self.settings.egress
         scheme, host, port = dest
-        if egress.proxy is None or egress.bypasses(host):
-            return Route(url, dest)
         if scheme != "https":
             raise errors.PolicyRefused(
                 f"refusing plain http to {safe_url(url)}: it would cross the egress proxy in "

@@ -411,12 +411,12 @@ class Resolver:
             return state.discovery.metadata
         previous, state.discovery = state.discovery, result
         state.metadata_expires = time.monotonic() + result.ttl
-        migration.discovered(state, previous)
+        migration.discovered(state, previous)  # may keep `previous` (a static client's AS)
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")
         self.metrics.discovery(state.config.name, "success")
-        return result.metadata
+        return state.discovery.metadata
 
     async def _fresh_metadata(self, state: UpstreamState) -> Metadata:
         if state.discovery is None or time.monotonic() >= state.metadata_expires:

@@ -483,3 +483,38 @@ async def test_a_request_uri_the_sidecar_did_not_push_is_refused_under_mediation
         assert location is not None
         assert location.startswith(rec.issuer + "/authorize?")
         assert (await authorize_with("honest", pushed))[0] == 400  # used once
+
+
+async def authorize_from(side: Sidecar, address: str, count: int) -> list[tuple[int, str]]:
+    """`count` mediated /authorize requests from `address` (another loopback "host"):
+    (status, Retry-After) each."""
+    answers = []
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(count):
+            async with session.get(authorize_url(side), allow_redirects=False) as resp:
+                answers.append((resp.status, resp.headers.get("Retry-After", "")))
+    return answers
+
+
+@pytest.mark.parametrize(("limits", "refused"), [
+    ({"flow_records": 5, "flow_records_per_client": 0}, 503),   # the whole store is full
+    ({"flow_records_per_client": 4}, 429),                       # the flooding address's budget
+])
+async def test_a_flood_neither_evicts_a_login_in_progress_nor_starts_beyond_the_budget(
+        sidecar: SidecarFactory, limits: dict[str, int], refused: int) -> None:
+    """design.md §3.6: beyond `limits.flow_records` (or one address's
+    `flow_records_per_client`) a new flow is refused with Retry-After; the person's flow,
+    started before the flood, still finishes."""
+    async with RecordingAS() as rec:
+        side = await sidecar({**mediated(rec.issuer), "limits": limits})
+        state = await sidecar_state(side, "acme")  # the person, from 127.0.0.1
+        flood = await authorize_from(side, "127.0.0.2", 10)
+        assert [status for status, _ in flood] == [302] * 4 + [refused] * 6
+        assert all(int(retry) > 0 for _, retry in flood[4:])
+        status, location, _ = await follow_once(callback_url(side, "acme", code="c-1",
+                                                             state=state))
+        assert status == 302
+        assert location is not None
+        status, _ = await token(side, {"grant_type": "authorization_code", "code": "c-1"})
+        assert status == 200

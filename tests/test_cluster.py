@@ -4,7 +4,8 @@ with a replica per master, created on loopback ports with ``redis-cli --cluster 
 - One upstream's record, lease and revision share a hash tag, hence one slot (so one Lua script
   may touch them all): proven with CLUSTER KEYSLOT and by where the keys live.
 - A slot migration and a master failover in the middle of lease-guarded writes lose nothing:
-  every write the store called done is read back afterwards, in order.
+  every write the store called done is read back afterwards, in order; sidecars serving token
+  traffic through both answer 200 and register once.
 
 Timings are printed (pytest -s shows them) for the issue report.
 """
@@ -168,11 +169,12 @@ async def test_master_failover_during_writes_loses_nothing(
     assert done == list(range(1, len(done) + 1))
 
 
-async def test_sidecars_on_a_cluster_register_once_and_serve_through_a_master_kill(
+async def test_sidecars_on_a_cluster_serve_through_a_slot_migration_and_a_master_kill(
         cluster: ClusterGroup, oidc: ProviderFactory, sidecar: SidecarFactory,
         leak_guard: LeakGuard) -> None:
     """Three replicas on a redis+cluster:// URL register one client at the real oidc-provider;
-    the master serving the upstream's slot is SIGKILLed during token traffic: every request
+    during token traffic (each replica re-reading the record every 0.5 s) the upstream's slot
+    is migrated to another master, then the master now serving it is SIGKILLed: every request
     answers 200 and no second client is registered."""
     provider = await oidc()
     config: dict[str, Any] = {
@@ -183,28 +185,36 @@ async def test_sidecars_on_a_cluster_register_once_and_serve_through_a_master_ki
     for replica in replicas:
         replica.resolver.max_record_age = 0.5
     statuses: list[int] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        answers = await asyncio.gather(*(cc_token(session, replicas[i % 3].listen.url)
-                                         for i in range(15)))
-        assert {status for status, _ in answers} == {200}
-        store = replicas[0].resolver.store
-        assert isinstance(store, RedisStore)
-        victim = await cluster.owner(await cluster.keyslot(
-            store.record_key(RecordKey(provider.issuer, "acme"))))
-        await victim.kill()
-        failover = asyncio.create_task(cluster.wait_failover(
-            await cluster.keyslot(store.record_key(RecordKey(provider.issuer, "acme"))),
-            victim))
-        for n in range(300):  # bounded: stops 3 s after the failover
+
+    async def traffic(session: aiohttp.ClientSession, until: asyncio.Task[Any]) -> None:
+        """Token requests round-robin until `until` is done and 100 more were sent."""
+        for n in range(400):  # bounded
             status, token = await cc_token(session, replicas[n % 3].listen.url)
             statuses.append(status)
             if status == 200:
                 leak_guard.add_token_response(token)
-            if failover.done() and n > 100:
-                break
+            if until.done() and n > 100:
+                return
             await asyncio.sleep(0.02)
-    print(f"\ncluster sidecars: {len(statuses)} token requests through a master kill "
-          f"(promoted after {await failover:.2f} s): statuses {sorted(set(statuses))}")
+
+    store = replicas[0].resolver.store
+    assert isinstance(store, RedisStore)
+    slot = await cluster.keyslot(store.record_key(RecordKey(provider.issuer, "acme")))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        answers = await asyncio.gather(*(cc_token(session, replicas[i % 3].listen.url)
+                                         for i in range(15)))
+        assert {status for status, _ in answers} == {200}
+        source = await cluster.owner(slot)
+        target = next(m for m in await cluster.masters_now() if m is not source)
+        migration = asyncio.create_task(cluster.migrate(slot, target))
+        await traffic(session, migration)
+        moved = await migration
+        assert await cluster.owner(slot) is target
+        await target.kill()
+        failover = asyncio.create_task(cluster.wait_failover(slot, target))
+        await traffic(session, failover)
+    print(f"\ncluster sidecars: {len(statuses)} token requests through a slot migration "
+          f"({moved} keys) and a master kill (promoted after {await failover:.2f} s): "
+          f"statuses {sorted(set(statuses))}")
     assert set(statuses) == {200}
     assert (await provider.stats())["registrations"] == 1
-

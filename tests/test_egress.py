@@ -229,6 +229,21 @@ def test_from_environment_reads_https_proxy_and_no_proxy() -> None:
     assert _parse({"from_environment": True}).egress.proxy is None  # nothing set: direct
 
 
+def test_no_proxy_entries_in_the_usual_forms() -> None:
+    """``*.domain`` and ``host:port`` (as NO_PROXY lists often carry them) are understood;
+    a parent domain covers its subdomains, never a longer name that merely ends alike."""
+    egress = _parse({"from_environment": True}, {
+        "HTTPS_PROXY": "proxy.corp.test:3128",
+        "NO_PROXY": "*.internal.test,registry.test:5000,10.0.0.0/8"}).egress
+    assert egress.proxy == "http://proxy.corp.test:3128"
+    assert egress.no_proxy == [".internal.test", "registry.test", "10.0.0.0/8"]
+    assert egress.bypasses("login.internal.test")
+    assert egress.bypasses("registry.test")
+    assert egress.bypasses("10.1.2.3")
+    assert not egress.bypasses("notinternal.test")
+    assert not egress.bypasses("10.test")
+
+
 @pytest.mark.parametrize(("egress", "message"), [
     ({"proxy": "https://proxy.corp.test:3128"},
      "egress.proxy: 'https://proxy.corp.test:3128' must be http://HOST:PORT"),

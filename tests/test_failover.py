@@ -411,3 +411,49 @@ async def test_master_killed_mid_renewal_stores_the_rotated_secret_and_never_ser
     record = await stored(sentinels, rotating.fake.url)
     secret, token = secrets_of(record)
     assert (secret, token) == (new, rotating.tokens[-1])
+
+
+async def test_lease_lost_in_a_failover_is_detected_before_a_second_registration_is_kept(
+        sentinels: SentinelGroup, fake_server: FakeFactory, sidecar: SidecarFactory,
+        leak_guard: LeakGuard) -> None:
+    """The weaker guarantee (`replica_acks=0`), at its worst: the replicas are cut off, so A's
+    lease exists on the master only; A's registration is held at the AS; the master dies and a
+    replica without the lease is promoted; B takes the lease there and registers. When A's
+    answer arrives its write is refused (compare-token-and-set on the new master): A deletes
+    its client (RFC 7592) and serves B's. One registration kept, no orphan."""
+    holding = HoldingAS(await fake_server(), leak_guard)
+    config = sentinel_config(sentinels, holding.fake.url)
+    config["store"]["url"] = sentinels.url(replica_acks="0")
+    a, b = await sidecar(config), await sidecar(config)
+    frozen = [r.process.pid for r in sentinels.replicas if r.process is not None]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    try:
+        assert sentinels.master is not None
+        await sentinels.query(sentinels.master, "CLIENT", "KILL", "TYPE", "replica")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            a_first = asyncio.create_task(get_client(session, a.listen.url))
+            deadline = loop.time() + 20
+            while holding.fake.count("POST", "/register") < 1:
+                assert loop.time() < deadline, "A never sent its registration"
+                await asyncio.sleep(0.02)
+            await sentinels.kill_master()
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            frozen = []
+            await sentinels.wait_promoted()
+            status, b_client = await get_client(session, b.listen.url)
+            assert status == 200, b_client
+            assert b_client["client_id"] == "client-2"
+            holding.release.set()
+            status, a_client = await asyncio.wait_for(a_first, 60)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert status == 200, a_client
+    assert a_client["client_id"] == "client-2"
+    assert holding.issued == ["client-1", "client-2"]
+    assert holding.deleted == ["client-1"]
+    record = await stored(sentinels, holding.fake.url)
+    assert [g.client_id for g in record.generations] == ["client-2"]

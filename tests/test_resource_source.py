@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -435,3 +436,33 @@ async def test_background_refresh_that_finds_another_authorization_server_is_a_c
     assert sent_to(parse_qs(urlsplit(location).query)) == as2.clients[0]["client_id"]
     assert state.credentials is not None
     assert state.credentials.generation == 2
+
+
+async def test_static_client_stays_with_its_authorization_server_after_a_refresh(
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
+    """A static client's credentials belong to one AS: the re-discovery after the metadata
+    expired reads the moved resource, keeps the AS in use (logged), and sends nothing to the
+    new one."""
+    fake = await fake_server()
+    async with RecordingAS() as as1, RecordingAS() as as2:
+        resource = MovingResource(fake, as1.issuer)
+        side = await sidecar({**unpinned(fake, client_id="static-app",
+                                         client_secret="static-secret-0123456789"),
+                              "discovery": {"cache_ttl": 1, "min_ttl": 1}})
+        await authorize_at(side.listen.url)
+        resource.move_to(as2.issuer)
+        state = side.resolver.state("mcp")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while time.monotonic() < state.metadata_expires:  # the cached metadata expires
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            location = await authorize_at(side.listen.url)
+    assert len(resource.conditional) == 2  # the re-discovery read the moved document
+    assert location.startswith(as1.issuer + "/authorize?")
+    assert sent_to(parse_qs(urlsplit(location).query)) == "static-app"
+    assert as2.recorded == []
+    assert state.watch.changes == []
+    assert [e["why"] for e in logs if e["event"] == "authorization_server_change_ignored"] == [
+        "static client"]

@@ -288,6 +288,55 @@ async def test_doctor_shows_the_key_and_the_assertion_s_expiry_and_fails_when_ex
     assert stale not in out
 
 
+def test_encoder_takes_one_signer_per_assertion_and_sends_ready_made_ones_as_they_are() -> None:
+    """Pure layer: a SignerSource is asked once per assertion (header kid and signature from
+    the same key, even when the source changes in between); a presigned assertion goes with
+    client_id beside it and is asked for at the request's time."""
+    from dcr_sidecar.oauth.client_auth import ClientCredentials, Freshness, auth_parts
+    from dcr_sidecar.oauth.jose import b64url_decode
+
+    class Fixed:
+        def __init__(self, kid: str) -> None:
+            self.alg, self.kid = "ES256", kid
+
+        def sign(self, data: bytes) -> bytes:
+            return self.kid.encode()
+
+    class Rotating:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def current(self) -> Fixed:
+            self.calls += 1
+            return Fixed(f"k{self.calls}")
+
+    source = Rotating()
+    creds = ClientCredentials("c-1", None, "private_key_jwt", signer=source,
+                              audience="https://as.test")
+    for expected in ("k1", "k2"):
+        form = dict(auth_parts(creds, Freshness(1000, "j")).form)
+        header, _, signature = form["client_assertion"].split(".")
+        assert json.loads(b64url_decode(header))["kid"] == expected
+        assert b64url_decode(signature) == expected.encode()
+    assert source.calls == 2
+
+    class Ready:
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+
+        def assertion(self, now: int) -> str:
+            self.asked.append(now)
+            return "h.p.s"
+
+    ready = Ready()
+    parts = auth_parts(ClientCredentials("c-1", None, "private_key_jwt", presigned=ready),
+                       Freshness(1234, "j"))
+    assert parts.form == (("client_id", "c-1"), (
+        "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", "h.p.s"))
+    assert ready.asked == [1234]
+
+
 def test_key_files_pem_and_jwk_get_kid_and_alg(tmp_path: Path) -> None:
     """PEM: kid is the RFC 7638 thumbprint, EC -> ES256; JWK: its own kid, RSA -> RS256; the
     config's kid and alg win; a key type that cannot sign the alg is refused."""
