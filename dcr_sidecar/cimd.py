@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -82,8 +83,8 @@ class KeyRingSigner:
     def kid(self) -> str:
         return self.at(time.time()).kid
 
-    def sign(self, data: bytes) -> bytes:
-        return self.at(time.time()).sign(data)
+    def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+        return self.at(time.time()).compact_jws(header, claims)
 
     def __repr__(self) -> str:
         return f"KeyRingSigner(keys={[k.kid for k in self._keys]})"
