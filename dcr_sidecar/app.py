@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings, Upstream, validation_messages
+from dcr_sidecar.config import NAME_PATTERN, Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.listeners import ListenerRunner, handler_args
@@ -44,7 +44,7 @@ from dcr_sidecar.store import CredentialStore, open_store
 from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
 
 log = structlog.get_logger(__name__)
-NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
+NAME = f"{{name:{NAME_PATTERN}}}"
 # design.md §2.2: these need a restart; everything else is applied by a reload.
 RESTART_KEYS = ("listen", "front", "management", "store", "public_base_url",
                 "backchannel_base_url")

@@ -44,13 +44,15 @@ from pydantic_core import PydanticCustomError
 
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth import ProtocolError
-from dcr_sidecar.oauth.metadata import unsafe_url_character
+from dcr_sidecar.oauth.metadata import URL_MEMBERS, unsafe_url_character
 from dcr_sidecar.oauth.redirect_uri import parse_redirect_uri
 from dcr_sidecar.oauth.secret import MASK, Secret
 
 DEFAULT_CONFIG_PATH = "./config/sidecar.yaml"
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "admin", "well-known"})
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# An upstream's name: its route prefix (app.py, management.py) and its label everywhere.
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+NAME_RE = re.compile(f"^{NAME_PATTERN}$")
 SECRET_KEYS = frozenset(
     {
         "client_secret",
@@ -91,18 +93,7 @@ DCR_ONLY = {
 }
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "none", "private_key_jwt"]
 DEFAULT_AUTH_METHODS: tuple[AuthMethod, ...] = ("client_secret_basic", "client_secret_post", "none")
-ENDPOINT_URL_FIELDS = (
-    "authorization_endpoint",
-    "token_endpoint",
-    "registration_endpoint",
-    "revocation_endpoint",
-    "introspection_endpoint",
-    "pushed_authorization_request_endpoint",
-    "device_authorization_endpoint",
-    "userinfo_endpoint",
-    "jwks_uri",
-    "end_session_endpoint",
-)
+ENDPOINT_URL_FIELDS = URL_MEMBERS  # one list of URL members (oauth/metadata.py)
 
 
 YamlPath = tuple[str | int, ...]
@@ -343,7 +334,6 @@ class Lease(_Model):
     wait: PositiveFloat = 10
 
 
-REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 
 
@@ -708,7 +698,7 @@ class Upstream(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_RE.fullmatch(value):  # match() and $ would accept "name\n"
-            raise ValueError("must match ^[a-z0-9][a-z0-9-]{0,62}$")
+            raise ValueError(f"must match ^{NAME_PATTERN}$")
         if value in RESERVED_NAMES:
             raise ValueError(f"is reserved (one of {', '.join(sorted(RESERVED_NAMES))})")
         return value

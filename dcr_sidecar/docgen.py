@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from dcr_sidecar.config import EnvSecret, FileSecret, Settings
+from dcr_sidecar.config import NAME_PATTERN, EnvSecret, FileSecret, Settings
 from dcr_sidecar.oauth.secret import Secret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,8 +208,7 @@ DESCRIPTIONS: dict[str, str] = {
     'upstreams[].issuer': "the AS's issuer: discovery tries its RFC 8414 and OIDC well-known URLs",
     'upstreams[].loopback_any_port': 'loopback IP redirect URIs match any port (RFC 8252 §7.3)',
     'upstreams[].name': (
-        'route prefix; `^[a-z0-9][a-z0-9-]{0,62}$`, not `healthz readyz metrics admin well-'
-        'known`'
+        f'route prefix; `^{NAME_PATTERN}$`, not `healthz readyz metrics admin well-known`'
     ),
     'upstreams[].pkce': (
         '`sidecar`: add S256 PKCE when the app sent none (needs `callback: sidecar`)'

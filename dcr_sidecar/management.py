@@ -14,11 +14,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import admin
+from dcr_sidecar.config import NAME_PATTERN
 from dcr_sidecar.metrics import CONTENT_TYPE
 from dcr_sidecar.observability import scrub, scrub_document
 from dcr_sidecar.proxy.runtime import RUNTIME
 
-NAME = "{name:[a-z0-9][a-z0-9-]{0,62}}"
+NAME = f"{{name:{NAME_PATTERN}}}"
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -24,9 +24,6 @@ class SingleFlight(Generic[K, T]):
     def __init__(self) -> None:
         self._tasks: dict[K, asyncio.Task[T]] = {}
 
-    def in_flight(self, key: K) -> bool:
-        return key in self._tasks
-
     async def run(self, key: K, work: Callable[[], Awaitable[T]]) -> T:
         task = self._tasks.get(key)
         if task is None:

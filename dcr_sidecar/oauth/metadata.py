@@ -15,7 +15,9 @@ from dcr_sidecar.oauth.text import clean_text
 OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"
 
-# Metadata members holding URLs the sidecar may call; each must be a string when present.
+# Metadata members holding URLs: the sidecar calls some, sends an app or a browser to others
+# (end_session_endpoint: OpenID Connect RP-Initiated Logout 1.0 §2.1). Each must be an absolute
+# http(s) URL when present. config.py checks the same members of `endpoints`.
 URL_MEMBERS = (
     "authorization_endpoint",
     "token_endpoint",
@@ -26,6 +28,7 @@ URL_MEMBERS = (
     "device_authorization_endpoint",
     "jwks_uri",
     "userinfo_endpoint",
+    "end_session_endpoint",
 )
 LIST_MEMBERS = (
     "token_endpoint_auth_methods_supported",

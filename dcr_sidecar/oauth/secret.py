@@ -22,6 +22,13 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
+def constant_time_equal(expected: str, given: str) -> bool:
+    """Constant time in the content and the length of both (digests of equal length are
+    compared), and safe for any text a client sends (lone surrogates included). The one
+    comparison of inbound credentials and tokens."""
+    return hmac.compare_digest(_digest(expected), _digest(given))
+
+
 class Secret:
     """Holds a secret value; only :meth:`reveal` gives it back."""
 
@@ -36,7 +43,7 @@ class Secret:
     def matches(self, candidate: str) -> bool:
         """Constant-time comparison (for inbound credentials), length included: the digests
         compared always have the same length."""
-        return hmac.compare_digest(_digest(self._value), _digest(candidate))
+        return constant_time_equal(self._value, candidate)
 
     def __repr__(self) -> str:
         return f"Secret('{MASK}')"
@@ -45,9 +52,7 @@ class Secret:
         return MASK
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(
-            _digest(self._value), _digest(other._value)
-        )
+        return isinstance(other, Secret) and constant_time_equal(self._value, other._value)
 
     def __hash__(self) -> int:
         return hash(self._value)

@@ -15,13 +15,12 @@ Rules, when ``inbound.client_secret`` is set:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Inbound
 from dcr_sidecar.oauth.client_auth import parse_basic
+from dcr_sidecar.oauth.secret import constant_time_equal
 
 
 def presented(headers: Mapping[str, str],
@@ -47,14 +46,10 @@ def check(inbound: Inbound, headers: Mapping[str, str], form: list[tuple[str, st
     if inbound.client_secret is None:
         return
     client_id, secret = presented(headers, form)
-    id_ok = inbound.client_id is None or equal(inbound.client_id, client_id or "")
+    id_ok = inbound.client_id is None or constant_time_equal(inbound.client_id, client_id or "")
     secret_ok = inbound.client_secret.matches(secret or "")
     if not (id_ok and secret_ok and secret is not None):
         raise errors.InboundUnauthorized(
             "this back channel requires the sidecar's inbound client credentials")
 
 
-def equal(expected: str, given: str) -> bool:
-    """Constant time in the content and the length of both."""
-    return hmac.compare_digest(hashlib.sha256(expected.encode(errors="surrogatepass")).digest(),
-                               hashlib.sha256(given.encode(errors="surrogatepass")).digest())
