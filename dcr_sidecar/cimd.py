@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -82,8 +83,8 @@ class KeyRingSigner:
     def kid(self) -> str:
         return self.at(time.time()).kid
 
-    def sign(self, data: bytes) -> bytes:
-        return self.at(time.time()).sign(data)
+    def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+        return self.at(time.time()).compact_jws(header, claims)
 
     def __repr__(self) -> str:
         return f"KeyRingSigner(keys={[k.kid for k in self._keys]})"
@@ -132,14 +133,20 @@ class CimdKeys:
                 record = await self._change(name, self._ensure_key)
             return record
 
-    async def rotate(self, name: str, overlap: float) -> Record:
+    async def rotate(self, name: str, overlap: float, *,
+                     if_older_than: float | None = None) -> Record:
         """Schedule a rotation now: publish a new key, sign with it after `overlap`, drop the
-        old one after another `overlap`. A rotation under way is a Conflict."""
+        old one after another `overlap`. A rotation under way is a Conflict. With
+        `if_older_than`, rotate only if the newest key is that old on the fresh read under the
+        lock (another replica may have rotated meanwhile)."""
         await self.record(name)
 
         async def work(record: Record) -> Record:
             now = time.time()
             keys = schedule(record)
+            newest = max((k.published_at for k in keys), default=now)
+            if if_older_than is not None and now - newest < if_older_than:
+                return record
             if cimd.rotating(keys, now):
                 until = cimd.next_change(keys, now)
                 raise errors.Conflict(f"a key rotation of {name!r} is under way (next step at "
@@ -164,6 +171,8 @@ class CimdKeys:
             return await self._change(name, work)
 
     async def rotate_if_due(self, name: str, every: float, overlap: float) -> bool:
+        """`cimd.key_rotation`: rotate when the newest key is `every` seconds old; True when
+        the key set changed."""
         record = await self.record(name)
         keys = schedule(record)
         now = time.time()
@@ -171,8 +180,8 @@ class CimdKeys:
         if cimd.rotating(keys, now) or now - newest < every:
             return False
         with contextlib.suppress(errors.Conflict):  # another replica started it meanwhile
-            await self.rotate(name, overlap)
-            return True
+            after = await self.rotate(name, overlap, if_older_than=every)
+            return after.high_water != record.high_water  # the key set changed: re-adopt it
         return False
 
     def _usable(self, record: Record) -> bool:

@@ -1,5 +1,6 @@
-"""The client's key pair for private_key_jwt (RFC 7523, design.md §3.3): made with `cryptography`,
-kept as a private JWK in the stored generation, and wrapped in a signer for the pure encoder.
+"""The client's key pair for private_key_jwt (RFC 7523, design.md §3.3): made, exported as a JWK
+and used to sign through joserfc (the claims and header come from the pure oauth/jose.py), kept
+as a private JWK in the stored generation, and wrapped in a signer for the pure encoder.
 
 Invariants:
 - One key pair per upstream: a new registration reuses the newest stored key made for the
@@ -26,23 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, JWKRegistry, RSAKey
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import ClientAssertionFile, ClientKeyFile, Upstream
 from dcr_sidecar.filewatch import Watched
+from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.client_auth import AssertionSource, ClientCredentials, SignerSource
-from dcr_sidecar.oauth.jose import (
-    KEY_TYPES,
-    Signer,
-    b64url,
-    b64url_decode,
-    choose_signing_alg,
-    public_jwk,
-    thumbprint,
-)
+from dcr_sidecar.oauth.jose import KEY_TYPES, Signer, b64url_decode, choose_signing_alg
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import KeyBinding
 from dcr_sidecar.oauth.secret import Secret
@@ -74,51 +70,48 @@ class ClientKey:
 
 
 # ---------------------------------------------------------------------------- JWK <-> key
+# joserfc does the JWK work: import, export, RFC 7638 thumbprints. Only EC P-256 and RSA keys
+# sign client assertions here (KEY_TYPES).
+
+JoseKey = ECKey | RSAKey
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})  # RFC 7518 §6.2.2, §6.3.2
 
 
-def _int_bytes(value: int, length: int | None = None) -> str:
-    size = length or max(1, (value.bit_length() + 7) // 8)
-    return b64url(value.to_bytes(size, "big"))
-
-
-def _int(jwk: Mapping[str, Any], member: str) -> int:
-    return int.from_bytes(b64url_decode(str(jwk[member])), "big")
+def _jose_key(jwk: Mapping[str, Any]) -> JoseKey:
+    """The key of a JWK of a type this module signs with; ProtocolError for another type."""
+    if jwk.get("kty") not in ("EC", "RSA"):
+        raise ProtocolError(f"unsupported JWK key type {jwk.get('kty')!r}")
+    key = JWKRegistry.import_key(dict(jwk))
+    assert isinstance(key, ECKey | RSAKey)
+    return key
 
 
 def _ec_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    numbers = key.private_numbers()
-    return {"kty": "EC", "crv": "P-256", "x": _int_bytes(numbers.public_numbers.x, 32),
-            "y": _int_bytes(numbers.public_numbers.y, 32),
-            "d": _int_bytes(numbers.private_value, 32)}
+    return dict(ECKey.import_key(key).as_dict(private=True))
 
 
 def _rsa_jwk(key: rsa.RSAPrivateKey) -> dict[str, Any]:
-    n = key.private_numbers()
-    return {"kty": "RSA", "n": _int_bytes(n.public_numbers.n), "e": _int_bytes(n.public_numbers.e),
-            "d": _int_bytes(n.d), "p": _int_bytes(n.p), "q": _int_bytes(n.q),
-            "dp": _int_bytes(n.dmp1), "dq": _int_bytes(n.dmq1), "qi": _int_bytes(n.iqmp)}
+    return dict(RSAKey.import_key(key).as_dict(private=True))
 
 
-def _private_key(jwk: Mapping[str, Any]) -> PrivateKey:
-    if jwk.get("kty") == "EC":
-        public = ec.EllipticCurvePublicNumbers(_int(jwk, "x"), _int(jwk, "y"), ec.SECP256R1())
-        return ec.EllipticCurvePrivateNumbers(_int(jwk, "d"), public).private_key()
-    public_rsa = rsa.RSAPublicNumbers(_int(jwk, "e"), _int(jwk, "n"))
-    return rsa.RSAPrivateNumbers(
-        _int(jwk, "p"), _int(jwk, "q"), _int(jwk, "d"), _int(jwk, "dp"), _int(jwk, "dq"),
-        _int(jwk, "qi"), public_rsa).private_key()
+def public_jwk(jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """The JWK without its private members (what `jwks` at registration carries); its other
+    members (kid, alg, use) kept."""
+    _jose_key(jwk)
+    return {k: v for k, v in jwk.items() if k not in _PRIVATE_MEMBERS}
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256), used as the key's `kid`."""
+    return _jose_key(jwk).thumbprint()
 
 
 def generate(alg: str) -> ClientKey:
     """A new key pair of the type `alg` needs (CPU-bound: call it off the event loop)."""
-    key: PrivateKey
-    if KEY_TYPES[alg] == "EC":
-        key = ec.generate_private_key(ec.SECP256R1())
-        jwk = _ec_jwk(key)
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        jwk = _rsa_jwk(key)
-    jwk.update(alg=alg, use="sig", kid=thumbprint(jwk))
+    key: JoseKey = (ECKey.generate_key("P-256", private=True) if KEY_TYPES[alg] == "EC"
+                    else RSAKey.generate_key(RSA_BITS, private=True))
+    jwk = dict(key.as_dict(private=True))
+    jwk.update(alg=alg, use="sig", kid=key.thumbprint())
     return load(Secret(json.dumps(jwk, sort_keys=True)))
 
 
@@ -163,8 +156,9 @@ def _jwk_from_pem(data: bytes, path: str) -> dict[str, Any]:
 def _jwk_from_json(data: bytes, path: str) -> dict[str, Any]:
     try:
         jwk = json.loads(data)
-        _private_key(jwk)  # every member present and consistent
-    except (ValueError, KeyError, TypeError):
+        if not _jose_key(jwk).is_private:  # every member present and consistent
+            raise ValueError("no private members")
+    except (ValueError, KeyError, TypeError, AttributeError, ProtocolError, JoseError):
         raise KeyFileError(f"{path!r} is not a usable private JWK", "an EC P-256 JWK with "
                            "x, y, d or an RSA JWK with n, e, d, p, q, dp, dq, qi") from None
     if jwk.get("kty") == "EC" and jwk.get("crv") != "P-256":
@@ -281,21 +275,17 @@ class FileAssertion(AssertionSource):
 
 
 class CryptoSigner:
-    """:class:`~dcr_sidecar.oauth.jose.Signer` over a `cryptography` private key."""
+    """:class:`~dcr_sidecar.oauth.jose.Signer` over one private key: joserfc serialises and
+    signs (for ES256 the 64-byte R || S of RFC 7518 §3.4; PS256 with MGF1-SHA-256 and a
+    32-byte salt, §3.5), with the key's own algorithm only."""
 
     def __init__(self, key: ClientKey) -> None:
         self.alg, self.kid = key.alg, key.kid
-        self._key = _private_key(json.loads(key.private_jwk.reveal()))
+        self._key = _jose_key(json.loads(key.private_jwk.reveal()))
+        self._algorithms = [self.alg]
 
-    def sign(self, data: bytes) -> bytes:
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-            return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # RFC 7518 §3.4
-        if self.alg == "PS256":  # RFC 7518 §3.5: MGF1 with SHA-256, salt as long as the hash
-            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-            return key.sign(data, pss, hashes.SHA256())
-        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+        return jwt.encode(dict(header), dict(claims), self._key, algorithms=self._algorithms)
 
     def __repr__(self) -> str:
         return f"CryptoSigner({self.alg}, kid={self.kid!r})"

@@ -7,18 +7,25 @@ line — the sidecar's own and, through the standard library bridge, aiohttp's:
 - URLs lose userinfo, query and fragment, in URL-named fields and inside free text alike;
 - control and bidi characters are removed (a newline kept only in rendered tracebacks), so
   nothing an AS or a client said can forge a log line.
+The canonical request line costs a few µs (docs/benchmarks.md, "The canonical log line"): its
+bound logger is assembled once per logging configuration (:class:`CachedLogger`), orjson renders
+it, numbers and ``None`` skip the string scans, and level and timestamp are added after
+redaction (they are made here, never secret).
+
 Requests that aiohttp's HTTP parser rejects are logged by aiohttp with the first bytes of the
 offending line; those bytes (possibly a credential) are dropped before rendering.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -51,6 +58,7 @@ def remember_secret(value: Secret | str | None) -> None:
     text = value.reveal() if isinstance(value, Secret) else value
     if text and len(text) >= 6:
         _known_secrets.add(text)
+        _clean.clear()
 
 
 def _secrets_in(node: Any) -> Iterator[Secret]:
@@ -103,20 +111,51 @@ def scrub_document(node: Any) -> Any:
     return node
 
 
+# Values that no string scan applies to: only a secret-named key masks them.
+_UNSCANNED = frozenset({int, float, bool, type(None)})
+# Strings that redaction left unchanged under a plain key (not secret-, URL- or traceback-named),
+# and those keys: most log values repeat (event names, methods, routes, upstream names), so a
+# repeat skips the scans. Emptied when a secret is remembered (it may hide in one) and when full.
+_CLEAN_LIMIT = 4096
+_CLEAN_LENGTH = 200
+_clean: set[str] = set()
+_plain_keys: set[str] = set()
+
+
 def _redact_value(key: str, value: Any) -> Any:
+    cls = value.__class__
+    if cls is str and value in _clean and key in _plain_keys:
+        return value
+    if cls in _UNSCANNED:
+        return MASK if value is not None and key.lower() in SECRET_KEYS else value
     lowered = key.lower()
     if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):
         return MASK
     if isinstance(value, str):
-        if lowered in URL_KEYS or key.endswith("_url"):
-            value = safe_url(value)
-        keep = "\n\t" if key in MULTILINE_KEYS else ""
-        return strip_controls(scrub(value), keep=keep)
+        return _redact_text(key, lowered, value)
     if isinstance(value, dict):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_value(key, v) for v in value]
     return value
+
+
+def _redact_text(key: str, lowered: str, value: str) -> str:
+    if lowered in URL_KEYS or key.endswith("_url"):
+        return strip_controls(scrub(safe_url(value)))
+    if key in MULTILINE_KEYS:
+        return strip_controls(scrub(value), keep="\n\t")
+    redacted = strip_controls(scrub(value))
+    if redacted == value and len(value) <= _CLEAN_LENGTH:
+        _remember_clean(key, value)
+    return redacted
+
+
+def _remember_clean(key: str, value: str) -> None:
+    for known, item in ((_clean, value), (_plain_keys, key)):
+        if len(known) >= _CLEAN_LIMIT:
+            known.clear()
+        known.add(item)
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -125,20 +164,61 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _json(event_dict: Any, **_: Any) -> str:
+    """orjson, falling back to the standard library for what orjson refuses (a lone
+    surrogate from a non-UTF-8 byte, an integer beyond 64 bits); unknown types as ``repr``."""
+    try:
+        return orjson.dumps(event_dict, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(event_dict, default=repr)
+
+
 def _renderer(fmt: str) -> Any:
-    return (structlog.processors.JSONRenderer() if fmt == "json"
+    return (structlog.processors.JSONRenderer(serializer=_json) if fmt == "json"
             else structlog.dev.ConsoleRenderer(colors=False))
 
 
 def processors(fmt: str) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         redact,
+        # After redaction: both are made here and hold nothing to scan.
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
         _renderer(fmt),
     ]
+
+
+class CachedLogger:
+    """A named logger whose bound logger is assembled once per logging configuration, not on
+    every call as structlog's lazy proxy does (its ``cache_logger_on_first_use`` would keep a
+    logger past ``configure_logging`` and ``set_level``). A new configuration (another processor
+    list, level or output) is noticed on the next call; ``capture_logs`` edits the processor list
+    in place, which the cached logger shares."""
+
+    __slots__ = ("_factory", "_logger", "_processors", "_wrapper", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._processors: Any = None
+        self._wrapper: Any = None
+        self._factory: Any = None
+        self._logger: Any = None
+
+    def bound(self) -> Any:
+        config = structlog.get_config()
+        if (config["processors"] is not self._processors
+                or config["wrapper_class"] is not self._wrapper
+                or config["logger_factory"] is not self._factory):
+            self._logger = structlog.get_logger(self.name).bind()
+            self._processors = config["processors"]
+            self._wrapper = config["wrapper_class"]
+            self._factory = config["logger_factory"]
+        return self._logger
+
+    def __getattr__(self, method: str) -> Any:  # info, warning, exception ...
+        return getattr(self.bound(), method)
 
 
 class _DropParserInput(logging.Filter):
@@ -169,7 +249,10 @@ def _bridge_stdlib(fmt: str, level: int, stream: TextIO) -> None:
     handler.setLevel(level)
     handler.addFilter(_DropParserInput())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors(fmt)[:-2]],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name,
+                           structlog.contextvars.merge_contextvars,
+                           structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, redact, _renderer(fmt)]))
     root = logging.getLogger()

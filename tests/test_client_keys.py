@@ -10,15 +10,20 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from dcr_sidecar.client_keys import CryptoSigner, generate, load, registration_key
+from dcr_sidecar.client_keys import (
+    CryptoSigner,
+    generate,
+    load,
+    public_jwk,
+    registration_key,
+    thumbprint,
+)
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
 from dcr_sidecar.oauth.jose import (
     assertion_claims,
     choose_signing_alg,
     client_assertion,
-    public_jwk,
-    thumbprint,
 )
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.store.records import (

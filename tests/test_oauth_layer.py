@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import base64
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,7 @@ from dcr_sidecar.oauth.client_auth import (
     basic_authorization,
     strip_client_auth,
 )
-from dcr_sidecar.oauth.jose import JWT_BEARER, b64url_decode
+from dcr_sidecar.oauth.jose import JWT_BEARER, b64url, b64url_decode
 from dcr_sidecar.oauth.secret import Secret
 
 OAUTH_DIR = Path(__file__).resolve().parent.parent / "dcr_sidecar" / "oauth"
@@ -45,16 +47,19 @@ def test_oauth_modules_import_only_the_standard_library(path: Path) -> None:
 
 
 class HmacSigner:
-    """A stand-in signer: the encoder only needs `alg`, `kid` and `sign`."""
+    """A stand-in signer: the encoder only needs `alg`, `kid` and `compact_jws`."""
 
     alg = "HS256"
     kid = "test-key"
 
-    def sign(self, data: bytes) -> bytes:
+    def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
         import hashlib
         import hmac
+        import json
 
-        return hmac.new(b"k", data, hashlib.sha256).digest()
+        signing_input = ".".join(b64url(json.dumps(part).encode()) for part in (header, claims))
+        mac = hmac.new(b"k", signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{b64url(mac)}"
 
 
 FRESH = Freshness(now=1_700_000_000, jti="jti-1")

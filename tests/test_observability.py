@@ -4,6 +4,7 @@ aiohttp's own log records, error descriptions, and `doctor`'s output."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import structlog
 import yaml
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from dcr_sidecar import observability
 from dcr_sidecar.config import parse_settings
@@ -189,3 +191,47 @@ async def test_doctor_scrubs_a_secret_echoed_into_an_error(
     leak_guard.add_text(out.out + out.err)
     assert code == 1
     assert f"bad {MASK}" in out.out
+
+
+# ---------------------------------------------------------------------------- the canonical line
+
+def test_cached_logger_follows_a_new_configuration_level_and_capture(
+        leak_guard: LeakGuard) -> None:
+    """The request line's logger is assembled once, yet a new output, a new level and
+    structlog's capture_logs all take effect on the next call."""
+    cached = observability.CachedLogger("tests.cached")
+    cached.info("first_written", n=1)
+    assert last_line(leak_guard)["event"] == "first_written"
+    assert cached.bound() is cached.bound()  # no assembly per call
+    elsewhere = io.StringIO()
+    observability.configure_logging("json", "info", elsewhere)
+    cached.info("second_written")
+    assert json.loads(elsewhere.getvalue())["event"] == "second_written"
+    observability.set_level("warning")
+    cached.info("not_written")
+    assert "not_written" not in elsewhere.getvalue()
+    with capture_logs() as logs:
+        cached.warning("captured")
+    assert [entry["event"] for entry in logs] == ["captured"]
+
+
+def test_json_lines_render_what_orjson_refuses(leak_guard: LeakGuard) -> None:
+    """A lone surrogate (a stored byte that was not UTF-8) and an integer past 64 bits still
+    make one JSON line, through the standard library's encoder."""
+    log.info("probe", odd="bad\udcffbyte", big=2**70, obj=object.__name__)
+    line = last_line(leak_guard)
+    assert (line["odd"], line["big"]) == ("bad\udcffbyte", 2**70)
+
+
+def test_a_value_found_clean_is_masked_once_it_becomes_a_known_secret(
+        leak_guard: LeakGuard) -> None:
+    """Redaction remembers strings it found clean; remembering a secret forgets them. (Its own
+    output: the value is logged before it is a secret, which the leak guard would flag.)"""
+    own = io.StringIO()
+    observability.configure_logging("json", "info", own)
+    log.info("probe", detail="later-a-secret-77")
+    log.info("probe", detail="later-a-secret-77")
+    observability.remember_secret("later-a-secret-77")
+    log.info("probe", detail="later-a-secret-77")
+    details = [json.loads(line)["detail"] for line in own.getvalue().splitlines()]
+    assert details == ["later-a-secret-77", "later-a-secret-77", MASK]

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -293,14 +294,15 @@ def test_encoder_takes_one_signer_per_assertion_and_sends_ready_made_ones_as_the
     the same key, even when the source changes in between); a presigned assertion goes with
     client_id beside it and is asked for at the request's time."""
     from dcr_sidecar.oauth.client_auth import ClientCredentials, Freshness, auth_parts
-    from dcr_sidecar.oauth.jose import b64url_decode
+    from dcr_sidecar.oauth.jose import b64url, b64url_decode
 
     class Fixed:
         def __init__(self, kid: str) -> None:
             self.alg, self.kid = "ES256", kid
 
-        def sign(self, data: bytes) -> bytes:
-            return self.kid.encode()
+        def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+            parts = (json.dumps(header).encode(), json.dumps(claims).encode(), self.kid.encode())
+            return ".".join(b64url(part) for part in parts)
 
     class Rotating:
         def __init__(self) -> None:
@@ -345,7 +347,7 @@ def test_key_files_pem_and_jwk_get_kid_and_alg(tmp_path: Path) -> None:
     jwk.write_bytes(rsa_jwk("mine"))
     from_pem = load_key_file(str(pem), kid=None, alg=None)
     assert from_pem.alg == "ES256"
-    from dcr_sidecar.oauth.jose import thumbprint
+    from dcr_sidecar.client_keys import thumbprint
 
     assert from_pem.kid == thumbprint(dict(from_pem.public))
     assert (load_key_file(str(jwk), kid=None, alg=None).kid,

@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.store.errors import KeyMismatch, StoreCorrupt, StoreError
+from dcr_sidecar.store.errors import KeyMismatch, StoreCorrupt, StoreError, StoreUnreachable
 from dcr_sidecar.store.file import FileStore
 from dcr_sidecar.store.records import (
     PLAIN,
@@ -277,8 +277,8 @@ def test_a_record_with_a_lone_surrogate_escape_is_corrupt() -> None:
 async def test_file_store_lock_files_never_follow_a_planted_symlink(
         tmp_path: Path, lock: str) -> None:
     """A symlink planted where a lock file goes (the document's or a key's): the store refuses
-    it (ELOOP) and the link's target is neither created nor touched (O_NOFOLLOW; before: the
-    target was created)."""
+    it (ELOOP, raised as the store error StoreUnreachable) and the link's target is neither
+    created nor touched (O_NOFOLLOW; before: the target was created)."""
     path = tmp_path / "c.json"
     store = FileStore(str(path))
     await put(store, record())
@@ -288,7 +288,7 @@ async def test_file_store_lock_files_never_follow_a_planted_symlink(
     link = tmp_path / f".c.json.{name}.lock"
     link.unlink(missing_ok=True)
     link.symlink_to(target)
-    with pytest.raises(OSError, match="symbolic link"):
+    with pytest.raises(StoreUnreachable, match="symbolic link"):
         await put(store, record("cid-2"))
     assert not target.exists()
 

@@ -15,10 +15,10 @@ from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
 from dcr_sidecar.metrics import forward_route
-from dcr_sidecar.observability import scrub
+from dcr_sidecar.observability import CachedLogger, scrub
 from dcr_sidecar.proxy.runtime import RUNTIME
 
-log = structlog.get_logger("dcr_sidecar.request")
+log = CachedLogger("dcr_sidecar.request")  # the canonical line: assembled once, not per request
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REQUEST_ID = "X-Request-Id"
 MAX_HEADER_COUNT = 100
