@@ -18,6 +18,8 @@ SUBSET = [
     ("stable", "auth/basic-cimd"),  # CIMD with the operator's cimd.document_url
     ("stable", "auth/pre-registration"),  # a static client from the operator's config
     ("next", "auth/client-credentials-basic"),  # a service: client_credentials, static client
+    ("stable", "auth/client-credentials-jwt"),  # static private_key_jwt: client_key, aud = issuer
+    ("next", "auth/wif-jwt-bearer"),  # the app's RFC 7523 §2.1 grant relayed, client injected
 ]
 
 

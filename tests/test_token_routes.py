@@ -385,3 +385,37 @@ async def test_statuses_200_and_599_are_relayed(sidecar: SidecarFactory) -> None
             raw.status_line = f"HTTP/1.1 {status} Edge".encode()
             got, _, body = await post(f"{side.listen.url}/raw/token", ROUTE_FORMS["token"])
             assert (got, body) == (status, b'{"access_token": "never-relayed-0123"}')
+
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+WORKLOAD_JWT = ("eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoid29ya2xv"
+                "YWQifQ.c2lnbmF0dXJlLW9mLXRoZS13b3JrbG9hZC10b2tlbg")
+
+
+@pytest.mark.parametrize("method", ["none", "client_secret_basic"])
+async def test_jwt_bearer_grant_relayed_with_its_assertion_as_the_static_client(
+        sidecar: SidecarFactory, leak_guard: LeakGuard, method: str) -> None:
+    """RFC 7523 §2.1 (a workload trading its identity token, SEP-1933): the app's grant_type,
+    assertion and scope reach the AS unchanged, authenticated as the configured static client
+    and never as the app's placeholder; the workload's token stays out of the logs."""
+    leak_guard.add(WORKLOAD_JWT, INBOUND_SECRET)
+    async with RecordingAS(metadata={"token_endpoint_auth_methods_supported": [method],
+                                     "grant_types_supported": [JWT_BEARER_GRANT]}) as rec:
+        static: dict[str, Any] = {"client_id": "workload-client"}
+        if method == "client_secret_basic":
+            static["client_secret"] = INBOUND_SECRET
+        side = await start_pair(sidecar, rec, grant_types=[JWT_BEARER_GRANT], **static)
+        form = [("grant_type", JWT_BEARER_GRANT), ("assertion", WORKLOAD_JWT),
+                ("scope", "mcp:tools")]
+        status, _, body = await post(f"{side.listen.url}/rec/token",
+                                     [*form, ("client_id", "app-placeholder")])
+        assert status == 200, body
+        [seen] = rec.requests("/token")
+    assert [(k, v) for k, v in seen.form if k != "client_id"] == form
+    assert auth_methods_seen(seen) == ([method] if method != "none" else [])
+    if method == "none":  # RFC 6749 §3.2.1: a public client names itself
+        assert seen.form_values("client_id") == ["workload-client"]
+    else:
+        assert seen.form_values("client_id") == []
+        assert seen.header("Authorization") == [
+            basic_authorization("workload-client", INBOUND_SECRET)]

@@ -17,8 +17,11 @@ It checks nothing: discovery, the resource's identity, registration, PKCE, `iss`
 indicator and the scope from the resource's metadata are the sidecar's. The sidecar's config is
 made from the server URL alone (a ``resource:`` upstream, ``callback: sidecar``, ``pkce:
 sidecar``); a scenario that hands out a pre-registered client (``auth/pre-registration``) gets a
-static client, the operator's job, and the client-credentials extension's scenarios (a service,
-not a person's app) get an app configured for the client_credentials grant. The sidecar's log
+static client, the operator's job (with a private key handed out, ``auth/client-credentials-jwt``,
+the key goes to a file named by ``client_key``); the client-credentials extension's scenarios (a
+service, not a person's app) get an app configured for the client_credentials grant, and the
+workload identity extension's (``auth/wif-jwt-bearer``) an app that trades its workload token
+with the RFC 7523 §2.1 JWT-bearer grant through the sidecar's token route. The sidecar's log
 goes to stderr (the suite keeps it).
 """
 
@@ -46,6 +49,7 @@ NAME = "mcp"
 APP_REDIRECT = "http://127.0.0.1:{port}/app/callback"
 PLACEHOLDER_CLIENT_ID = "app"
 CIMD_DOCUMENT_URL = "https://conformance-test.local/client-metadata.json"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 MAX_LOGINS = 3  # a bounded number of logins per run: the retry limit an app must keep
 MAX_REDIRECTS = 10
 TIMEOUT_S = 10.0
@@ -90,14 +94,22 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------- the sidecar
 
 
-def machine_to_machine(scenario: str) -> bool:
-    """The OAuth client-credentials extension's scenarios test a service, not a person's app:
-    that app is configured for the client_credentials grant (its operator's choice)."""
-    return scenario.startswith("auth/client-credentials-")
+def app_grant(scenario: str) -> str:
+    """The grant the app is built for. The OAuth client-credentials extension's scenarios test
+    a service, not a person's app: that app uses the client_credentials grant. The workload
+    identity federation extension's (SEP-1933) test a workload that holds an identity token
+    from its platform and trades it with the RFC 7523 §2.1 JWT-bearer grant. Every other
+    scenario is a person's app: the authorization code grant through a browser."""
+    if scenario.startswith("auth/client-credentials-"):
+        return "client_credentials"
+    if scenario.startswith("auth/wif-"):
+        return JWT_BEARER
+    return "authorization_code"
 
 
 def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
-                   context: dict[str, Any], *, m2m: bool = False) -> dict[str, Any]:
+                   context: dict[str, Any], *, grant: str = "authorization_code",
+                   key_file: Path | None = None) -> dict[str, Any]:
     host = urllib.parse.urlsplit(server_url).hostname or "localhost"
     upstream: dict[str, Any] = {
         "name": NAME, "resource": server_url, "resource_probe": "post",
@@ -108,13 +120,19 @@ def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
         "cimd": {"document_url": CIMD_DOCUMENT_URL, "auth_method": "none"},
     }
     if "client_id" in context:  # pre-registration: the operator configures the static client
-        upstream.update(client_id=context["client_id"],
-                        client_secret=context.get("client_secret"))
+        upstream.update(client_id=context["client_id"])
+        if "private_key_pem" in context:  # private_key_jwt with the key the operator was handed
+            if key_file is None:
+                raise ValueError("a client key needs a key_file to be written to")
+            upstream["client_key"] = {"file": str(key_file),
+                                      "alg": context.get("signing_algorithm")}
+        else:
+            upstream["client_secret"] = context.get("client_secret")
         del upstream["cimd"], upstream["client_metadata"]  # a static client registers nothing
-    if m2m:  # no browser, no redirect URIs, nothing to mediate
+    if grant != "authorization_code":  # no browser, no redirect URIs, nothing to mediate
         for key in ("callback", "pkce", "redirect_uris"):
             del upstream[key]
-        upstream["grant_types"] = ["client_credentials"]
+        upstream["grant_types"] = [grant]
     return {
         "version": 1,
         "listen": {"host": "127.0.0.1", "port": listen},
@@ -131,38 +149,48 @@ def sidecar_config(server_url: str, listen: int, management: int, redirect: str,
     }
 
 
+def write_key_file(context: dict[str, Any], workdir: Path) -> Path | None:
+    """The private key a scenario hands out, as the operator's key file (owner-only)."""
+    pem = context.get("private_key_pem")
+    if not isinstance(pem, str):
+        return None
+    path = workdir / "client-key.pem"
+    path.touch(mode=0o600)
+    path.write_text(pem)
+    return path
+
+
 @contextmanager
-def sidecar(config: dict[str, Any]) -> Iterator[str]:
+def sidecar(config: dict[str, Any], workdir: Path) -> Iterator[str]:
     """`dcr-sidecar serve` on this config until the block ends; yields its base URL."""
-    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
-        path = Path(tmp, "sidecar.yaml")
-        path.write_text(json.dumps(config))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dcr_sidecar", "serve", "--config", str(path)],
-            stdout=sys.stderr, stderr=sys.stderr)
-        try:
-            base = f"http://127.0.0.1:{config['listen']['port']}"
-            health = f"http://127.0.0.1:{config['management']['port']}/healthz"
-            deadline = time.monotonic() + 15
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the sidecar exited with {process.returncode}")
-                try:
-                    if http("GET", health).status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the sidecar did not come up within 15 s")
-                time.sleep(0.05)
-            yield base
-        finally:
-            process.send_signal(signal.SIGTERM)
+    path = workdir / "sidecar.yaml"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dcr_sidecar", "serve", "--config", str(path)],
+        stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        base = f"http://127.0.0.1:{config['listen']['port']}"
+        health = f"http://127.0.0.1:{config['management']['port']}/healthz"
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the sidecar exited with {process.returncode}")
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                if http("GET", health).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sidecar did not come up within 15 s")
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # ---------------------------------------------------------------------------- OAuth via the sidecar
@@ -180,8 +208,9 @@ def challenged_scope(answer: Answer) -> str | None:
 
 
 class Login:
-    def __init__(self, base: str, redirect: str, *, m2m: bool = False) -> None:
-        self.base, self.redirect, self.m2m = base, redirect, m2m
+    def __init__(self, base: str, redirect: str, *, grant: str = "authorization_code",
+                 assertion: str | None = None) -> None:
+        self.base, self.redirect, self.grant, self.assertion = base, redirect, grant, assertion
         self.asked: list[str] = []
 
     def token(self, scope: str | None) -> str:
@@ -192,8 +221,12 @@ class Login:
         if meta.status != 200:
             raise RuntimeError(f"the sidecar served no AS metadata: {meta.status} {meta.body!r}")
         document = meta.json()
-        if self.m2m:
-            grant = {"grant_type": "client_credentials", "client_id": PLACEHOLDER_CLIENT_ID}
+        if self.grant != "authorization_code":
+            grant = {"grant_type": self.grant, "client_id": PLACEHOLDER_CLIENT_ID}
+            if self.grant == JWT_BEARER:  # the workload's own identity token (RFC 7523 §2.1)
+                if not self.assertion:
+                    raise RuntimeError("no workload identity token to trade")
+                grant["assertion"] = self.assertion
             if self.asked:
                 grant["scope"] = " ".join(self.asked)
             return self._exchange(document["token_endpoint"], grant)
@@ -327,14 +360,25 @@ def main(argv: list[str]) -> int:
     version = os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION", "2025-11-25")
     context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     redirect = APP_REDIRECT.format(port=free_port())
-    m2m = machine_to_machine(os.environ.get("MCP_CONFORMANCE_SCENARIO", ""))
-    config = sidecar_config(server_url, free_port(), free_port(), redirect, context, m2m=m2m)
-    with sidecar(config) as base:
-        try:
-            session(Mcp(server_url, version, Login(base, redirect, m2m=m2m)))
-        except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            print(f"driver: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+    grant = app_grant(os.environ.get("MCP_CONFORMANCE_SCENARIO", ""))
+    # The workload identity token the platform gives the workload (a projected token file in
+    # a real deployment); the scenario hands it out in its context.
+    assertion = context.get("valid_jwt")
+    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+        key_file = write_key_file(context, Path(tmp))
+        config = sidecar_config(server_url, free_port(), free_port(), redirect, context,
+                                grant=grant, key_file=key_file)
+        with sidecar(config, Path(tmp)) as base:
+            return run_app(Mcp(server_url, version, Login(base, redirect, grant=grant,
+                                                             assertion=assertion)))
+
+
+def run_app(mcp: Mcp) -> int:
+    try:
+        session(mcp)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        print(f"driver: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -47,16 +47,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
                         "/register guessed at the server's root; the sidecar never guesses "
                         "endpoints for a server-supplied AS (an operator can pin them under "
                         "endpoints:)"),
-    "auth/client-credentials-jwt": (
-        "out of scope", "extension: private_key_jwt with a key the operator is handed; a static "
-                        "client with private_key_jwt is not in version 1 (design.md §2.2: the "
-                        "sidecar signs only with key pairs it made itself)"),
     "auth/cross-app-access-complete-flow": ("out of scope", ENTERPRISE),
     "auth/enterprise-managed-authorization": ("out of scope", ENTERPRISE),
-    "auth/wif-jwt-bearer": ("out of scope", "extension: workload identity federation: the "
-                                            "workload's own identity token is the credential; "
-                                            "no client for the sidecar to register or "
-                                            "authenticate"),
     "auth/dpop": ("out of scope", "extension: DPoP-bound tokens; the sidecar refuses DPoP in "
                                   "version 1 (design.md §2.3)"),
     "auth/dpop-nonce": ("out of scope", "extension: DPoP-bound tokens; the sidecar refuses "
