@@ -5,8 +5,12 @@
 
 Everything runs on loopback: three `serve` replicas (real processes) with five upstreams on the
 real oidc-provider whose secrets expire every 20 s (renewed by RFC 7592 PUT), Redis behind
-Sentinel (a master, two replicas, three sentinels), and a bounded load of client_credentials
-token requests. The fault schedule (times scale with the duration):
+Sentinel (a master, two replicas, three sentinels), and a bounded load of token requests:
+client_credentials on every upstream, and on the first one every other request a
+refresh_token grant with a refresh token from a person's login (authorization code + PKCE)
+made through the sidecar before the faults start.
+
+The fault schedule (times scale with the duration):
 
     10 %  SIGKILL replica-0, restarted 3 s later
     25 %  Redis master SIGKILLed (Sentinel failover); the old master restarted as a replica
@@ -51,6 +55,7 @@ from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import sidecar_config
+from tests.flows import REDIRECT_URI, authlib_login, get_json
 from tests.support.oidc import OidcProvider
 from tests.support.redis_ha import SentinelGroup
 from tests.support.serve_process import ServeProcess
@@ -97,6 +102,9 @@ class Chaos:
         self.seen = Observed()
         self.stop = asyncio.Event()
         self.store: RedisStore | None = None
+        self.refresh_token = ""
+        self.relogging: asyncio.Task[None] | None = None
+        self.invalid_grants: list[float] = []  # wall clock
 
     # ---------------------------------------------------------------- set-up
 
@@ -112,10 +120,35 @@ class Chaos:
             "upstreams": [{"name": name, "issuer": self.provider.issuer,
                            "grant_types": ["client_credentials"],
                            "initial_access_token": IAT} for name in UPSTREAMS]})
+        # The first upstream also serves a person's login, so the load can refresh tokens.
+        config["upstreams"][0].update({
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "redirect_uris": [REDIRECT_URI], "scopes": ["openid", "offline_access"]})
         env = {"REDIS_URL": self.group.url()}
         self.replicas = [ServeProcess(self.workdir, f"replica-{n}", config, env)
                          for n in range(3)]
         await asyncio.gather(*(r.start() for r in self.replicas))
+        await self.login()
+
+    async def login(self) -> None:
+        """A person's login through a live replica: the refresh token the load uses."""
+        replica = next(r for r in self.replicas if r.name not in self.down)
+        base = f"{replica.url}/{UPSTREAMS[0]}"
+        client_id = (await get_json(f"{base}/client"))["client_id"]
+        _, token = await authlib_login(f"{base}/.well-known/openid-configuration", client_id,
+                                       scope="openid offline_access")
+        self.refresh_token = token["refresh_token"]
+        self.seen.secrets |= {token["refresh_token"], token["access_token"]}
+
+    async def relogin(self) -> None:
+        """After an invalid_grant: log in again (bounded tries; a fault may be under way)."""
+        for _ in range(20):
+            try:
+                await self.login()
+                break
+            except Exception:  # any failure (a fault may be under way): try again shortly
+                await asyncio.sleep(1)
+        self.relogging = None
 
     async def close(self) -> None:
         if self.store is not None:
@@ -133,9 +166,11 @@ class Chaos:
             upstream = UPSTREAMS[count % len(UPSTREAMS)]
             count += 1
             down = replica.name in self.down
+            form = {"grant_type": "client_credentials"}
+            if upstream == UPSTREAMS[0] and count % 2 and self.relogging is None:
+                form = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
             try:
-                async with session.post(f"{replica.url}/{upstream}/token",
-                                        data={"grant_type": "client_credentials"}) as resp:
+                async with session.post(f"{replica.url}/{upstream}/token", data=form) as resp:
                     body = await resp.json(content_type=None)
                     self.judge(resp.status, resp.headers, body, replica.name, upstream)
             except (aiohttp.ClientConnectionError, TimeoutError):
@@ -151,6 +186,9 @@ class Chaos:
         detail = body.get("error_description", "") if isinstance(body, dict) else ""
         if status == 200:
             self.seen.statuses["200"] += 1
+            if isinstance(body, dict) and body.get("refresh_token"):  # rotated: use the new one
+                self.refresh_token = body["refresh_token"]
+                self.seen.secrets.add(self.refresh_token)
             token = body.get("access_token") if isinstance(body, dict) else None
             if token and self.seen.statuses["200"] % 200 == 1:
                 self.seen.secrets.add(token)
@@ -160,6 +198,15 @@ class Chaos:
             return
         if status == 503 and "Retry-After" in headers:
             self.seen.statuses["503 + Retry-After"] += 1
+            return
+        if status == 400 and isinstance(body, dict) and body.get("error") == "invalid_grant" \
+                and upstream == UPSTREAMS[0]:
+            # Judged at the end: allowed only once the client the token was issued to was
+            # superseded (its secret expired); the app's person logs in again.
+            self.seen.statuses["400 invalid_grant (refresh)"] += 1
+            self.invalid_grants.append(time.time())
+            if self.relogging is None:
+                self.relogging = asyncio.create_task(self.relogin())
             return
         self.seen.statuses[str(status)] += 1
         self.seen.violations.append(f"{self.seen.at():.1f}s {replica} {upstream}: {status} "
@@ -271,13 +318,31 @@ class Chaos:
             await faults
             self.stop.set()
             await asyncio.gather(*tasks)
+            if self.relogging is not None:
+                await self.relogging
         await asyncio.sleep(SETTLE)
         await self.collect_secrets()
         return await self.invariants()
 
     async def invariants(self) -> list[Invariant]:
-        return [self.requests_invariant(), *await self.registration_invariants(),
-                self.agreement_invariant(), self.leak_invariant()]
+        return [self.requests_invariant(), await self.refresh_invariant(),
+                *await self.registration_invariants(), self.agreement_invariant(),
+                self.leak_invariant()]
+
+    async def refresh_invariant(self) -> Invariant:
+        """A refresh token fails (invalid_grant, relayed from the AS) only after the client it
+        was issued to was superseded: a new generation registered because its secret expired
+        (design.md §3.4 warns that a new generation can log users out)."""
+        record = (await self.records()).get(UPSTREAMS[0])
+        # When each later generation was registered (received_at moves with every renewal).
+        superseded = [g.client_id_issued_at or g.received_at for g in record.generations
+                      if g.generation > 1] if record else []
+        first = min(self.invalid_grants, default=None)
+        holds = first is None or bool(superseded and min(superseded) <= first + 1)
+        observed = "none" if first is None else (
+            f"{len(self.invalid_grants)} after {UPSTREAMS[0]}'s client was superseded "
+            f"({len(superseded)} new generation(s)); the person logged in again")
+        return Invariant("refresh: invalid_grant only for a superseded client", observed, holds)
 
     def requests_invariant(self) -> Invariant:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.seen.statuses.items()))
