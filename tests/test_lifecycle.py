@@ -193,9 +193,15 @@ async def test_config_change_new_generation_with_grace_then_deletion(
         assert loop.time() < deadline, "the superseded client was not deleted after its grace"
         await asyncio.sleep(0.2)
     assert new_id not in (await provider.stats())["deleted"]
-    stored = json.loads((tmp_path / "credentials.json").read_text())
-    gens = next(iter(stored["records"].values()))["generations"]
-    assert [g["client_id"] for g in gens] == [new_id]
+
+    def stored_ids() -> list[str]:
+        stored = json.loads((tmp_path / "credentials.json").read_text())
+        return [g["client_id"] for g in next(iter(stored["records"].values()))["generations"]]
+
+    # The store forgets the old generation right after the AS's DELETE answers: wait for it.
+    while stored_ids() != [new_id]:
+        assert loop.time() < deadline, f"the store still holds {stored_ids()}"
+        await asyncio.sleep(0.1)
 
 
 async def test_ephemeral_store_deletes_its_clients_on_clean_shutdown(
