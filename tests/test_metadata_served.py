@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dcr_sidecar import resolver
+from dcr_sidecar import files, resolver
 from tests.conftest import SidecarFactory
 from tests.flows import REDIRECT_URI, get_json
 from tests.support.recording_as import RecordingAS
@@ -115,13 +115,13 @@ async def test_client_id_file_is_written_off_the_event_loop_before_the_answer(
     request that registered the client is answered only once the file holds the client_id
     (before: it ran on the event loop's thread)."""
     threads: list[int] = []
-    real = resolver.write_atomic
+    real = files.write_atomic
 
     def recording(path: Path, content: str | bytes, **kwargs: Any) -> None:
         threads.append(threading.get_ident())
         real(path, content, **kwargs)
 
-    monkeypatch.setattr(resolver, "write_atomic", recording)
+    monkeypatch.setattr(resolver, "write_atomic", recording)  # the name resolver.py calls
     id_file = tmp_path / "acme-client-id"
     async with RecordingAS() as rec:
         side = await sidecar({"upstreams": [{
