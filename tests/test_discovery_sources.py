@@ -23,7 +23,7 @@ from tests.conftest import (
     sidecar_config,
 )
 from tests.flows import get_json
-from tests.support.fake_server import FakeServer
+from tests.support.fakes import FakeServer
 
 PRM = "/.well-known/oauth-protected-resource"
 

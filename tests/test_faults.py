@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FakeFactory, LeakGuard, SidecarFactory
-from tests.support.fake_server import FakeServer, as_metadata
+from tests.support.fakes import FakeServer, as_metadata
 
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tests.conftest import FakeFactory, LeakGuard, ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, authlib_login, get_json
-from tests.support.fake_server import FakeServer, as_metadata
+from tests.support.fakes import FakeServer, as_metadata
 
 IAT = "lifecycle-iat-0123456789"
 

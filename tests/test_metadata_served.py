@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from dcr_sidecar import files, resolver
 from tests.conftest import SidecarFactory
 from tests.flows import REDIRECT_URI, get_json
 from tests.support.recording_as import RecordingAS
@@ -105,3 +107,27 @@ async def test_client_route_and_client_id_file(sidecar: SidecarFactory, tmp_path
     assert registered["client_secret"] not in str(body)
     assert id_file.read_text() == registered["client_id"] + "\n"
     assert id_file.stat().st_mode & 0o777 == 0o644
+
+
+async def test_client_id_file_is_written_off_the_event_loop_before_the_answer(
+        sidecar: SidecarFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_atomic fsyncs the file and its directory: it runs in a worker thread, and the
+    request that registered the client is answered only once the file holds the client_id
+    (before: it ran on the event loop's thread)."""
+    threads: list[int] = []
+    real = files.write_atomic
+
+    def recording(path: Path, content: str | bytes, **kwargs: Any) -> None:
+        threads.append(threading.get_ident())
+        real(path, content, **kwargs)
+
+    monkeypatch.setattr(resolver, "write_atomic", recording)  # the name resolver.py calls
+    id_file = tmp_path / "acme-client-id"
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": [REDIRECT_URI],
+            "client_id_file": str(id_file)}]})
+        body = await get_json(f"{side.listen.url}/acme/client")
+        assert id_file.read_text() == f"{body['client_id']}\n"
+    assert threads
+    assert threading.get_ident() not in threads

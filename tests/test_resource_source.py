@@ -23,7 +23,7 @@ from dcr_sidecar.oauth.resource import validate_resource_metadata, with_default_
 from dcr_sidecar.resolver import migration
 from tests.conftest import FakeFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, follow_once, get_json
-from tests.support.fake_server import FakeServer
+from tests.support.fakes import FakeServer
 from tests.support.recording_as import RecordingAS
 from tests.test_discovery_sources import run_doctor
 

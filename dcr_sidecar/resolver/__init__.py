@@ -95,8 +95,10 @@ class UpstreamState:
     # The credentials served last, kept when `credentials` is cleared (admin DELETE) and
     # across a reload: what a client_id change is measured against.
     last_served: Credentials | None = None
-    # The client_id this state (so this config's client_id_file) last wrote to that file.
+    # The client_id this state (so this config's client_id_file) last wrote to that file, and
+    # the write in a thread (write_atomic fsyncs twice): the resolution awaits it (_guarded).
     client_id_written: str | None = None
+    client_id_file_write: asyncio.Task[None] | None = None
     previous: Credentials | None = None
     previous_until: float = 0.0  # wall clock
     current: Generation | None = None
@@ -313,6 +315,8 @@ class Resolver:
         await self._flight.cancel_all()
         for state in self._states.values():
             await state.watch.flight.cancel_all()
+            if state.client_id_file_write is not None:
+                await state.client_id_file_write
 
     # ------------------------------------------------------------------ machinery
 
@@ -330,6 +334,8 @@ class Resolver:
         structlog.contextvars.bind_contextvars(upstream=name)
         try:
             result = await work(state)
+            if state.client_id_file_write is not None:  # written before it is served
+                await state.client_id_file_write
         except errors.UpstreamError as exc:
             # Nested flights (credentials awaiting metadata) see one failure once.
             if not exc.accounted:
@@ -581,7 +587,7 @@ class Resolver:
         if old is None or old.client_id != creds.client_id:
             self.metrics.client_id_seen(creds.upstream, old, creds)
         if state.client_id_written != creds.client_id:  # also a new client_id_file (reload)
-            self._write_client_id_file(state.config, creds.client_id)
+            self._write_client_id_file(state, creds.client_id)
             state.client_id_written = creds.client_id
 
     async def _mark_served(self, state: UpstreamState, number: int) -> None:
@@ -1003,17 +1009,32 @@ class Resolver:
 
         return await self._shared(state, "delete", work)
 
-    def _write_client_id_file(self, config: Upstream, client_id: str) -> None:
+    def _write_client_id_file(self, state: UpstreamState, client_id: str) -> None:
+        """Write the file in a thread, never on the event loop (write_atomic fsyncs the file and
+        its directory); one upstream's writes run in order."""
+        config = state.config
         if not config.client_id_file:
             return
-        try:
-            write_atomic(Path(config.client_id_file), client_id + "\n", mode=0o644)
-        except OSError as exc:
-            log.error("client_id_file_failed", upstream=config.name, path=config.client_id_file,
-                      detail=exc.strerror)
-            return
-        log.info("client_id_file_written", upstream=config.name, path=config.client_id_file,
-                 client_id=client_id)
+        before = state.client_id_file_write
+
+        async def write() -> None:
+            if before is not None:
+                await before
+            await asyncio.to_thread(_write_client_id_file, config, client_id)
+
+        state.client_id_file_write = asyncio.get_running_loop().create_task(write())
+
+
+def _write_client_id_file(config: Upstream, client_id: str) -> None:
+    assert config.client_id_file is not None
+    try:
+        write_atomic(Path(config.client_id_file), client_id + "\n", mode=0o644)
+    except OSError as exc:
+        log.error("client_id_file_failed", upstream=config.name, path=config.client_id_file,
+                  detail=exc.strerror)
+        return
+    log.info("client_id_file_written", upstream=config.name, path=config.client_id_file,
+             client_id=client_id)
 
 
 def _expired(creds: Credentials) -> bool:
