@@ -24,8 +24,7 @@ from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.store.records import Record
-from tests.support.fake_server import FakeServer
-from tests.support.fakes import TOKEN_RESPONSE, FakeServers
+from tests.support.fakes import TOKEN_RESPONSE, FakeServer, FakeServers
 from tests.support.oidc import OidcProvider
 from tests.support.redis_server import RedisServer
 

@@ -33,7 +33,7 @@ from dcr_sidecar.store.errors import StoreUnreachable
 from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import FakeFactory, LeakGuard, ProviderFactory, SidecarFactory
-from tests.support.fake_server import FakeServer, as_metadata
+from tests.support.fakes import FakeServer, as_metadata
 from tests.support.redis_ha import SentinelGroup
 from tests.test_fleet import HoldingAS
 from tests.test_lifecycle import cc_token

@@ -35,7 +35,7 @@ from tests.conftest import (
     SidecarFactory,
     sidecar_config,
 )
-from tests.support.fake_server import FakeServer, as_metadata
+from tests.support.fakes import FakeServer, as_metadata
 from tests.support.serve_process import ServeProcess, run_command
 
 REPLICAS = 3

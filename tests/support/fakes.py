@@ -1,4 +1,5 @@
-"""Small in-process stand-ins for faults no real AS produces on demand.
+"""Small in-process stand-ins for faults no real AS produces on demand: one :class:`FakeServer`
+(routes given up front or scripted per test), the resolver of test names, and AS building blocks.
 
 Everything here listens on and resolves to 127.0.0.0/8 only: other loopback addresses
 (127.0.0.2, 127.0.0.3, ...) stand for "internal" and "foreign" hosts, and :class:`MapResolver`
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -61,23 +63,79 @@ class Hit:
     body: bytes
 
 
-@dataclass
 class FakeServer:
-    """One aiohttp app on one loopback address; records every request it sees."""
+    """One aiohttp app on one loopback address that records every request it sees. Its routes
+    are given up front (:meth:`FakeServers.start`, aiohttp patterns) or scripted by exact path
+    at any time (:meth:`route`, :meth:`json`; the ``fake_server`` fixture); a request nothing
+    answers gets 404."""
 
-    host: str
-    port: int = 0
-    hits: list[Hit] = field(default_factory=list)
-    runner: web.AppRunner | None = None
-
-    tls: bool = False
+    def __init__(self, host: str = "127.0.0.1", *, tls: bool = False) -> None:
+        self.host = _loopback_only(host)
+        self.port = 0
+        self.tls = tls
+        self.hits: list[Hit] = []
+        self.runner: web.AppRunner | None = None
+        self._scripted: dict[tuple[str, str], Handler] = {}
 
     @property
     def base(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
+    url = base
+
     def paths(self) -> list[str]:
         return [hit.path for hit in self.hits]
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for hit in self.hits if (hit.method, hit.path) == (method, path))
+
+    def total(self) -> int:
+        return len(self.hits)
+
+    @property
+    def bodies(self) -> list[tuple[str, bytes, dict[str, str]]]:
+        return [(hit.path, hit.body, hit.headers) for hit in self.hits]
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self._scripted[(method, path)] = handler
+
+    def json(self, method: str, path: str, body: Any, status: int = 200,
+             headers: dict[str, str] | None = None) -> None:
+        async def answer(_: web.Request) -> web.StreamResponse:
+            return web.Response(status=status, text=json.dumps(body),
+                                content_type="application/json", headers=headers)
+
+        self.route(method, path, answer)
+
+    async def start(self, routes: Iterable[tuple[str, str, Handler]] = (), *, port: int = 0,
+                    ssl_context: ssl.SSLContext | None = None) -> FakeServer:
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            body = await request.read() if request.can_read_body else b""
+            self.hits.append(Hit(request.method, request.path, dict(request.headers), body))
+            return await handler(request)
+
+        app = web.Application(middlewares=[record])
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)  # after the given routes
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, port, ssl_context=ssl_context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        handler = self._scripted.get((request.method, request.path))
+        if handler is None:
+            return web.Response(status=404, text="not found")
+        return await handler(request)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -93,29 +151,13 @@ class FakeServers:
                     host: str = "127.0.0.1", port: int = 0,
                     ssl_context: ssl.SSLContext | None = None) -> FakeServer:
         """`ssl_context` serves https (a test CA's certificate: see tests/test_tls.py)."""
-        server = FakeServer(_loopback_only(host), tls=ssl_context is not None)
-
-        @web.middleware
-        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-            body = await request.read() if request.can_read_body else b""
-            server.hits.append(Hit(request.method, request.path, dict(request.headers), body))
-            return await handler(request)
-
-        app = web.Application(middlewares=[record])
-        for method, path, handler in routes:
-            app.router.add_route(method, path, handler)
-        server.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await server.runner.setup()
-        site = web.TCPSite(server.runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server = FakeServer(host, tls=ssl_context is not None)
         self.started.append(server)
-        return server
+        return await server.start(routes, port=port, ssl_context=ssl_context)
 
     async def stop(self) -> None:
         for server in reversed(self.started):
-            if server.runner is not None:
-                await server.runner.cleanup()
+            await server.stop()
 
 
 def json_handler(document: Any, status: int = 200,
@@ -138,6 +180,21 @@ def metadata_handler(make: Callable[[web.Request], dict[str, Any]]) -> Handler:
 async def never_answer(request: web.Request) -> web.StreamResponse:
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
+
+
+def as_metadata(issuer: str, **extra: Any) -> dict[str, Any]:
+    """A minimal valid AS metadata document for `issuer`."""
+    doc: dict[str, Any] = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "registration_endpoint": f"{issuer}/register",
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "response_types_supported": ["code"],
+    }
+    doc.update(extra)
+    return doc
 
 
 Overrides = Callable[[str], Mapping[str, Any]]
