@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +17,8 @@ from aiohttp import web
 from dcr_sidecar import errors
 from dcr_sidecar.cimd import schedule
 from dcr_sidecar.config import Upstream
-from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
-from dcr_sidecar.resolver import UpstreamState
+from dcr_sidecar.resolver import Snapshot
 
 log = structlog.get_logger(__name__)
 NO_STORE = {"Cache-Control": "no-store"}
@@ -46,51 +44,35 @@ def source_of(upstream: Upstream) -> str:
                 if getattr(upstream, k) is not None)
 
 
-def _wall_clock(monotonic_deadline: float) -> str | None:
-    remaining = monotonic_deadline - time.monotonic()
-    if remaining <= 0:
-        return None
-    return datetime.fromtimestamp(time.time() + remaining, UTC).isoformat(timespec="seconds")
-
-
-def _next_renewal(state: UpstreamState) -> str | None:
-    gen = state.current
-    when = renew_at(gen.client_secret_expires_at, gen.received_at) if gen else None
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds") if when else None
-
-
-def describe(state: UpstreamState, runtime: Runtime | None = None) -> dict[str, Any]:
+def describe(snap: Snapshot, runtime: Runtime | None = None) -> dict[str, Any]:
     """One upstream as the admin API shows it (never a secret)."""
-    config, creds = state.config, state.credentials
-    issuer = (state.discovery.metadata.issuer if state.discovery is not None else config.issuer)
+    config, creds = snap.config, snap.credentials
     return {
         "name": config.name,
         "source": source_of(config),
-        "issuer": issuer,
+        "issuer": snap.issuer,
         "registration": config.strategy,
-        "mechanism": state.mechanism,
-        "mechanism_reason": state.mechanism_reason,
+        "mechanism": snap.mechanism,
+        "mechanism_reason": snap.mechanism_reason,
         "client_id": creds.client_id if creds else None,
         "token_endpoint_auth_method": creds.method if creds else None,
         "generation": creds.generation if creds else None,
         "client_secret_expires_at": creds.expires_at if creds else None,
-        "next_renewal": _next_renewal(state),
-        "previous_generation_until": (
-            datetime.fromtimestamp(state.previous_until, UTC).isoformat(timespec="seconds")
-            if state.previous is not None and state.previous_until else None),
-        "backoff_until": _wall_clock(state.backoff_until),
-        "last_error": state.last_error,
-        "last_error_step": state.last_error_step,
-        **({"resource": _resource(state)} if config.resource is not None else {}),
-        **({"cimd": _cimd(state, runtime)} if runtime is not None
+        "next_renewal": _iso(snap.renew_at),
+        "previous_generation_until": _iso(snap.previous_until),
+        "backoff_until": _iso(snap.backoff_until),
+        "last_error": snap.last_error,
+        "last_error_step": snap.last_error_step,
+        **({"resource": _resource(snap)} if config.resource is not None else {}),
+        **({"cimd": _cimd(snap, runtime)} if runtime is not None
            and runtime.settings.publishes_cimd(config)
            else {}),
     }
 
 
-def _resource(state: UpstreamState) -> dict[str, Any]:
+def _resource(snap: Snapshot) -> dict[str, Any]:
     """A `resource` source: the metadata in use and every change of authorization server."""
-    fetch = state.discovery.resource if state.discovery is not None else None
+    fetch = snap.resource
     return {
         "metadata_url": fetch.url if fetch else None,
         "authorization_servers": list(fetch.metadata.authorization_servers) if fetch else None,
@@ -98,13 +80,13 @@ def _resource(state: UpstreamState) -> dict[str, Any]:
                              if fetch and fetch.metadata.scopes_supported else None),
         "authorization_server_changes": [
             {"previous_issuer": c.previous_issuer, "issuer": c.issuer, "at": _iso(c.at),
-             "via": c.via} for c in state.watch.changes],
+             "via": c.via} for c in snap.authorization_server_changes],
     }
 
 
-def _cimd(state: UpstreamState, runtime: Runtime) -> dict[str, Any]:
+def _cimd(snap: Snapshot, runtime: Runtime) -> dict[str, Any]:
     """The CIMD facts: the URLs, the key schedule (public parts), relayed invalid_client."""
-    config, settings = state.config, runtime.settings
+    config, settings = snap.config, runtime.settings
     record = runtime.resolver.cimd_keys.held(config.name)
     keys = None
     if record is not None and config.cimd.auth_method == "private_key_jwt":
@@ -115,7 +97,7 @@ def _cimd(state: UpstreamState, runtime: Runtime) -> dict[str, Any]:
             "jwks_url": (settings.cimd_jwks_url(config)
                          if config.cimd.auth_method == "private_key_jwt" else None),
             "auth_method": config.cimd.auth_method, "keys": keys,
-            "invalid_client": state.invalid_client}
+            "invalid_client": snap.invalid_client}
 
 
 def _iso(when: float | None) -> str | None:
@@ -126,7 +108,7 @@ def _iso(when: float | None) -> str | None:
 async def list_upstreams(request: web.Request) -> web.StreamResponse:
     runtime = authorize(request)
     resolver = runtime.resolver
-    body = {"upstreams": [describe(resolver.state(name), runtime) for name in resolver.names()]}
+    body = {"upstreams": [describe(resolver.snapshot(name), runtime) for name in resolver.names()]}
     return web.json_response(body, headers=NO_STORE)
 
 
@@ -137,7 +119,7 @@ async def rotate(request: web.Request) -> web.StreamResponse:
     creds = await runtime.resolver.rotate(name)
     log.info("admin_rotated", upstream=name, previous_client_id=before and before.client_id,
              client_id=creds.client_id, generation=creds.generation)
-    return web.json_response(describe(runtime.resolver.state(name), runtime), headers=NO_STORE)
+    return web.json_response(describe(runtime.resolver.snapshot(name), runtime), headers=NO_STORE)
 
 
 async def delete_registration(request: web.Request) -> web.StreamResponse:

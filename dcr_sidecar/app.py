@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -34,12 +33,11 @@ from dcr_sidecar.management import redacted
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
-from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
-from dcr_sidecar.resolver import Resolver, wait_backoff
+from dcr_sidecar.resolver import Resolver
 from dcr_sidecar.store import CredentialStore, open_store
 from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
 
@@ -299,18 +297,16 @@ class Sidecar:
             self._background.append(asyncio.create_task(self.resolver.maintain(upstream.name)))
 
     def _gauges(self) -> Iterator[UpstreamGauges]:
-        now = time.monotonic()
         for name in self.resolver.names():
-            state = self.resolver.state(name)
-            creds = state.credentials
+            snap = self.resolver.snapshot(name)
+            creds = snap.credentials
             dynamic = creds is not None and creds.mechanism == "dcr"
             yield UpstreamGauges(
                 name=name,
                 secret_expires_at=creds.expires_at if creds and dynamic else None,
-                backoff_active=state.backoff_until > now, mechanism=state.mechanism,
+                backoff_active=snap.backing_off, mechanism=snap.mechanism,
                 generation=creds.generation if creds and dynamic else None,
-                renew_at=renew_at(creds.expires_at, state.current.received_at)
-                if creds and dynamic and state.current is not None else None)
+                renew_at=snap.renew_at if dynamic else None)
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      ssl_context: ssl.SSLContext | None = None) -> Bound:
@@ -337,7 +333,7 @@ class Sidecar:
                 return
             except Exception:  # the resolver logged and typed it already
                 if name in self.resolver.names():
-                    await wait_backoff(self.resolver.state(name))
+                    await self.resolver.wait_backoff(name)
 
     def reload(self, new: Settings) -> ReloadResult:
         """Apply what design.md §2.2 lists as reloadable; raise ConfigError (and change

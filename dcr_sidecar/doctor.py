@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dcr_sidecar import errors, migration
+from dcr_sidecar import errors
 from dcr_sidecar.client_keys import static_key_summary
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, ResourceFetch
@@ -23,6 +23,7 @@ from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.observability import remember_settings_secrets, scrub
 from dcr_sidecar.registrar import Registrar, registration_endpoint
+from dcr_sidecar.resolver import migration
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -150,13 +151,13 @@ async def _register(settings: Settings, name: str, report: dict[str, Any]) -> in
         await sidecar.resolver.close()
         await sidecar.outbound.close()
         await sidecar.store.close()
-    state = sidecar.resolver.state(name)
+    stats = sidecar.resolver.snapshot(name).stats
     report["client"] = {
         "client_id": creds.client_id, "mechanism": creds.mechanism,
         "generation": creds.generation,
         "token_endpoint_auth_method": creds.method,
         "client_secret_expires_at": creds.expires_at,
-        "registered_now": state.stats["registrations"] > 0,
+        "registered_now": stats["registrations"] > 0,
         "checked_at": int(time.time()),
     }
     return EXIT_OK

@@ -34,17 +34,17 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     upstreams: dict[str, Any] = {}
     ready = True
     for upstream in runtime.settings.upstreams:
-        state = runtime.resolver.state(upstream.name)
-        has = state.credentials is not None
+        snap = runtime.resolver.snapshot(upstream.name)
+        has = snap.credentials is not None
         upstreams[upstream.name] = {
             "required": upstream.required,
             "credentials": has,
-            "mechanism": state.mechanism,
-            "last_error": state.last_error,
-            "last_error_step": state.last_error_step,
+            "mechanism": snap.mechanism,
+            "last_error": snap.last_error,
+            "last_error_step": snap.last_error_step,
         }
-        if state.invalid_client:
-            upstreams[upstream.name]["cimd_invalid_client"] = state.invalid_client
+        if snap.invalid_client:
+            upstreams[upstream.name]["cimd_invalid_client"] = snap.invalid_client
         if upstream.required and not has:
             ready = False
     store = runtime.resolver.store

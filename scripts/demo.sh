@@ -16,6 +16,9 @@ busy = []
 for var in ("PROVIDER_PORT", "SIDECAR_PORT", "MANAGEMENT_PORT", "DEMO_PORT"):
     port = int(os.environ[var])
     with socket.socket() as sock:
+        # As the servers do: a port whose last connections linger in TIME_WAIT (a demo stopped
+        # a moment ago) is free to listen on; only a socket still bound to it makes it busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

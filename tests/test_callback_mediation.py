@@ -315,7 +315,7 @@ async def new_generation(side: Sidecar, issuer: str) -> None:
         second = replace(current, generation=2, client_id="client-gen-2",
                          received_at=time.time())
         await store.put(record.with_generation(second, time.time()))
-    side.resolver.state("acme").credentials = None
+    side.resolver.forget("acme")
 
 
 async def test_a_login_started_on_one_replica_finishes_on_another(

@@ -181,10 +181,10 @@ async def test_provider_without_the_feature_falls_back_to_dcr(
                                      {"grant_type": "client_credentials", "scope": "api:read"})
     leak_guard.add_token_response(issued)
     assert status == 200, issued
-    state = app.resolver.state("acme")
-    assert state.mechanism == "dcr"
-    assert state.mechanism_reason is not None
-    assert "client_id_metadata_document_supported" in state.mechanism_reason
+    snap = app.resolver.snapshot("acme")
+    assert snap.mechanism == "dcr"
+    assert snap.mechanism_reason is not None
+    assert "client_id_metadata_document_supported" in snap.mechanism_reason
     assert (await provider.stats())["registrations"] == 1
 
     forced = await sidecar({"front": local_ca.front(), "upstreams": [
@@ -225,7 +225,7 @@ async def test_time_to_first_token_cimd_and_dcr(
             times[label].append(time.perf_counter() - started)
             leak_guard.add_token_response(issued)
             assert status == 200, issued
-            assert app.resolver.state("acme").mechanism == label
+            assert app.resolver.snapshot("acme").mechanism == label
             assert (await provider.stats())["registrations"] == (0 if cimd else 2)
     cimd_ms, dcr_ms = (statistics.median(times[k]) * 1000 for k in ("cimd", "dcr"))
     print(f"\ntime to first token (median of {ROUNDS}): CIMD {cimd_ms:.1f} ms, DCR "

@@ -80,7 +80,7 @@ async def test_document_and_jwks_are_served_without_any_upstream(
     assert keys[0]["kty"] == "EC"
     assert keys[0]["alg"] == "ES256"
     assert not {"d", "p", "q"} & set(keys[0])
-    assert app.resolver.state("acme").credentials is None  # nothing was resolved upstream
+    assert app.resolver.snapshot("acme").credentials is None  # nothing was resolved upstream
 
 
 async def test_document_url_override_is_the_client_id(sidecar: SidecarFactory) -> None:

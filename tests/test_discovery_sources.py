@@ -146,10 +146,10 @@ async def test_metadata_is_refreshed_in_the_background_before_it_expires(
          "prefetch": True}]})
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while side.resolver.state("acme").stats["discoveries"] < 3:
+    while side.resolver.snapshot("acme").stats["discoveries"] < 3:
         assert loop.time() < deadline, "no background refresh"
         await asyncio.sleep(0.1)
-    assert side.resolver.state("acme").stats["registrations"] == 1
+    assert side.resolver.snapshot("acme").stats["registrations"] == 1
 
 
 async def run_doctor(tmp_path: Path, config: dict[str, Any], *args: str) -> tuple[int, str, str]:

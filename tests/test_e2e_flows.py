@@ -133,7 +133,7 @@ async def test_thirty_concurrent_first_contacts_register_once(
     stats = await provider.stats()
     assert stats["registrations"] == 1
     assert stats["registration_attempts"] == 1
-    assert side.resolver.state("acme").stats["discoveries"] == 1
+    assert side.resolver.snapshot("acme").stats["discoveries"] == 1
 
 
 @pytest.mark.parametrize("provider_kwargs", VARIANTS)

@@ -68,8 +68,10 @@ async def client_and_token(side: Sidecar, leak_guard: LeakGuard) -> str:
             return str((await resp.json())["client_id"])
 
 
-def held_secrets(side: Sidecar, leak_guard: LeakGuard) -> list[str]:
-    gen = side.resolver.state("acme").current
+async def held_secrets(side: Sidecar, leak_guard: LeakGuard) -> list[str]:
+    creds = side.resolver.snapshot("acme").credentials
+    assert creds is not None
+    gen = await side.resolver.generation("acme", creds.generation)
     assert gen is not None
     found = [s.reveal() for s in (gen.client_secret, gen.registration_access_token) if s]
     leak_guard.add(*found)
@@ -84,7 +86,7 @@ async def test_encrypted_records_and_key_rotation(
     leak_guard.add(old, new)
     first = await sidecar({"store": backend.store(old), "upstreams": [upstream(provider.issuer)]})
     client_id = await client_and_token(first, leak_guard)
-    secrets = held_secrets(first, leak_guard)
+    secrets = await held_secrets(first, leak_guard)
     assert len(secrets) == 2  # client_secret and registration_access_token
     await first.stop()
     raw = await backend.raw()
@@ -104,7 +106,7 @@ async def test_encrypted_records_and_key_rotation(
     only_new = await sidecar({"store": backend.store(new),
                               "upstreams": [upstream(provider.issuer)]})
     assert await client_and_token(only_new, leak_guard) == client_id
-    assert held_secrets(only_new, leak_guard) == secrets
+    assert await held_secrets(only_new, leak_guard) == secrets
     assert (await provider.stats())["registrations"] == 1
     raw = await backend.raw()
     assert all(secret not in raw for secret in secrets)
@@ -126,7 +128,7 @@ async def test_wrong_key_is_exit_1_and_changes_nothing(
     side = await sidecar({"store": backend.store(right),
                           "upstreams": [upstream(provider.issuer)]})
     await client_and_token(side, leak_guard)
-    held_secrets(side, leak_guard)
+    await held_secrets(side, leak_guard)
     await side.stop()
     before = await backend.raw()
     for keys, says in (([wrong], "not the keys the store was encrypted with"),

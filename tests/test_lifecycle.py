@@ -146,8 +146,8 @@ async def test_invalid_client_after_provider_reset_recovers_dynamic_only(
     new = await get_json(f"{side.listen.url}/dyn/client")
     assert new["client_id"] != old_id
     assert (await provider.stats())["registrations"] == 1
-    assert side.resolver.state("stat").stats["registrations"] == 0
-    assert side.resolver.state("dyn").stats["recoveries"] == 1
+    assert side.resolver.snapshot("stat").stats["registrations"] == 0
+    assert side.resolver.snapshot("dyn").stats["recoveries"] == 1
     _, token = await authlib_login(f"{side.listen.url}/dyn/.well-known/openid-configuration",
                                    new["client_id"], scope="openid profile")
     leak_guard.add_token_response(token)
@@ -294,8 +294,8 @@ async def test_invalid_client_storm_registers_once_and_deletes_the_unserved_gene
     assert {body["error"] for _, body in answers} == {"invalid_client"}
     assert storm.registered == ["storm-1", "storm-2"]  # the first client and one recovery
     assert storm.deleted == ["storm-1"]
-    assert side.resolver.state("acme").stats["recoveries"] == 1
-    record = await side.resolver.store.get(side.resolver.state("acme").key)  # type: ignore[arg-type]
+    assert side.resolver.snapshot("acme").stats["recoveries"] == 1
+    record = await side.resolver.store.get(side.resolver.snapshot("acme").record_key)  # type: ignore[arg-type]
     assert record is not None
     assert [g.client_id for g in record.generations] == ["storm-2"]
     # Inside the window a later invalid_client is relayed too, registering nothing.
@@ -323,7 +323,7 @@ async def test_a_superseded_generation_that_served_is_kept_for_its_grace(
         leak_guard.add_token_response(body)
     assert storm.registered == ["storm-1", "storm-2"]
     assert storm.deleted == []
-    record = await side.resolver.store.get(side.resolver.state("acme").key)  # type: ignore[arg-type]
+    record = await side.resolver.store.get(side.resolver.snapshot("acme").record_key)  # type: ignore[arg-type]
     assert record is not None
     assert [(g.client_id, g.superseded_at is not None) for g in record.generations] == [
         ("storm-1", True), ("storm-2", False)]
@@ -337,18 +337,18 @@ async def test_the_recovery_window_doubles_while_new_generations_never_serve(
     storm = InvalidClientAS(await fake_server())
     side = await sidecar({"backoff": {"base": 0.2, "cap": 300},
                           "upstreams": [cc_upstream(storm.fake.url, initial_access_token=None)]})
-    state = side.resolver.state("acme")
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
         for expected in (2, 3):
             deadline = loop.time() + 10
-            while time.monotonic() < state.recover_until:  # the previous window, if any
+            # the previous window, if any
+            while side.resolver.snapshot("acme").recover_until is not None:
                 assert loop.time() < deadline, "the recovery window never ended"
                 await asyncio.sleep(0.02)
             assert (await cc_token(session, side.listen.url))[0] == 401
             assert len(storm.registered) == expected
     assert storm.registered == ["storm-1", "storm-2", "storm-3"]
     assert storm.deleted == ["storm-1", "storm-2"]
-    assert state.recoveries_unserved == 2
+    assert side.resolver.snapshot("acme").recoveries_unserved == 2
     windows = [e["window_s"] for e in audit_events(leak_guard, "recovery_window_started")]
     assert windows == [0.2, 0.4]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -18,10 +17,10 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from dcr_sidecar import migration
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth.resource import validate_resource_metadata, with_default_scope
+from dcr_sidecar.resolver import migration
 from tests.conftest import FakeFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, follow_once, get_json
 from tests.support.fakes import FakeServer
@@ -419,23 +418,23 @@ async def test_background_refresh_that_finds_another_authorization_server_is_a_c
         resource = MovingResource(fake, as1.issuer)
         side = await sidecar({**unpinned(fake, prefetch=True),
                               "discovery": {"cache_ttl": 1, "min_ttl": 1}})
-        state = side.resolver.state("mcp")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while state.credentials is None:
+        while side.resolver.snapshot("mcp").credentials is None:
             assert loop.time() < deadline, "no prefetch"
             await asyncio.sleep(0.05)
         resource.move_to(as2.issuer)
-        while not state.watch.changes:
+        while not side.resolver.snapshot("mcp").authorization_server_changes:
             assert loop.time() < deadline, "no background refresh saw the move"
             await asyncio.sleep(0.05)
         location = await authorize_at(side.listen.url)
-    assert [(c.previous_issuer, c.issuer, c.via) for c in state.watch.changes] == [
+    snap = side.resolver.snapshot("mcp")
+    assert [(c.previous_issuer, c.issuer, c.via) for c in snap.authorization_server_changes] == [
         (as1.issuer, as2.issuer, "refresh")]
     assert location.startswith(as2.issuer + "/authorize?")
     assert sent_to(parse_qs(urlsplit(location).query)) == as2.clients[0]["client_id"]
-    assert state.credentials is not None
-    assert state.credentials.generation == 2
+    assert snap.credentials is not None
+    assert snap.credentials.generation == 2
 
 
 async def test_static_client_stays_with_its_authorization_server_after_a_refresh(
@@ -451,10 +450,10 @@ async def test_static_client_stays_with_its_authorization_server_after_a_refresh
                               "discovery": {"cache_ttl": 1, "min_ttl": 1}})
         await authorize_at(side.listen.url)
         resource.move_to(as2.issuer)
-        state = side.resolver.state("mcp")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while time.monotonic() < state.metadata_expires:  # the cached metadata expires
+        # the cached metadata expires
+        while side.resolver.snapshot("mcp").metadata_expires_at is not None:
             assert loop.time() < deadline
             await asyncio.sleep(0.05)
         with capture_logs() as logs:
@@ -463,6 +462,6 @@ async def test_static_client_stays_with_its_authorization_server_after_a_refresh
     assert location.startswith(as1.issuer + "/authorize?")
     assert sent_to(parse_qs(urlsplit(location).query)) == "static-app"
     assert as2.recorded == []
-    assert state.watch.changes == []
+    assert side.resolver.snapshot("mcp").authorization_server_changes == ()
     assert [e["why"] for e in logs if e["event"] == "authorization_server_change_ignored"] == [
         "static client"]

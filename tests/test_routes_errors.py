@@ -61,7 +61,7 @@ async def test_unreachable_as_gives_503_then_backoff_with_retry_after(
             assert resp.status == 503
             assert "backing off" in second["error_description"]
             assert int(resp.headers["Retry-After"]) >= 1
-    assert side.resolver.state("down").failures == 1
+    assert side.resolver.snapshot("down").failures == 1
 
 
 async def test_authorize_unavailable_redirects_error_with_state(sidecar: SidecarFactory) -> None:

@@ -88,7 +88,7 @@ async def test_a_new_generation_on_one_replica_is_served_by_the_other_within_the
         assert status == 200, token
         leak_guard.add_token_response(token)
     assert (await provider.stats())["registrations"] == 1  # counted since the reset: A's
-    assert b.resolver.state("acme").stats["registrations"] == 0
+    assert b.resolver.snapshot("acme").stats["registrations"] == 0
 
 
 async def test_a_renewal_on_one_replica_is_served_by_the_other_and_never_repeated(
@@ -197,7 +197,7 @@ async def test_registration_whose_write_fails_is_deleted_at_the_as(
     assert holding.deleted == ["client-1"]
     orphans = audit_events(leak_guard, "orphan_deleted")
     assert [(e["client_id"], e["cause_step"]) for e in orphans] == [("client-1", "store_write")]
-    assert side.resolver.state("acme").credentials is None
+    assert side.resolver.snapshot("acme").credentials is None
 
 
 async def _true_when(value: bool) -> bool:
@@ -213,12 +213,12 @@ async def test_memory_store_never_rereads_and_the_file_store_does(
     memory = await sidecar({"store": {"backend": "memory"}, "upstreams": [cc(provider.issuer)]})
     await client_of(memory)
     assert not memory.store.shared
-    assert memory.resolver._record_age(memory.resolver.state("acme")) == 0.0
+    assert memory.resolver.snapshot("acme").record_age == 0.0
     on_file = await sidecar({"upstreams": [cc(provider.issuer, "beta")]})
     await client_of(on_file, "beta")
     assert on_file.store.shared
     await asyncio.sleep(0.05)
-    assert on_file.resolver._record_age(on_file.resolver.state("beta")) > 0.0
+    assert on_file.resolver.snapshot("beta").record_age > 0.0
 
 
 async def test_lease_wait_timeout_is_503_with_retry_after_step_lease(
@@ -241,7 +241,7 @@ async def test_lease_wait_timeout_is_503_with_retry_after_step_lease(
     assert 0.5 <= loop.time() - started < 3
     assert body["error"] == "temporarily_unavailable"
     assert int(headers["Retry-After"]) >= 1
-    assert side.resolver.state("acme").last_error_step == "lease"
+    assert side.resolver.snapshot("acme").last_error_step == "lease"
     assert (await provider.stats())["registrations"] == 0
 
 
@@ -275,5 +275,5 @@ async def test_file_store_shared_by_two_sidecars_serves_a_new_generation_within_
     print(f"\nfile store: a new generation on A served by B after {took:.2f} s "
           f"(bound {BOUND} s)")
     assert took <= BOUND + 1.0
-    assert b.resolver.state("acme").stats["registrations"] == 0
+    assert b.resolver.snapshot("acme").stats["registrations"] == 0
     leak_guard.add_store(tmp_path / "shared.json")

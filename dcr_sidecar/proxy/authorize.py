@@ -88,7 +88,7 @@ def _served_issuer(runtime: Runtime, upstream: Upstream) -> str | None:
     """The issuer the app checks `iss` against, when the served metadata advertises RFC 9207."""
     if upstream.app_issuer == "sidecar":
         return runtime.settings.sidecar_issuer(upstream.name)
-    discovery = runtime.resolver.state(upstream.name).discovery
-    if discovery is None or not advertises_iss(discovery.metadata.document, upstream):
+    metadata = runtime.resolver.snapshot(upstream.name).metadata
+    if metadata is None or not advertises_iss(metadata.document, upstream):
         return None
-    return discovery.metadata.issuer
+    return metadata.issuer

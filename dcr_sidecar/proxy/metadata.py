@@ -21,7 +21,7 @@ from dcr_sidecar.oauth.resource import ResourceMetadata
 from dcr_sidecar.oauth.text import safe_url
 from dcr_sidecar.proxy.runtime import RUNTIME
 from dcr_sidecar.proxy.token import ROUTES
-from dcr_sidecar.resolver import UpstreamState
+from dcr_sidecar.resolver import Snapshot
 
 # Members naming client-authentication signing algorithms, DPoP, mTLS aliases and CIBA: the
 # app authenticates to the sidecar, not to the AS, so none of these describe what it can use.
@@ -114,22 +114,22 @@ async def client(request: web.Request) -> web.StreamResponse:
         "token_endpoint_auth_method": creds.method,
         "issuer": creds.issuer,
         "client_secret_expires_at": creds.expires_at,
-        **_history(runtime.resolver.state(name)),
+        **_history(runtime.resolver.snapshot(name)),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-def _history(state: UpstreamState) -> dict[str, Any]:
+def _history(snap: Snapshot) -> dict[str, Any]:
     """How the sidecar got here (what the demo's panel shows): where and when the metadata
     came from, and how and when the client was obtained. Never a secret."""
-    found = state.discovery
-    creds, current = state.credentials, state.current
+    creds = snap.credentials
     static = creds is not None and creds.static
+    registered = snap.registered_at
     return {
-        "registered_at": _iso(current.received_at) if current and not static else None,
-        "discovered_from": (safe_url(found.source_url) if found.source_url
-                            else "endpoints (configuration)") if found else None,
-        "discovered_at": _iso(found.fetched_at) if found else None,
+        "registered_at": _iso(registered) if registered is not None and not static else None,
+        "discovered_from": (safe_url(snap.discovered_from) if snap.discovered_from
+                            else "endpoints (configuration)") if snap.discovered else None,
+        "discovered_at": _iso(snap.discovered_at) if snap.discovered_at is not None else None,
     }
 
 

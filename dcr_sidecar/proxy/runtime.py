@@ -31,8 +31,8 @@ class Runtime:
 
     def resource_metadata(self, upstream: Upstream) -> ResourceMetadata | None:
         """The protected-resource metadata that named the AS (`resource` sources), once read."""
-        discovery = self.resolver.state(upstream.name).discovery
-        return discovery.resource.metadata if discovery and discovery.resource else None
+        fetch = self.resolver.snapshot(upstream.name).resource
+        return fetch.metadata if fetch is not None else None
 
     def default_resource(self, upstream: Upstream) -> str | None:
         """The RFC 8707 `resource` added when the app named none (`resource_indicator`): the

@@ -40,11 +40,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TypeVar
 
 import structlog
 
-from dcr_sidecar import errors, migration
+from dcr_sidecar import errors
 from dcr_sidecar.cimd import CimdKeys, KeyRingSigner, schedule
 from dcr_sidecar.client_keys import (
     KeySources,
@@ -68,10 +69,14 @@ from dcr_sidecar.oauth.retry import backoff_delay
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.registrar import Registrar, profile_of
+from dcr_sidecar.resolver import migration
+from dcr_sidecar.resolver.face import Credentials, Snapshot
 from dcr_sidecar.singleflight import SingleFlight
 from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.records import Generation, Record, RecordKey
+
+__all__ = ["Credentials", "Resolver", "Snapshot"]
 
 log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")
@@ -79,28 +84,6 @@ T = TypeVar("T")
 MAINTENANCE_IDLE = 300.0
 MAX_RECORD_AGE = 30.0  # design.md §3.4: replicas serve from a record at most this old
 REREAD_AT = 0.75  # the maintenance loop re-reads at this fraction of the bound
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What the proxy needs to act as the client: ready-made authentication parts."""
-
-    upstream: str
-    metadata: Metadata
-    client_id: str
-    method: str
-    generation: int
-    expires_at: int
-    static: bool
-    auth: ClientCredentials  # encoded per request (oauth.client_auth.auth_parts)
-    mechanism: str = "dcr"  # static | cimd | dcr (design.md §3.11)
-
-    @property
-    def issuer(self) -> str:
-        return self.metadata.issuer
-
-    def __repr__(self) -> str:
-        return f"Credentials({self.upstream}, client_id={self.client_id!r}, gen={self.generation})"
 
 
 @dataclass
@@ -163,18 +146,64 @@ class Resolver:
     def names(self) -> list[str]:
         return list(self._states)
 
-    def state(self, name: str) -> UpstreamState:
+    def _state(self, name: str) -> UpstreamState:
         state = self._states.get(name)
         if state is None:
             raise errors.NotFound(f"no upstream named {name!r} is configured")
         return state
+
+    def snapshot(self, name: str) -> Snapshot:
+        """One upstream as held now, frozen (:class:`.face.Snapshot`); NotFound if unknown."""
+        state = self._state(name)
+        found, gen = state.discovery, state.current
+        due = renew_at(gen.client_secret_expires_at, gen.received_at) if gen else None
+        return Snapshot(
+            config=state.config,
+            metadata=found.metadata if found else None,
+            discovered_from=found.source_url if found else None,
+            discovered_at=found.fetched_at if found else None,
+            metadata_expires_at=_wall(state.metadata_expires) if found else None,
+            resource=found.resource if found else None,
+            authorization_server_changes=tuple(state.watch.changes),
+            mechanism=state.mechanism, mechanism_reason=state.mechanism_reason,
+            credentials=state.credentials, record_key=state.key,
+            registered_at=gen.received_at if gen else None,
+            renew_at=float(due) if due else None,
+            previous_until=(state.previous_until
+                            if state.previous is not None and state.previous_until else None),
+            record_age=self._record_age(state),
+            failures=state.failures, backoff_until=_wall(state.backoff_until),
+            last_error=state.last_error, last_error_step=state.last_error_step,
+            recover_until=_wall(state.recover_until),
+            recoveries_unserved=state.recoveries_unserved,
+            invalid_client=state.invalid_client,
+            stats=MappingProxyType(dict(state.stats)))
+
+    async def generation(self, name: str, number: int) -> Generation | None:
+        """Generation `number` of the upstream's record as the store holds it now (None when
+        it is gone, or nothing is held yet): for mediation and the grace of a superseded
+        generation. A store failure is a typed 503 naming `store_read`."""
+        state = self._state(name)
+        if state.key is None:
+            return None
+        return (await self._read(state, state.key)).get(number)
+
+    def forget(self, name: str) -> None:
+        """Drop the credentials held in memory (the store keeps them): the next request
+        resolves again, from the store first."""
+        self._state(name).credentials = None
+
+    async def wait_backoff(self, name: str) -> None:
+        """Return when the upstream's backoff ends (at once when it is not backing off)."""
+        state = self._state(name)
+        await asyncio.sleep(max(0.05, state.backoff_until - time.monotonic()))
 
     def cached(self, name: str) -> Credentials | None:
         state = self._states.get(name)
         return state.credentials if state else None
 
     async def metadata(self, name: str) -> Metadata:
-        state = self.state(name)
+        state = self._state(name)
         if state.discovery is not None and time.monotonic() < state.metadata_expires:
             return state.discovery.metadata
         if state.discovery is None:
@@ -182,7 +211,7 @@ class Resolver:
         return await self._shared(state, "metadata", self._metadata)
 
     async def credentials(self, name: str) -> Credentials:
-        state = self.state(name)
+        state = self._state(name)
         creds = state.credentials
         if creds is not None and not self._stale(state, creds):
             return creds
@@ -199,7 +228,7 @@ class Resolver:
 
     def previous(self, name: str) -> Credentials | None:
         """The superseded generation still within its grace (for the invalid_grant retry)."""
-        state = self.state(name)
+        state = self._state(name)
         if state.previous is not None and time.time() < state.previous_until:
             return state.previous
         return None
@@ -207,13 +236,13 @@ class Resolver:
     async def stored(self, name: str, issuer: str) -> Record:
         """The upstream's record as the store holds it now (empty when there is none); a store
         failure is a typed 503 naming `store_read` (design.md §3.7)."""
-        state = self.state(name)
+        state = self._state(name)
         return await self._read(state, RecordKey(issuer, name))
 
     async def recover(self, name: str, failed: Credentials) -> Credentials | None:
         """The AS said invalid_client to `failed`: find out why and, if the client is gone or
         its secret expired, register a new generation. None: nothing to retry with."""
-        state = self.state(name)
+        state = self._state(name)
         if failed.static:
             return None
         if failed.mechanism == "cimd":
@@ -259,7 +288,7 @@ class Resolver:
     async def maintain(self, name: str) -> None:
         """Background upkeep of one upstream: renew before expiry, refresh metadata before it
         expires, delete superseded clients after their grace. Runs until cancelled."""
-        state = self.state(name)
+        state = self._state(name)
         while self._states.get(name) is state:  # a reload that replaces the state ends it
             delay = max(0.05, min(self._next_due(state) - time.time(), MAINTENANCE_IDLE))
             state.wake.clear()
@@ -280,7 +309,7 @@ class Resolver:
     async def recheck_resource(self, name: str) -> bool:
         """An authorization start: has the resource moved to another AS? True when it has, and
         the credentials held were dropped (:mod:`.migration`)."""
-        return await migration.recheck(self, self.state(name))
+        return await migration.recheck(self, self._state(name))
 
     async def close(self) -> None:
         await self._flight.cancel_all()
@@ -920,7 +949,7 @@ class Resolver:
 
     def _dynamic_state(self, name: str, action: str) -> UpstreamState:
         """The state of a dynamic upstream; admin actions on a static client are a conflict."""
-        state = self.state(name)
+        state = self._state(name)
         if state.config.strategy == "static":
             raise errors.Conflict(f"upstream {name!r} uses a static client; nothing to {action}")
         return state
@@ -1026,5 +1055,7 @@ def _credentials(config: Upstream, metadata: Metadata, gen: Generation) -> Crede
         auth=client_credentials(gen, config, metadata))
 
 
-async def wait_backoff(state: UpstreamState) -> None:
-    await asyncio.sleep(max(0.05, state.backoff_until - time.monotonic()))
+def _wall(monotonic_deadline: float) -> float | None:
+    """A monotonic deadline as wall clock; None when it has passed (or was never set)."""
+    remaining = monotonic_deadline - time.monotonic()
+    return time.time() + remaining if remaining > 0 else None
