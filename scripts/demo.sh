@@ -52,6 +52,11 @@ wait_http() {  # wait_http URL NAME PID: poll until the URL answers; stop if PID
   exit 1
 }
 
+# The demo provider keeps its clients in memory: a client stored by an earlier demo is unknown to
+# this one (its login page would say invalid_client). Start from an empty store; the sidecar
+# registers a fresh client at start-up (prefetch in config/dev.yaml).
+rm -f .dcr-sidecar/demo-credentials.json .dcr-sidecar/demo-client-id
+
 $PY -m tests.support.oidc --config "{\"port\": ${PROVIDER_PORT}}" &
 pids+=($!)
 wait_http "${DEMO_ISSUER}/.well-known/openid-configuration" "the OIDC provider" "$!"

@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,36 +121,81 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def test_ctrl_c_stops_the_whole_demo_within_two_seconds(demo_dir: Path) -> None:
-    ports = {var: free_port() for var in PORT_VARS}
-    proc = subprocess.Popen(["bash", str(demo_dir / "scripts" / "demo.sh")], env=demo_env(ports),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    try:
+class RunningDemo:
+    """scripts/demo.sh in its own process group, up once it printed its banner."""
+
+    def __init__(self, demo_dir: Path, ports: dict[str, int]) -> None:
+        self.proc = subprocess.Popen(["bash", str(demo_dir / "scripts" / "demo.sh")],
+                                     env=demo_env(ports), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.output = ""
+
+    def wait_up(self) -> None:
+        assert self.proc.stdout is not None
         deadline = time.monotonic() + 90
-        lines: list[str] = []
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
+        while time.monotonic() < deadline and "Ctrl-C stops everything" not in self.output:
+            line = self.proc.stdout.readline()
             if not line:
                 break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        assert "Ctrl-C stops everything" in "".join(lines), "".join(lines)
+            self.output += line
+        assert "Ctrl-C stops everything" in self.output, self.output
+
+    def interrupt(self) -> float:
+        """SIGINT to the group, as Ctrl-C in a terminal; seconds until no process is left."""
         sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=2)
-        while group_alive(proc.pid) and time.monotonic() - sent < 2:
+        os.killpg(self.proc.pid, signal.SIGINT)
+        self.proc.wait(timeout=2)
+        while group_alive(self.proc.pid) and time.monotonic() - sent < 2:
             time.sleep(0.02)
-        stopped = time.monotonic() - sent
-        assert not group_alive(proc.pid), f"demo still running {stopped:.2f} s after SIGINT"
+        return time.monotonic() - sent
+
+    def kill(self) -> None:
+        if group_alive(self.proc.pid):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def test_ctrl_c_stops_the_whole_demo_within_two_seconds(demo_dir: Path) -> None:
+    ports = {var: free_port() for var in PORT_VARS}
+    demo = RunningDemo(demo_dir, ports)
+    try:
+        demo.wait_up()
+        stopped = demo.interrupt()
+        assert not group_alive(demo.proc.pid), f"demo still running {stopped:.2f} s after SIGINT"
         assert stopped < 2, stopped
         for var in ("SIDECAR_PORT", "DEMO_PORT"):
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", ports[var]), timeout=1).close()
     finally:
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        proc.stdout.close()
+        demo.kill()
+
+
+def login_page(demo_port: int) -> str:
+    """The demo's Log in, followed through the sidecar to the provider's page."""
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    try:
+        with browser.open(f"http://127.0.0.1:{demo_port}/login", timeout=10) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:  # the provider's error page (400) is the finding
+        return f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+
+
+def test_a_second_demo_registers_afresh_and_its_login_works(demo_dir: Path) -> None:
+    """Failed before the fix: the second `make demo` reused the client stored by the first,
+    which the restarted in-memory provider does not know: its page said invalid_client."""
+    ports = {var: free_port() for var in PORT_VARS}
+    client_ids = []
+    for _ in range(2):
+        demo = RunningDemo(demo_dir, ports)
+        try:
+            demo.wait_up()
+            client_ids.append((demo_dir / ".dcr-sidecar" / "demo-client-id").read_text().strip())
+            page = login_page(ports["DEMO_PORT"])
+            assert "invalid_client" not in page, page
+            assert 'name="login"' in page, page
+            assert demo.interrupt() < 2
+        finally:
+            demo.kill()
+    assert client_ids[0] != client_ids[1], client_ids
