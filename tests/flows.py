@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,9 +24,12 @@ async def get_json(url: str) -> Any:
 
 
 async def authlib_login(metadata_url: str, client_id: str, *, scope: str,
-                        redirect_uri: str = REDIRECT_URI) -> tuple[dict[str, Any], dict[str, Any]]:
+                        redirect_uri: str = REDIRECT_URI,
+                        browser: Callable[[], aiohttp.ClientSession] = new_browser_session,
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """An unmodified authlib OAuth client: discovery document, authorize with PKCE, the person's
-    login and consent, code exchange. Returns (metadata, token response)."""
+    login and consent (in a session made by ``browser``), code exchange. Returns (metadata, token
+    response)."""
     metadata = await get_json(metadata_url)
     verifier = make_verifier()
     nonce = secrets.token_urlsafe(16)
@@ -34,8 +38,8 @@ async def authlib_login(metadata_url: str, client_id: str, *, scope: str,
         uri, _state = client.create_authorization_url(
             metadata["authorization_endpoint"], nonce=nonce, code_verifier=verifier,
             prompt="consent")
-        async with new_browser_session() as browser:
-            callback = await login_and_consent(browser, uri, redirect_uri)
+        async with browser() as person:
+            callback = await login_and_consent(person, uri, redirect_uri)
         token = await client.fetch_token(metadata["token_endpoint"],
                                          authorization_response=callback,
                                          code_verifier=verifier)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import statistics
 import time
 from pathlib import Path
@@ -19,13 +18,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc import jwt
 
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import Settings
 from dcr_sidecar.oauth.client_auth import auth_parts
-from dcr_sidecar.oauth.pkce import make_verifier
+from tests import flows
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, get_json, validate_id_token
 from tests.support.oidc import OidcProvider, login_and_consent
@@ -70,22 +68,8 @@ async def post_form(url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]
 async def authlib_login(ca: LocalCa, metadata_url: str, client_id: str,
                         scope: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """tests.flows.authlib_login with a browser trusting the test CA."""
-    metadata = await get_json(metadata_url)
-    verifier = make_verifier()
-    nonce = secrets.token_urlsafe(16)
-    async with AsyncOAuth2Client(client_id=client_id, redirect_uri=REDIRECT_URI, scope=scope,
-                                 code_challenge_method="S256") as client:
-        uri, _state = client.create_authorization_url(
-            metadata["authorization_endpoint"], nonce=nonce, code_verifier=verifier,
-            prompt="consent")
-        async with browser(ca) as person:
-            callback = await login_and_consent(person, uri, REDIRECT_URI)
-        token = await client.fetch_token(metadata["token_endpoint"],
-                                         authorization_response=callback,
-                                         code_verifier=verifier)
-    result = dict(token)
-    result["_nonce"] = nonce
-    return metadata, result
+    return await flows.authlib_login(metadata_url, client_id, scope=scope,
+                                     browser=lambda: browser(ca))
 
 
 async def test_oidc_login_with_the_url_client_id_registers_nothing(
