@@ -344,6 +344,16 @@ class RawStatusServer:
             writer.close()
 
 
+def raw_static_config(raw: RawStatusServer) -> dict[str, Any]:
+    """A static client whose token endpoint is the raw server (nothing to discover)."""
+    return {"upstreams": [{
+        "name": "raw", "issuer": raw.url, "registration": "static",
+        "client_id": "static-client", "client_secret": "static-secret-0123456789",
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": ["client_credentials"],
+        "endpoints": {"token_endpoint": f"{raw.url}/token"}}]}
+
+
 @pytest.mark.parametrize(("status_line", "named"), [
     (b"HTTP/1.1 099 Weird", "HTTP 99"),  # aiohttp reads it as 99
     (b"HTTP/1.1 99", "malformed status line"),  # aiohttp's parser refuses it
@@ -357,12 +367,7 @@ async def test_an_as_status_outside_200_to_599_becomes_a_502_naming_it(
     1xx answers are interim: aiohttp waits past them for the final one, RFC 9110 §15.2.)"""
     async with RawStatusServer() as raw:
         raw.status_line = status_line
-        side = await sidecar({"upstreams": [{
-            "name": "raw", "issuer": raw.url, "registration": "static",
-            "client_id": "static-client", "client_secret": "static-secret-0123456789",
-            "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": ["client_credentials"],
-            "endpoints": {"token_endpoint": f"{raw.url}/token"}}]})
+        side = await sidecar(raw_static_config(raw))
         got, headers, body = await post(f"{side.listen.url}/raw/token", ROUTE_FORMS["token"])
     assert raw.requests == 1
     assert got == 502, (got, body)
@@ -375,12 +380,7 @@ async def test_an_as_status_outside_200_to_599_becomes_a_502_naming_it(
 async def test_statuses_200_and_599_are_relayed(sidecar: SidecarFactory) -> None:
     """The edges of the relayed range still pass as they are."""
     async with RawStatusServer() as raw:
-        side = await sidecar({"upstreams": [{
-            "name": "raw", "issuer": raw.url, "registration": "static",
-            "client_id": "static-client", "client_secret": "static-secret-0123456789",
-            "token_endpoint_auth_method": "client_secret_basic",
-            "grant_types": ["client_credentials"],
-            "endpoints": {"token_endpoint": f"{raw.url}/token"}}]})
+        side = await sidecar(raw_static_config(raw))
         for status in (200, 599):
             raw.status_line = f"HTTP/1.1 {status} Edge".encode()
             got, _, body = await post(f"{side.listen.url}/raw/token", ROUTE_FORMS["token"])
