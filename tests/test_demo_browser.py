@@ -12,15 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from dcr_sidecar.app import Sidecar
-from dcr_sidecar.config import parse_settings
-from dcr_sidecar.demo import create_demo_app
 from tests.conftest import LeakGuard, ProviderFactory
-from tests.test_demo_e2e import DEV_CONFIG, dev_settings, free_port
+from tests.test_demo_e2e import demo_stack
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "demo-browser"
@@ -33,18 +28,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 async def demo(oidc: ProviderFactory, tmp_path: Path) -> AsyncIterator[Any]:
     """The stack of `make demo` (config/dev.yaml) on free ports: provider, sidecar, demo app."""
-    provider = await oidc()
-    demo_url = f"http://127.0.0.1:{free_port()}"
-    text = yaml.safe_dump(dev_settings(provider.issuer, demo_url, tmp_path))
-    settings = parse_settings(text, str(DEV_CONFIG), env={"DEMO_ISSUER": provider.issuer})
-    side = Sidecar(settings)
-    await side.start()
-    runner = web.AppRunner(create_demo_app(side.listen.url, "demo", demo_url))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", int(demo_url.rsplit(":", 1)[1])).start()
-    yield provider, side, demo_url, tmp_path
-    await runner.cleanup()
-    await side.stop()
+    async with demo_stack(await oidc(), tmp_path) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.demo import create_demo_app
 from tests.conftest import LeakGuard, ProviderFactory
-from tests.support.oidc import login_and_consent, new_browser_session
+from tests.support.oidc import OidcProvider, login_and_consent, new_browser_session
 
 DEV_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dev.yaml"
 
@@ -40,21 +42,28 @@ def dev_settings(issuer: str, demo_url: str, tmp_path: Path) -> dict[str, Any]:
     return dict(raw)
 
 
-@pytest.fixture
-async def demo(oidc: ProviderFactory, tmp_path: Path) -> Any:
-    provider = await oidc()
+@asynccontextmanager
+async def demo_stack(provider: OidcProvider,
+                     tmp_path: Path) -> AsyncIterator[tuple[OidcProvider, Sidecar, str, Path]]:
+    """The stack of `make demo` (config/dev.yaml) on free ports: sidecar and demo app in front
+    of ``provider``. Yields (provider, sidecar, demo app URL, tmp_path)."""
     demo_url = f"http://127.0.0.1:{free_port()}"
     text = yaml.safe_dump(dev_settings(provider.issuer, demo_url, tmp_path))
     settings = parse_settings(text, str(DEV_CONFIG), env={"DEMO_ISSUER": provider.issuer})
     side = Sidecar(settings)
     await side.start()
-    app = create_demo_app(side.listen.url, "demo", demo_url)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(create_demo_app(side.listen.url, "demo", demo_url))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", int(demo_url.rsplit(":", 1)[1])).start()
     yield provider, side, demo_url, tmp_path
     await runner.cleanup()
     await side.stop()
+
+
+@pytest.fixture
+async def demo(oidc: ProviderFactory, tmp_path: Path) -> Any:
+    async with demo_stack(await oidc(), tmp_path) as stack:
+        yield stack
 
 
 async def test_person_logs_in_through_the_demo_app(demo: Any, leak_guard: LeakGuard) -> None:
