@@ -13,23 +13,21 @@ Timings are printed (pytest -s shows them) for the issue report.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
-from tests.support.redis_ha import ClusterGroup
+from tests.support.redis_ha import ClusterGroup, StoreFactory, redis_stores
 from tests.test_lifecycle import cc_token
 from tests.test_store_records import record
 
 KEY = RecordKey("https://as.example", "acme")
-StoreFactory = Callable[..., RedisStore]
 
 
 @pytest.fixture
@@ -43,16 +41,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[ClusterGroup]:
 
 @pytest.fixture
 async def stores() -> AsyncIterator[StoreFactory]:
-    made: list[RedisStore] = []
-
-    def make(url: str) -> RedisStore:
-        store = RedisStore(Secret(url), lease_ttl=10, lease_wait=20)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.close()
+    async with redis_stores(lease_ttl=10, lease_wait=20) as make:
+        yield make
 
 
 def numbered(n: int) -> Record:

@@ -18,7 +18,7 @@ import base64
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import FakeFactory, LeakGuard, ProviderFactory, SidecarFactory
 from tests.support.fakes import FakeServer, as_metadata
-from tests.support.redis_ha import SentinelGroup
+from tests.support.redis_ha import SentinelGroup, StoreFactory, redis_stores
 from tests.test_fleet import HoldingAS
 from tests.test_lifecycle import cc_token
 from tests.test_store_records import SECRET, record, secrets_of
@@ -42,7 +42,6 @@ from tests.test_store_records import SECRET, record, secrets_of
 KEY = RecordKey("https://as.example", "acme")
 ROTATED = "rotated-secret-0123456789"
 LEASE_TTL = 10.0
-StoreFactory = Callable[..., RedisStore]
 
 
 @pytest.fixture
@@ -56,17 +55,8 @@ async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
 
 @pytest.fixture
 async def stores() -> AsyncIterator[StoreFactory]:
-    made: list[RedisStore] = []
-
-    def make(url: str, **kwargs: float) -> RedisStore:
-        store = RedisStore(Secret(url), lease_ttl=kwargs.get("lease_ttl", LEASE_TTL),
-                           lease_wait=kwargs.get("lease_wait", 15.0))
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.close()
+    async with redis_stores(lease_ttl=LEASE_TTL, lease_wait=15.0) as make:
+        yield make
 
 
 def secret_of(rec: Record | None) -> str | None:

@@ -15,15 +15,37 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.store.redis import RedisStore
 from tests.support.redis_server import RedisServer
 
 DOWN_AFTER_MS = 1000
 SETUP_DEADLINE = 30.0
 SERVICE = "fleet"
+StoreFactory = Callable[..., RedisStore]
+
+
+@asynccontextmanager
+async def redis_stores(*, lease_ttl: float, lease_wait: float) -> AsyncIterator[StoreFactory]:
+    """Yields ``make(url, lease_ttl=..., lease_wait=...)``: a RedisStore on ``url`` with these
+    lease settings unless the call overrides them. Every store made is closed on exit."""
+    made: list[RedisStore] = []
+
+    def make(url: str, *, lease_ttl: float = lease_ttl,
+             lease_wait: float = lease_wait) -> RedisStore:
+        store = RedisStore(Secret(url), lease_ttl=lease_ttl, lease_wait=lease_wait)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
 
 
 async def _until(what: str, deadline_s: float, check: object) -> float:
