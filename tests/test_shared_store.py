@@ -22,6 +22,7 @@ from tests.conftest import (
     RedisFactory,
     SidecarFactory,
 )
+from tests.support.oidc import OidcProvider
 from tests.support.redis_server import RedisServer, command
 from tests.test_fleet import HoldingAS
 from tests.test_lifecycle import IAT, audit_events, cc_token
@@ -55,14 +56,13 @@ async def until(condition: Any, deadline_s: float, what: str) -> float:
     return loop.time() - started
 
 
-async def test_a_new_generation_on_one_replica_is_served_by_the_other_within_the_bound(
-        oidc: ProviderFactory, redis_server: RedisFactory, sidecar: SidecarFactory,
-        leak_guard: LeakGuard) -> None:
-    """The AS forgets every client; replica A recovers (a new generation); replica B, which
-    never saw an error, serves the new client_id within the bound and registers nothing."""
-    provider = await oidc()
-    redis = await redis_server()
-    config = redis_config(redis, cc(provider.issuer))
+async def new_generation_on_a_served_by_b(
+        provider: OidcProvider, sidecar: SidecarFactory, config: dict[str, Any],
+        leak_guard: LeakGuard, what: str) -> tuple[Sidecar, float]:
+    """Sidecars A and B on one store (``config``, staleness bound BOUND) serve one client; the
+    AS forgets every client; a token request on A answers 200 and A recovers a new generation.
+    Returns B and the seconds until B served the new client_id (``what`` fails the wait after
+    BOUND + 3 s)."""
     a, b = await sidecar(config), await sidecar(config)
     for side in (a, b):
         side.resolver.max_record_age = BOUND
@@ -80,7 +80,19 @@ async def test_a_new_generation_on_one_replica_is_served_by_the_other_within_the
     async def b_serves_it() -> bool:
         return bool((await client_of(b))[1]["client_id"] == recovered["client_id"])
 
-    took = await until(b_serves_it, BOUND + 3, "B serves the new generation")
+    return b, await until(b_serves_it, BOUND + 3, what)
+
+
+async def test_a_new_generation_on_one_replica_is_served_by_the_other_within_the_bound(
+        oidc: ProviderFactory, redis_server: RedisFactory, sidecar: SidecarFactory,
+        leak_guard: LeakGuard) -> None:
+    """The AS forgets every client; replica A recovers (a new generation); replica B, which
+    never saw an error, serves the new client_id within the bound and registers nothing."""
+    provider = await oidc()
+    redis = await redis_server()
+    config = redis_config(redis, cc(provider.issuer))
+    b, took = await new_generation_on_a_served_by_b(provider, sidecar, config, leak_guard,
+                                                    "B serves the new generation")
     print(f"\nrotation on A served by B after {took:.2f} s (bound {BOUND} s)")
     assert took <= BOUND + 1.0
     async with aiohttp.ClientSession() as session:
@@ -254,24 +266,8 @@ async def test_file_store_shared_by_two_sidecars_serves_a_new_generation_within_
     provider = await oidc()
     config = {"store": {"backend": "file", "path": str(tmp_path / "shared.json")},
               "upstreams": [cc(provider.issuer)]}
-    a, b = await sidecar(config), await sidecar(config)
-    for side in (a, b):
-        side.resolver.max_record_age = BOUND
-    _, first, _ = await client_of(a)
-    _, same, _ = await client_of(b)
-    assert same["client_id"] == first["client_id"]
-    await provider.reset()
-    async with aiohttp.ClientSession() as session:
-        status, token = await cc_token(session, a.listen.url)
-        assert status == 200, token
-        leak_guard.add_token_response(token)
-    _, recovered, _ = await client_of(a)
-    assert recovered["client_id"] != first["client_id"]
-
-    async def b_serves_it() -> bool:
-        return bool((await client_of(b))[1]["client_id"] == recovered["client_id"])
-
-    took = await until(b_serves_it, BOUND + 3, "B serves the new generation from the file")
+    b, took = await new_generation_on_a_served_by_b(
+        provider, sidecar, config, leak_guard, "B serves the new generation from the file")
     print(f"\nfile store: a new generation on A served by B after {took:.2f} s "
           f"(bound {BOUND} s)")
     assert took <= BOUND + 1.0
