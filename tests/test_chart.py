@@ -52,6 +52,14 @@ MODES: dict[str, dict[str, Any]] = {
 FRONT_ROUTES = ("authorize", "callback", "client-metadata.json", "jwks.json")
 
 
+def deployment_example(name: str) -> dict[str, Any]:
+    """The values of the docs/deployment.md ```yaml block that begins with ``# <name>``."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    match = re.search(rf"```yaml\n(# {re.escape(name)}.*?)```", text, re.DOTALL)
+    assert match, f"the {name} example is in docs/deployment.md"
+    return dict(yaml.safe_load(match.group(1)))
+
+
 def render(chart: Path | str, values: dict[str, Any], name: str = "shop") -> list[dict[str, Any]]:
     with helm.Chart.load(str(chart)) as loaded:
         manifests = loaded.render(values=values, name=name, namespace="apps")
@@ -395,10 +403,7 @@ def test_example_app_chart_routes_the_front_channel_through_its_own_service(
 def test_the_front_example_of_docs_deployment_renders_and_validates() -> None:
     """docs/deployment.md's complete Kubernetes example (front, Service, Ingress, redis
     replicas) renders, lints, is valid Kubernetes and gives a valid sidecar config."""
-    text = (ROOT / "docs" / "deployment.md").read_text()
-    match = re.search(r"```yaml\n(# values-front\.yaml.*?)```", text, re.DOTALL)
-    assert match, "the example is in docs/deployment.md"
-    values = yaml.safe_load(match.group(1))
+    values = deployment_example("values-front.yaml")
     report = helm.lint(str(CHART), values, strict=False)
     assert not [m for m in report["messages"] if m["severity"] >= 3]
     docs = render(CHART, values)

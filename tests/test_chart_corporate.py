@@ -19,6 +19,7 @@ from tests.test_chart import (
     CORE_KINDS,
     LATEST_KUBE,
     MIN_KUBE,
+    deployment_example,
     of_kind,
     pod_spec,
     render,
@@ -111,14 +112,7 @@ def test_a_bundle_alone_keeps_the_user_s_security_settings() -> None:
 def test_the_corporate_example_of_docs_deployment_renders_and_validates() -> None:
     """docs/deployment.md's chart example (trust bundle, projected token, egress proxy)
     lints, is valid Kubernetes and points the sidecar at the mounted files."""
-    import re
-
-    from tests.test_chart import ROOT
-
-    text = (ROOT / "docs" / "deployment.md").read_text()
-    match = re.search(r"```yaml\n(# values-corporate\.yaml.*?)```", text, re.DOTALL)
-    assert match, "the example is in docs/deployment.md"
-    values = yaml.safe_load(match.group(1))
+    values = deployment_example("values-corporate.yaml")
     report = helm.lint(str(CHART), values, strict=False)
     assert not [m for m in report["messages"] if m["severity"] >= 3]
     docs = render(CHART, values)
