@@ -227,12 +227,13 @@ class Sidecar:
         try:
             await self.store.open()  # a wrong encryption key stops here, having changed nothing
             self.listen = await self._serve(create_app(self.runtime, self.in_flight),
-                                            self.settings.listen.host, self.settings.listen.port)
+                                            self.settings.listen.host, self.settings.listen.port,
+                                            key="listen")
             await self._serve_front()
             self.management = await self._serve(create_management_app(self.runtime,
                                                                       self.in_flight),
                                                 self.settings.management.host,
-                                                self.settings.management.port)
+                                                self.settings.management.port, key="management")
         except BaseException:
             await self.stop()
             raise
@@ -257,7 +258,7 @@ class Sidecar:
         if front.tls is not None:
             self.tls = FrontTls(front.tls)
         self.front = await self._serve(create_front_app(self.runtime, self.in_flight),
-                                       front.host, front.port,
+                                       front.host, front.port, key="front",
                                        ssl_context=self.tls.context if self.tls else None)
         if front.port == 0 and not self.settings.public_base_url:
             # Port 0 (tests): the default public base URL derives from the bound port.
@@ -308,7 +309,7 @@ class Sidecar:
                 generation=creds.generation if creds and dynamic else None,
                 renew_at=snap.renew_at if dynamic else None)
 
-    async def _serve(self, app: web.Application, host: str, port: int,
+    async def _serve(self, app: web.Application, host: str, port: int, *, key: str,
                      ssl_context: ssl.SSLContext | None = None) -> Bound:
         # In-flight requests are awaited by stop() itself (with the grace in force then);
         # the runner's own timeout only bounds the cancellation of what is left after that.
@@ -318,7 +319,11 @@ class Sidecar:
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # say which setting: "address already in use" alone names none
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} ({key}.host / {key}.port): "
+                                     f"{exc.strerror or exc}") from exc
         server = site._server  # the bound socket tells the real port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port

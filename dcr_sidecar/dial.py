@@ -36,7 +36,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from dcr_sidecar.config import Settings
-from dcr_sidecar.oauth.addresses import IPNetwork, parse_address, refusal
+from dcr_sidecar.oauth.addresses import IPNetwork, always_blocked, parse_address, refusal
 
 # The egress proxy's authority may dial any address the operator's name for it resolves to.
 ANYWHERE: tuple[IPNetwork, ...] = (ipaddress.ip_network("0.0.0.0/0"),
@@ -83,10 +83,10 @@ def current_destination(host: str, port: int) -> Authority | None:
 class AddressRefused(OSError):
     """A destination address the policy forbids (raised inside the connector)."""
 
-    def __init__(self, host: str, address: str, reason: str) -> None:
+    def __init__(self, host: str, address: str, reason: str, hint: str = "") -> None:
         # errno + strerror, so aiohttp's connector errors show the message.
         super().__init__(errno.EPERM, f"{host} resolves to {address}, a {reason} address, "
-                         "which the address policy forbids for this authority")
+                         f"which the address policy forbids for this authority{hint}")
         self.reason = reason
 
 
@@ -128,6 +128,17 @@ class AddressPolicy:
             allowed = ANYWHERE
         return refusal(parse_address(address), allowed)
 
+    def allow_hint(self, dest: Authority | None, address: str, reason: str) -> str:
+        """How the operator lifts a refusal: the setting and the entry to add (none for cloud
+        metadata, which nothing lifts)."""
+        if always_blocked(reason):
+            return ""
+        parsed = parse_address(address)
+        key = ("security.allow_private_networks"
+               if dest is not None and dest in self.configured
+               else "security.allow_private_networks_server_supplied")
+        return f" — to allow it, list '{parsed}/{parsed.max_prefixlen}' in {key}"
+
 
 class PolicyResolver(AbstractResolver):
     """Resolves with an inner resolver, then drops every address the policy forbids.
@@ -151,7 +162,9 @@ class PolicyResolver(AbstractResolver):
             if not verdicts:
                 raise OSError(f"{host} has no address")
             first, reason = verdicts[0]
-            raise AddressRefused(host, first["host"], reason or "refused")
+            reason = reason or "refused"
+            raise AddressRefused(host, first["host"], reason,
+                                 self.policy.allow_hint(dest, first["host"], reason))
         return kept
 
     async def close(self) -> None:
@@ -166,11 +179,11 @@ def guarded_socket_factory(policy: AddressPolicy) -> Callable[[Any], socket.sock
         family, type_, proto, _, sockaddr = addr_info
         address = str(sockaddr[0])
         named = _DESTINATION.get()
-        reason = policy.refusal(named if named is not None and named[2] == sockaddr[1] else None,
-                                address)
+        dest = named if named is not None and named[2] == sockaddr[1] else None
+        reason = policy.refusal(dest, address)
         if reason is not None:
             host = named[1] if named is not None else address
-            raise AddressRefused(host, address, reason)
+            raise AddressRefused(host, address, reason, policy.allow_hint(dest, address, reason))
         return socket.socket(family=family, type=type_, proto=proto)
 
     return factory

@@ -55,6 +55,8 @@ DESCRIPTIONS: dict[str, str] = {
     'front.host': 'address of the front listener (not loopback: set public_base_url)',
     'front.port': 'port of the front listener',
     'front.tls': 'serve the front listener over TLS (the PEM files are re-read when they change)',
+    'front.tls.cert_file': 'PEM certificate (chain) of the front listener',
+    'front.tls.key_file': 'PEM private key of the front listener',
     'inbound': (
         'sidecar-local credentials the app must present on back-channel routes; required when'
         ' `listen.host` is not loopback'
@@ -171,6 +173,29 @@ DESCRIPTIONS: dict[str, str] = {
         'Client ID Metadata Documents: how the published client document and its keys are '
         'served'
     ),
+    'upstreams[].cimd.auth_method': (
+        '`private_key_jwt`: the document publishes a JWKS and the sidecar signs assertions; '
+        '`none`: a public client'
+    ),
+    'upstreams[].cimd.max_age': (
+        '`Cache-Control: max-age` of the served client document, seconds (0 to 86400)'
+    ),
+    'upstreams[].cimd.key_overlap': (
+        'seconds a new signing key is published before it signs, and an old one after it '
+        'stops; null: twice `max_age` (at least 1)'
+    ),
+    'upstreams[].cimd.key_rotation': (
+        'rotate the signing key every this many seconds (more than twice `key_overlap`); null: '
+        'only by hand'
+    ),
+    'upstreams[].cimd.document_url': (
+        'an https URL where you publish a copy of the client document: it is then the '
+        'client_id (default `{public_base_url}/{name}/client-metadata.json`)'
+    ),
+    'upstreams[].cimd.jwks_url': (
+        'an https URL where you publish a copy of the JWKS (default '
+        '`{public_base_url}/{name}/jwks.json`)'
+    ),
     'upstreams[].client_assertion': (
         'static `private_key_jwt` with a ready-made JWT (a projected service-account token for '
         'workload identity), sent with `client_id`; re-read when the file changes, never sent '
@@ -198,12 +223,39 @@ DESCRIPTIONS: dict[str, str] = {
     'upstreams[].endpoints': (
         "no discovery: the AS's endpoints given here (issuer required beside them)"
     ),
+    'upstreams[].endpoints.authorization_endpoint': (
+        "the AS's authorization endpoint (`/{name}/authorize` redirects there)"
+    ),
+    'upstreams[].endpoints.token_endpoint': "the AS's token endpoint (`/{name}/token`)",
+    'upstreams[].endpoints.registration_endpoint': (
+        "the AS's RFC 7591 registration endpoint; null: no DCR (a static or CIMD client)"
+    ),
+    'upstreams[].endpoints.revocation_endpoint': 'RFC 7009 revocation (`/{name}/revoke`)',
+    'upstreams[].endpoints.introspection_endpoint': (
+        'RFC 7662 introspection (`/{name}/introspect`)'
+    ),
+    'upstreams[].endpoints.pushed_authorization_request_endpoint': (
+        'RFC 9126 pushed authorization requests (`/{name}/par`)'
+    ),
+    'upstreams[].endpoints.device_authorization_endpoint': (
+        'RFC 8628 device authorization (`/{name}/device_authorization`)'
+    ),
+    'upstreams[].endpoints.code_challenge_methods_supported': (
+        'the PKCE methods the AS accepts, as in its metadata'
+    ),
+    'upstreams[].endpoints.token_endpoint_auth_methods_supported': (
+        'the client authentication methods the AS accepts, as in its metadata (the sidecar '
+        'picks from them)'
+    ),
     'upstreams[].generation_grace': 'how long a superseded client generation stays usable',
     'upstreams[].grant_types': (
         '`response_types` is `[code]` exactly when `authorization_code` is present'
     ),
     'upstreams[].initial_access_token': (
         'sent as Bearer, only to a registration endpoint on a configured authority'
+    ),
+    'upstreams[].initial_access_token.file': (
+        'a file holding the token, read again at each registration (a rotated token is used)'
     ),
     'upstreams[].issuer': "the AS's issuer: discovery tries its RFC 8414 and OIDC well-known URLs",
     'upstreams[].loopback_any_port': 'loopback IP redirect URIs match any port (RFC 8252 §7.3)',

@@ -211,7 +211,8 @@ class Outbound:
         if reason is not None:
             raise errors.PolicyRefused(
                 f"refusing {safe_url(url)}: {host} is a {reason} address, not allowed for "
-                f"{authority_text(dest)}", step=step, upstream=upstream)
+                f"{authority_text(dest)}{self.policy.allow_hint(dest, host, reason)}",
+                step=step, upstream=upstream)
 
     async def request(
         self,

@@ -92,6 +92,10 @@ def scrub(text: str) -> str:
         text = _URL_RE.sub(_safe_url_in_text, text)
     if _MAY_HOLD_CREDENTIAL.search(text) is not None:
         text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
+    return _mask_known(text)
+
+
+def _mask_known(text: str) -> str:
     for secret in _known_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -117,7 +121,13 @@ _UNSCANNED = frozenset({int, float, bool, type(None)})
 # and those keys: most log values repeat (event names, methods, routes, upstream names), so a
 # repeat skips the scans. Emptied when a secret is remembered (it may hide in one) and when full.
 _CLEAN_LIMIT = 4096
-_CLEAN_LENGTH = 200
+# Shorter than a request id (32 hex characters), which never repeats: remembering those would
+# only churn the set.
+_CLEAN_LENGTH = 31
+# Letters, digits, "._-" only (a request id, a client_id, a kid): no URL, no credential pattern
+# (those need whitespace, "=" or ":") and no control character can be in it, so only the known
+# secrets are looked for.
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9._-]*")
 _clean: set[str] = set()
 _plain_keys: set[str] = set()
 
@@ -145,7 +155,10 @@ def _redact_text(key: str, lowered: str, value: str) -> str:
         return strip_controls(scrub(safe_url(value)))
     if key in MULTILINE_KEYS:
         return strip_controls(scrub(value), keep="\n\t")
-    redacted = strip_controls(scrub(value))
+    if _PLAIN_TOKEN.fullmatch(value) is not None:
+        redacted = _mask_known(value)
+    else:
+        redacted = strip_controls(scrub(value))
     if redacted == value and len(value) <= _CLEAN_LENGTH:
         _remember_clean(key, value)
     return redacted

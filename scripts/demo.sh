@@ -16,6 +16,9 @@ busy = []
 for var in ("PROVIDER_PORT", "SIDECAR_PORT", "MANAGEMENT_PORT", "DEMO_PORT"):
     port = int(os.environ[var])
     with socket.socket() as sock:
+        # As the servers do: a port whose last connections linger in TIME_WAIT (a demo stopped
+        # a moment ago) is free to listen on; only a socket still bound to it makes it busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -48,6 +51,11 @@ wait_http() {  # wait_http URL NAME PID: poll until the URL answers; stop if PID
   echo "demo: $2 did not come up at $1" >&2
   exit 1
 }
+
+# The demo provider keeps its clients in memory: a client stored by an earlier demo is unknown to
+# this one (its login page would say invalid_client). Start from an empty store; the sidecar
+# registers a fresh client at start-up (prefetch in config/dev.yaml).
+rm -f .dcr-sidecar/demo-credentials.json .dcr-sidecar/demo-client-id
 
 $PY -m tests.support.oidc --config "{\"port\": ${PROVIDER_PORT}}" &
 pids+=($!)

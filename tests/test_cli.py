@@ -102,6 +102,10 @@ async def test_serve_with_port_in_use_exits_1(tmp_path: Path) -> None:
         code, _, err = await run_cli("serve", "--config", str(path))
     assert code == 1
     assert "startup_failed" in err
+    # Failed before the fix: "OSError: error while attempting to bind on address ..." named no
+    # setting.
+    assert f"cannot listen on 127.0.0.1:{port} (listen.host / listen.port)" in err, err
+    assert "Traceback" not in err
 
 
 async def test_check_config_on_broken_file_exits_2_naming_file_path_and_value(

@@ -141,6 +141,24 @@ async def test_doctor_on_a_dead_upstream_says_connection_refused_once_per_url(
         assert out.count(url) == 1, out
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_doctor_on_a_loopback_issuer_names_the_setting_that_allows_it(
+        tmp_path: Path, host: str) -> None:
+    """Failed before the fix: the refusal said 'not allowed' but not how to allow it."""
+    port = free_port()
+    config = doctor_config(tmp_path, f"http://{host}:{port}",
+                           security={"allow_http": [host]})  # no allow_private_networks
+    result = run("doctor", "--config", config, "acme")
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "a loopback address" in out, out
+    assert "— to allow it, list '" in out, out
+    assert "in security.allow_private_networks" in out, out
+    if host == "127.0.0.1":
+        assert "list '127.0.0.1/32' in security.allow_private_networks" in out, out
+    assert "Traceback" not in result.stderr
+
+
 async def test_doctor_timeout_names_the_timeout(tmp_path: Path, silent_server: Silent) -> None:
     port = silent_server.port
     config = doctor_config(tmp_path, f"http://127.0.0.1:{port}",

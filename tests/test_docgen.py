@@ -34,6 +34,15 @@ def test_every_key_of_the_model_is_in_the_reference() -> None:
         assert f"| `{path}` |" in text, path
 
 
+def test_every_key_says_what_it_means() -> None:
+    """Failed before the fix: front.tls.cert_file, upstreams[].endpoints.*, upstreams[].cimd.*
+    and others had an empty meaning column."""
+    empty = [row.path for row in docgen.rows(Settings) if not row.meaning.strip()]
+    assert not empty, (
+        f"no meaning for {empty}: give the field a Field(description=...) or add a row to "
+        f"docgen.DESCRIPTIONS, then run `{docgen.COMMAND}`")
+
+
 def test_rows_come_from_any_model() -> None:
     """A model added later is described without touching docgen: type, default, nesting."""
 

@@ -1,5 +1,5 @@
-"""The layering rule of STYLE.md: `dcr_sidecar/oauth/` is pure protocol and imports, at import
-time, only the standard library and other `dcr_sidecar.oauth` modules.
+"""The layering rule of docs/design.md §4: `dcr_sidecar/oauth/` is pure protocol and imports, at
+import time, only the standard library and other `dcr_sidecar.oauth` modules.
 
 Imports under ``if TYPE_CHECKING:`` and inside functions (lazy, optional hooks) are allowed.
 """

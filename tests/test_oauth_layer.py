@@ -1,4 +1,4 @@
-"""The pure protocol layer: standard library only (STYLE.md), and the client-auth table."""
+"""The pure protocol layer: standard library only (docs/design.md §4), and the client-auth table."""
 
 from __future__ import annotations
 

@@ -235,3 +235,12 @@ def test_a_value_found_clean_is_masked_once_it_becomes_a_known_secret(
     log.info("probe", detail="later-a-secret-77")
     details = [json.loads(line)["detail"] for line in own.getvalue().splitlines()]
     assert details == ["later-a-secret-77", "later-a-secret-77", MASK]
+
+
+def test_a_known_secret_inside_a_plain_token_is_masked(leak_guard: LeakGuard) -> None:
+    """Values of letters, digits and "._-" skip the URL and credential patterns, never the
+    known secrets (a client could send its secret as X-Request-Id)."""
+    observability.remember_secret("plain-secret-42")
+    log.info("probe", request_id="id.plain-secret-42_x", short="plain-secret-42")
+    line = last_line(leak_guard)
+    assert (line["request_id"], line["short"]) == (f"id.{MASK}_x", MASK)

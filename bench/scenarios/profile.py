@@ -47,7 +47,8 @@ async def sample(ctx: Context, target: Target, tool: str) -> tuple[Profile, str]
         raise RuntimeError(f"py-spy failed ({spy.returncode}): {said.decode(errors='replace')}")
     with out.open() as handle:
         profile = summarize(parse(handle))
-    command = " ".join([*argv[:2], "--pid", "PID", *argv[4:-2], "--output", out.name])
+    # "py-spy", not the path it was run from: the report names no file outside the repository.
+    command = " ".join(["py-spy", argv[1], "--pid", "PID", *argv[4:-2], "--output", out.name])
     return profile, command
 
 

@@ -42,8 +42,9 @@ async def handle_index(request: web.Request) -> web.Response:
     session = request.app[HTTP_KEY]
     intro = (
         "<div class=card><p>This is an ordinary OpenID Connect app that knows nothing about "
-        "client registration: it only talks to the dcr-sidecar, which obtains client credentials "
-        "for the upstream authorization server (static, or by Dynamic Client Registration) and "
+        "client registration: it only talks to the dcr-sidecar, which obtains a client for the "
+        "upstream authorization server (static, a Client ID Metadata Document, or by Dynamic "
+        "Client Registration) and "
         "gives this app just the client_id. When you log in, the sidecar passes the authorization "
         "request on and injects the real client authentication into the token request; this app "
         "then validates the ID token it receives and shows its claims.</p>"
