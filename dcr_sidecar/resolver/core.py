@@ -44,11 +44,11 @@ T = TypeVar("T")
 class Core:
     """State per upstream, the shared flights, the store, the clock."""
 
-    metrics: Metrics = Metrics(None)  # the sidecar sets its own (app.Sidecar)
 
-    def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore,
-                 clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore, *,
+                 metrics: Metrics | None = None, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics(None)  # passed in, never patched on afterwards
         self.clock: Clock = clock or SystemClock()
         self.outbound = outbound
         self.store = store
