@@ -206,8 +206,7 @@ class Sidecar:
         self.metrics.set_upstreams(u.name for u in settings.upstreams)
         self.outbound = Outbound(settings, self.metrics, resolver)
         self.store = store or open_store(settings.store)
-        self.resolver = Resolver(settings, self.outbound, self.store)
-        self.resolver.metrics = self.metrics
+        self.resolver = Resolver(settings, self.outbound, self.store, metrics=self.metrics)
         self.runtime = Runtime(settings, self.resolver, self.outbound,
                                _bounded(settings, flows if flows is not None
                                         else _flow_store(self.store)),

@@ -63,7 +63,7 @@ from tests.support.serve_process import ServeProcess
 UPSTREAMS = [f"up{n}" for n in range(1, 6)]
 IAT = "chaos-initial-access-token-0123456789"
 SECRET_LIFETIME = 20
-STALENESS_BOUND = 30.0  # resolver.MAX_RECORD_AGE
+STALENESS_BOUND = 30.0  # resolver.state.MAX_RECORD_AGE
 WORKERS = 3
 PAUSE = 0.1  # seconds between one worker's requests: about 25 requests/s in all
 MAX_DURATION = 300.0

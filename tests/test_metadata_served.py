@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dcr_sidecar import files, resolver
+from dcr_sidecar import files
 from tests.conftest import SidecarFactory
 from tests.flows import REDIRECT_URI, get_json
 from tests.support.recording_as import RecordingAS
@@ -121,7 +121,7 @@ async def test_client_id_file_is_written_off_the_event_loop_before_the_answer(
         threads.append(threading.get_ident())
         real(path, content, **kwargs)
 
-    monkeypatch.setattr(resolver, "write_atomic", recording)  # the name resolver.py calls
+    monkeypatch.setattr(files, "write_atomic", recording)  # the resolver calls files.write_atomic
     id_file = tmp_path / "acme-client-id"
     async with RecordingAS() as rec:
         side = await sidecar({"upstreams": [{

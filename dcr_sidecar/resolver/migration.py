@@ -24,7 +24,6 @@ A protected resource may move to another authorization server: its metadata's
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,8 @@ from dcr_sidecar.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from dcr_sidecar.discovery import DiscoveryResult
-    from dcr_sidecar.resolver import Resolver, UpstreamState
+    from dcr_sidecar.resolver import Resolver
+    from dcr_sidecar.resolver.state import Clock, UpstreamState
 
 log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")
@@ -64,7 +64,7 @@ class ResourceWatch:
     flight: SingleFlight[str, None] = field(default_factory=SingleFlight)  # concurrent starts
 
 
-def discovered(state: UpstreamState, previous: DiscoveryResult | None) -> None:
+def discovered(state: UpstreamState, previous: DiscoveryResult | None, clock: Clock) -> None:
     """A (re)discovery finished: its document is fresh; a new AS is a change (via refresh),
     except for a static client, which keeps the AS it has (`previous` is put back)."""
     state.watch.fresh = True
@@ -79,7 +79,7 @@ def discovered(state: UpstreamState, previous: DiscoveryResult | None) -> None:
         state.discovery = previous
         return
     _continue_generations(state)
-    _record(state, previous.metadata.issuer, current.metadata.issuer, "refresh")
+    _record(state, previous.metadata.issuer, current.metadata.issuer, "refresh", clock.time())
 
 
 async def recheck(resolver: Resolver, state: UpstreamState) -> bool:
@@ -88,7 +88,7 @@ async def recheck(resolver: Resolver, state: UpstreamState) -> bool:
     known = state.discovery.resource if state.discovery is not None else None
     if known is None or state.config.resource is None:
         return False
-    watch, now = state.watch, time.monotonic()
+    watch, now = state.watch, resolver.clock.monotonic()
     if watch.fresh:  # what the discovery read moments ago; the interval counts re-checks only
         watch.fresh = False
         return False
@@ -136,11 +136,11 @@ async def _recheck(resolver: Resolver, state: UpstreamState) -> None:
         return
     _continue_generations(state)
     state.discovery = moved
-    state.metadata_expires = time.monotonic() + moved.ttl
+    state.metadata_expires = resolver.clock.monotonic() + moved.ttl
     # The old AS's credentials and superseded generation are never offered at the new one.
     state.credentials = state.previous = None
     state.current, state.key, state.previous_until = None, None, 0.0
-    _record(state, issuer, moved.metadata.issuer, "recheck")
+    _record(state, issuer, moved.metadata.issuer, "recheck", resolver.clock.time())
 
 
 def _continue_generations(state: UpstreamState) -> None:
@@ -148,8 +148,8 @@ def _continue_generations(state: UpstreamState) -> None:
     state.watch.generation_floor = max(state.watch.generation_floor, held)
 
 
-def _record(state: UpstreamState, previous: str, issuer: str, via: str) -> None:
-    change = ServerChange(previous, issuer, time.time(), via)
+def _record(state: UpstreamState, previous: str, issuer: str, via: str, now: float) -> None:
+    change = ServerChange(previous, issuer, now, via)
     state.watch.changes = [*state.watch.changes, change][-KEPT_CHANGES:]
     state.stats["authorization_server_changes"] = \
         state.stats.get("authorization_server_changes", 0) + 1
