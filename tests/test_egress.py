@@ -234,14 +234,15 @@ def test_no_proxy_entries_in_the_usual_forms() -> None:
     a parent domain covers its subdomains, never a longer name that merely ends alike."""
     egress = _parse({"from_environment": True}, {
         "HTTPS_PROXY": "proxy.corp.test:3128",
-        "NO_PROXY": "*.internal.test,registry.test:5000,10.0.0.0/8"}).egress
+        "NO_PROXY": "*.internal.test,registry.test:5000,127.16.0.0/16"}).egress
     assert egress.proxy == "http://proxy.corp.test:3128"
-    assert egress.no_proxy == [".internal.test", "registry.test", "10.0.0.0/8"]
+    assert egress.no_proxy == [".internal.test", "registry.test", "127.16.0.0/16"]
     assert egress.bypasses("login.internal.test")
     assert egress.bypasses("registry.test")
-    assert egress.bypasses("10.1.2.3")
+    assert egress.bypasses("127.16.2.3")
+    assert not egress.bypasses("127.17.2.3")
     assert not egress.bypasses("notinternal.test")
-    assert not egress.bypasses("10.test")
+    assert not egress.bypasses("127.test")
 
 
 @pytest.mark.parametrize(("egress", "message"), [
