@@ -27,6 +27,9 @@ def targets(results: list[ScenarioResult], *, info: bool = False) -> list[str]:
     """The issue's targets (or, with `info`, the informational bounds) in scenario order."""
     out = ["| target | measured | verdict | margin | scenario |", "|---|---|---|---|---|"]
     for result in results:
+        if result.skipped and not result.checks and not info:
+            why = result.skipped.splitlines()[0][:160].replace("|", "\\|")
+            out.append(f"| its targets | – | ⏸ not measured | {why} | {result.title} |")
         for check in result.checks:
             if check.informational == info:
                 out.append(f"| {check.target} | {check.measured} | {_verdict(check)} | "

@@ -192,3 +192,11 @@ def test_informational_checks_stay_out_of_the_list_of_targets() -> None:
     assert "uvloop" in "\n".join(targets([result], info=True))
     again = ScenarioResult.from_dict(result.as_dict())
     assert [c.informational for c in again.checks] == [False, True]
+
+
+def test_a_failed_scenario_still_has_a_row_in_the_targets() -> None:
+    failed = ScenarioResult("storm", "Registration storm", skipped="failed: WrkFailed: a | b\nx")
+    listed = "\n".join(targets([failed]))
+    row = next(line for line in listed.splitlines() if line.startswith("| its targets |"))
+    assert row.endswith("| ⏸ not measured | failed: WrkFailed: a \\| b | Registration storm |")
+    assert "Registration storm" not in "\n".join(targets([failed], info=True))
