@@ -32,6 +32,7 @@ from dcr_sidecar.oauth import cimd
 from dcr_sidecar.oauth.cimd import ScheduledKey
 from dcr_sidecar.oauth.jose import Signer
 from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.records import Generation, Record, RecordKey
@@ -107,8 +108,10 @@ class _Held:
 class CimdKeys:
     """The key sets of every CIMD upstream of one process (see the module docstring)."""
 
-    def __init__(self, store: CredentialStore, max_record_age: Callable[[], float]) -> None:
+    def __init__(self, store: CredentialStore, max_record_age: Callable[[], float],
+                 redactor: Redactor) -> None:
         self.store = store
+        self.redactor = redactor  # told of every private key held
         self._max_record_age = max_record_age  # the resolver's bound (tests lower it)
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -210,15 +213,20 @@ class CimdKeys:
                 async with self._errors(name, "store_write"):
                     await self.store.put(pruned)
                 changed = pruned
-                self._held[name] = _Held(changed, time.monotonic())
+                self._hold(name, changed)
             return changed
 
     async def _read(self, name: str) -> Record:
         key = keys_record_key(name)
         async with self._errors(name, "store_read"):
             record = await self.store.get(key) or Record(key)
-        self._held[name] = _Held(record, time.monotonic())
+        self._hold(name, record)
         return record
+
+    def _hold(self, name: str, record: Record) -> None:
+        for gen in record.generations:
+            self.redactor.remember(gen.private_key)
+        self._held[name] = _Held(record, time.monotonic())
 
     @contextlib.asynccontextmanager
     async def _errors(self, name: str, step: errors.Step) -> AsyncIterator[None]:

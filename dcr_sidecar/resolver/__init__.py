@@ -216,7 +216,8 @@ class Resolver(Maintenance):
                 await state.client_id_file_write
 
     def reload(self, settings: Settings) -> list[str]:
-        """Apply a reloaded configuration (design.md §3.10); returns the upstreams whose state is
+        """Apply a reloaded configuration (design.md §3.10), about to be put in force (the
+        caller swaps the settings reference right after); returns the upstreams whose state is
         new (added or changed), which need their own maintenance.
 
         Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or
@@ -234,7 +235,6 @@ class Resolver(Maintenance):
                 states[upstream.name] = UpstreamState(
                     upstream, last_served=old.last_served if old is not None else None)
                 fresh.append(upstream.name)
-        self.settings = settings
         self._states = states
         for old_state in self._states.values():
             old_state.wake.set()

@@ -13,7 +13,7 @@ import structlog
 from dcr_sidecar import errors
 from dcr_sidecar.cimd import CimdKeys
 from dcr_sidecar.client_keys import KeySources
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import LiveSettings, Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
 from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
@@ -21,6 +21,7 @@ from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.lifetime import renew_at, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import fingerprint
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.resolver import backoff, migration
 from dcr_sidecar.resolver.face import Credentials
@@ -45,21 +46,28 @@ class Core:
     """State per upstream, the shared flights, the store, the clock."""
 
 
-    def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore, *,
-                 metrics: Metrics | None = None, clock: Clock | None = None) -> None:
-        self.settings = settings
+    def __init__(self, live: LiveSettings, outbound: Outbound, store: CredentialStore, *,
+                 redactor: Redactor, metrics: Metrics | None = None,
+                 clock: Clock | None = None) -> None:
+        self.live = live  # the process's one settings reference (read, never assigned here)
+        settings = live.current
+        self.redactor = redactor  # told of each generation's secrets, and of each one gone
         self.metrics = metrics or Metrics(None)  # passed in, never patched on afterwards
         self.clock: Clock = clock or SystemClock()
         self.outbound = outbound
         self.store = store
         self.max_record_age = MAX_RECORD_AGE  # shared stores only; tests may lower it
         self.discoverer = Discoverer(outbound)
-        self.registrar = Registrar(outbound)
+        self.registrar = Registrar(outbound, redactor)
         self.rfc7592 = Rfc7592(outbound)
-        self.cimd_keys = CimdKeys(store, lambda: self.max_record_age)
+        self.cimd_keys = CimdKeys(store, lambda: self.max_record_age, redactor)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
         self._key_sources: KeySources = {}  # static clients' key and assertion file readers
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
 
     async def _shared(self, state: UpstreamState, kind: str,
                       work: Callable[[UpstreamState], Awaitable[T]]) -> T:
