@@ -8,6 +8,7 @@ from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import LiveSettings, Settings, Upstream
+from dcr_sidecar.forward import Forwarder
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.resource import ResourceMetadata
@@ -24,6 +25,10 @@ class Runtime:
     flows: FlowStore
     redactor: Redactor  # the process's: error descriptions and management answers
     metrics: Metrics = field(default_factory=lambda: Metrics(None))
+    forwarder: Forwarder = field(init=False)  # the token-like routes' plans (forward.py)
+
+    def __post_init__(self) -> None:
+        self.forwarder = Forwarder(self.outbound, self.resolver)
 
     @property
     def settings(self) -> Settings:

@@ -15,7 +15,6 @@ from dcr_sidecar.cimd import CimdKeys
 from dcr_sidecar.client_keys import KeySources
 from dcr_sidecar.config import LiveSettings, Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
-from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.lifetime import renew_at, renewal_margin
@@ -32,6 +31,7 @@ from dcr_sidecar.resolver.state import (
     UpstreamState,
     _expired,
 )
+from dcr_sidecar.rfc7592 import Rfc7592
 from dcr_sidecar.singleflight import SingleFlight
 from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store import errors as store_errors
