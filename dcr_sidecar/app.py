@@ -25,6 +25,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
+from dcr_sidecar.clock import Clock
 from dcr_sidecar.config import NAME_PATTERN, Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
@@ -37,7 +38,7 @@ from dcr_sidecar.observability import remember_settings_secrets
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
-from dcr_sidecar.resolver import Resolver
+from dcr_sidecar.resolver import MAX_RECORD_AGE, Resolver
 from dcr_sidecar.store import CredentialStore, open_store
 from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
 
@@ -198,15 +199,19 @@ class Sidecar:
 
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
                  flows: FlowStore | None = None,
-                 resolver: AbstractResolver | None = None) -> None:
-        """`resolver` is for tests only: the name resolver under the address policy."""
+                 resolver: AbstractResolver | None = None, *, clock: Clock | None = None,
+                 max_record_age: float = MAX_RECORD_AGE) -> None:
+        """`resolver` is for tests only: the name resolver under the address policy. `clock`
+        and `max_record_age` are the credential resolver's (tests: a hand-moved clock, a lower
+        staleness bound); the service keeps the real clock and the default."""
         remember_settings_secrets(settings)
         self.settings = settings
         self.metrics = Metrics.create()
         self.metrics.set_upstreams(u.name for u in settings.upstreams)
         self.outbound = Outbound(settings, self.metrics, resolver)
         self.store = store or open_store(settings.store)
-        self.resolver = Resolver(settings, self.outbound, self.store, metrics=self.metrics)
+        self.resolver = Resolver(settings, self.outbound, self.store, metrics=self.metrics,
+                                 clock=clock, max_record_age=max_record_age)
         self.runtime = Runtime(settings, self.resolver, self.outbound,
                                _bounded(settings, flows if flows is not None
                                         else _flow_store(self.store)),
@@ -272,7 +277,7 @@ class Sidecar:
         first request. Under `auto` they are made when CIMD is chosen or the JWKS is asked for."""
         async def make(name: str) -> None:
             try:
-                await self.resolver.cimd_keys.record(name)
+                await self.resolver.cimd_jwks(name)
             except errors.SidecarError as exc:
                 log.warning("cimd_keys_not_ready", upstream=name, detail=exc.description)
 
