@@ -16,7 +16,6 @@ import structlog
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream, read_secret
-from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.net import Outbound, Response
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.auth_method import NoCommonMethod, select_auth_method
@@ -35,6 +34,7 @@ from dcr_sidecar.oauth.retry import parse_retry_after
 from dcr_sidecar.oauth.text import clean_text, safe_url
 from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.provenance import check_iat_destination
+from dcr_sidecar.rfc7592 import Rfc7592
 
 log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")

@@ -14,7 +14,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
-from dcr_sidecar.metrics import forward_route
 from dcr_sidecar.observability import CachedLogger, scrub
 from dcr_sidecar.proxy.runtime import RUNTIME
 
@@ -122,7 +121,6 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     structlog.contextvars.bind_contextvars(request_id=request_id)
     runtime = request.app.get(RUNTIME)
     route = _route_label(request)
-    forward_route.set(route.rsplit("/", 1)[-1])
     name = request.match_info.get("name")
     known = runtime is not None and name is not None and runtime.settings.upstream(name)
     try:

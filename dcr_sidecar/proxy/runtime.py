@@ -8,6 +8,7 @@ from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.forward import Forwarder
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.resource import ResourceMetadata
@@ -22,6 +23,10 @@ class Runtime:
     outbound: Outbound
     flows: FlowStore
     metrics: Metrics = field(default_factory=lambda: Metrics(None))
+    forwarder: Forwarder = field(init=False)  # the token-like routes' plans (forward.py)
+
+    def __post_init__(self) -> None:
+        self.forwarder = Forwarder(self.outbound, self.resolver)
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.settings.upstream(name)

@@ -16,7 +16,6 @@ from dcr_sidecar.client_keys import KeySources
 from dcr_sidecar.clock import Clock, SystemClock
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
-from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.lifetime import renew_at, renewal_margin
@@ -26,6 +25,7 @@ from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.resolver import backoff, migration
 from dcr_sidecar.resolver.face import Credentials
 from dcr_sidecar.resolver.state import MAX_RECORD_AGE, UpstreamState, _expired
+from dcr_sidecar.rfc7592 import Rfc7592
 from dcr_sidecar.singleflight import SingleFlight
 from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store import errors as store_errors

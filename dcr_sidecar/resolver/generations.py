@@ -12,7 +12,6 @@ import structlog
 from dcr_sidecar import errors
 from dcr_sidecar.cimd import KeyRingSigner
 from dcr_sidecar.client_keys import registration_key, static_credentials
-from dcr_sidecar.management7592 import Rfc7592
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.client_auth import ClientCredentials
@@ -29,6 +28,7 @@ from dcr_sidecar.resolver.state import (
     _extended,
     write_client_id_file,
 )
+from dcr_sidecar.rfc7592 import Rfc7592
 from dcr_sidecar.store.records import Generation, Record, RecordKey
 
 log = structlog.get_logger("dcr_sidecar.resolver")  # one logger name for the package
