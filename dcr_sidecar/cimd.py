@@ -33,6 +33,7 @@ from dcr_sidecar.oauth import cimd
 from dcr_sidecar.oauth.cimd import ScheduledKey
 from dcr_sidecar.oauth.jose import Signer
 from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.store import CredentialStore
 from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.records import Generation, Record, RecordKey
@@ -108,10 +109,12 @@ class _Held:
 class CimdKeys:
     """The key sets of every CIMD upstream of one process (see the module docstring)."""
 
-    def __init__(self, store: CredentialStore, max_record_age: float,
+    def __init__(self, store: CredentialStore, max_record_age: float, redactor: Redactor,
                  clock: Clock | None = None) -> None:
-        """`max_record_age`: the resolver's bound on a shared store (design.md §3.4)."""
+        """`max_record_age`: the resolver's bound on a shared store (design.md §3.4);
+        `redactor` is told of every private key held."""
         self.store = store
+        self.redactor = redactor
         self._max_record_age = max_record_age
         self._clock: Clock = clock or SystemClock()
         self._held: dict[str, _Held] = {}
@@ -214,15 +217,20 @@ class CimdKeys:
                 async with self._errors(name, "store_write"):
                     await self.store.put(pruned)
                 changed = pruned
-                self._held[name] = _Held(changed, self._clock.monotonic())
+                self._hold(name, changed)
             return changed
 
     async def _read(self, name: str) -> Record:
         key = keys_record_key(name)
         async with self._errors(name, "store_read"):
             record = await self.store.get(key) or Record(key)
-        self._held[name] = _Held(record, self._clock.monotonic())
+        self._hold(name, record)
         return record
+
+    def _hold(self, name: str, record: Record) -> None:
+        for gen in record.generations:
+            self.redactor.remember(gen.private_key)
+        self._held[name] = _Held(record, self._clock.monotonic())
 
     def _whole_seconds(self) -> float:
         """Schedule times are whole seconds: assertions are dated in whole seconds (RFC 7519

@@ -1341,6 +1341,17 @@ def load_settings(path: str) -> Settings:
     return parse_settings(text, path)
 
 
+class LiveSettings:
+    """The one reference to the settings in force, shared by the Sidecar, the Runtime, the
+    resolver and the outbound client: a reload swaps :attr:`current` in one assignment
+    (design.md §3.10), so every reader sees the old settings or the new, never a mix."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+
 def json_schema() -> dict[str, Any]:
     schema = Settings.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import admin
 from dcr_sidecar.config import NAME_PATTERN
 from dcr_sidecar.metrics import CONTENT_TYPE
-from dcr_sidecar.observability import scrub, scrub_document
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 NAME = f"{{name:{NAME_PATTERN}}}"
@@ -63,10 +63,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
                                             "Cache-Control": "no-store"})
 
 
-def _redacted_body(body: bytes, json_body: bool) -> bytes:
+def _redacted_body(body: bytes, json_body: bool, redactor: Redactor) -> bytes:
     if json_body:
-        return json.dumps(scrub_document(json.loads(body))).encode()
-    return scrub(body.decode("utf-8", "replace")).encode()
+        return json.dumps(redactor.scrub_document(json.loads(body))).encode()
+    return redactor.scrub(body.decode("utf-8", "replace")).encode()
 
 
 @web.middleware
@@ -76,7 +76,8 @@ async def redacted(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     if isinstance(response, web.Response) and isinstance(response.body, bytes):
         response.body = _redacted_body(response.body,
-                                       response.content_type == "application/json")
+                                       response.content_type == "application/json",
+                                       request.app[RUNTIME].redactor)
     return response
 
 

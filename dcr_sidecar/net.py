@@ -43,7 +43,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings
+from dcr_sidecar.config import LiveSettings, Settings
 from dcr_sidecar.dial import (
     AddressPolicy,
     AddressRefused,
@@ -119,9 +119,10 @@ class Outbound:
     map names onto loopback addresses). The policy applies to its answers like to any other.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+    def __init__(self, live: LiveSettings, metrics: Metrics | None = None,
                  resolver: AbstractResolver | None = None) -> None:
-        self.settings = settings
+        self.live = live  # the process's one settings reference (read, never assigned here)
+        settings = live.current
         self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
         self.trust = TrustAnchors(settings.security.tls)
@@ -133,6 +134,10 @@ class Outbound:
         self._passed: set[str] = set()  # URLs check_url accepted under the current settings
         self.epoch = 0  # bumped by update(): a Target of another epoch is planned again
         self._client_timeout = self._timeout()
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -165,16 +170,20 @@ class Outbound:
             self._session = None
         await self._targets.close()
 
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        timeouts = self.settings.timeouts
+    def _timeout(self, settings: Settings | None = None) -> aiohttp.ClientTimeout:
+        timeouts = (settings or self.settings).timeouts
         return aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
 
     def update(self, settings: Settings) -> None:
-        """Apply a reloaded configuration to the next request: timeouts, read limits,
-        connections_per_upstream (fresh slots) and the address policy. A changed policy also
-        retires the connection pool, so no keep-alive connection checked under the old policy
-        is reused; the old pool closes once its requests are over (after timeouts.total)."""
+        """Prepare for `settings`, about to be put in force (the caller swaps the settings
+        reference right after, with no await between): the settings in force now are the old
+        ones. The client timeouts are made anew, read limits are read from the reference per
+        request, connections_per_upstream gets fresh slots, the address policy is replaced and
+        the epoch moves on (plans are made again). A changed
+        policy also retires the connection pool, so no keep-alive connection checked under the
+        old policy is reused; the old pool closes once its requests are over (after
+        timeouts.total)."""
         if settings.limits.connections_per_upstream != (
                 self.settings.limits.connections_per_upstream):
             self._slots = {}  # requests holding an old slot release it into the old semaphore
@@ -182,17 +191,16 @@ class Outbound:
         changed = fresh.key() != self.policy.key() or settings.egress != self.settings.egress
         if settings.security.tls != self.settings.security.tls:
             self.trust = TrustAnchors(settings.security.tls)
-        self.settings = settings
-        self._client_timeout = self._timeout()
+        self._client_timeout = self._timeout(settings)
         self.epoch += 1
         self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
         if changed and self._session is not None:
-            self._retire_pool(self._session)
+            self._retire_pool(self._session, settings)
 
-    def _retire_pool(self, old: aiohttp.ClientSession) -> None:
+    def _retire_pool(self, old: aiohttp.ClientSession, settings: Settings) -> None:
         self._session = self._new_session()
-        grace = self.settings.timeouts.total + 1
+        grace = settings.timeouts.total + 1
         loop = asyncio.get_running_loop()
         task = loop.create_task(_close_later(old, grace))
         self._retiring.add(task)

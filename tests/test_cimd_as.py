@@ -225,7 +225,8 @@ async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
     app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
     await app.resolver.cimd_jwks("acme")
     monkeypatch.setenv("SSL_CERT_FILE", str(local_ca.ca_file))
-    assert await run_doctor(app.settings, "acme", register=False, as_json=True) == 0
+    assert await run_doctor(app.settings, "acme", register=False, as_json=True,
+                            redactor=app.redactor) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["mechanism"]["mechanism"] == "cimd"
     assert "client_id_metadata_document_supported" in report["mechanism"]["why"]
@@ -238,7 +239,8 @@ async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
         0].cimd.model_copy(update={"document_url": app.settings.cimd_jwks_url(
             app.settings.upstreams[0])})})
     settings = Settings.model_validate({**dict(app.settings), "upstreams": [elsewhere]})
-    await run_doctor(settings, "acme", register=False, as_json=True)
+    await run_doctor(settings, "acme", register=False, as_json=True,
+                     redactor=app.redactor)
     report = json.loads(capsys.readouterr().out)
     assert report["cimd"]["document"]["matches"] is False
 

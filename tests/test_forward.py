@@ -15,7 +15,7 @@ import yaml
 
 from dcr_sidecar import errors
 from dcr_sidecar.client_keys import CryptoSigner, generate
-from dcr_sidecar.config import Settings, Upstream, parse_settings
+from dcr_sidecar.config import LiveSettings, Settings, Upstream, parse_settings
 from dcr_sidecar.forward import MAX_PLANS, Forwarder
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.client_auth import ClientCredentials, basic_authorization
@@ -23,7 +23,7 @@ from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.resolver import Credentials, Resolver
 from dcr_sidecar.store.memory import MemoryStore
-from tests.conftest import sidecar_config
+from tests.conftest import LeakGuard, sidecar_config
 
 ISSUER = "http://127.0.0.1:9/as"
 SECRET = "plan-secret-0123456789"
@@ -51,11 +51,11 @@ def credentials(*, client_id: str = "static-client", generation: int = 0,
 
 
 @pytest.fixture
-async def forwarder(tmp_path: Path) -> AsyncIterator[Forwarder]:
-    settings = settings_for(tmp_path)
-    outbound = Outbound(settings)
+async def forwarder(tmp_path: Path, leak_guard: LeakGuard) -> AsyncIterator[Forwarder]:
+    live = LiveSettings(settings_for(tmp_path))
+    outbound = Outbound(live)
     await outbound.start()
-    resolver = Resolver(settings, outbound, MemoryStore())
+    resolver = Resolver(live, outbound, MemoryStore(), redactor=leak_guard.redactor)
     try:
         yield Forwarder(outbound, resolver)
     finally:

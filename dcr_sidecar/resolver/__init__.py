@@ -115,6 +115,7 @@ class Resolver(Maintenance):
                 gen.superseded_at is not None
                 and gen.superseded_at + state.config.generation_grace <= now):
             return None
+        self._redactor.remember_generation(name, gen)  # it may be sent, so logged masked
         return _credentials(state.config, held.metadata, gen)
 
     def previous(self, name: str) -> Credentials | None:
@@ -239,7 +240,8 @@ class Resolver(Maintenance):
                 await state.client_id_file_write
 
     def reload(self, settings: Settings) -> list[str]:
-        """Apply a reloaded configuration (design.md §3.10); returns the upstreams whose state is
+        """Apply a reloaded configuration (design.md §3.10), about to be put in force (the
+        caller swaps the settings reference right after); returns the upstreams whose state is
         new (added or changed), which need their own maintenance.
 
         Unchanged upstreams keep their state (metadata, cached credentials, backoff); new or
@@ -257,7 +259,6 @@ class Resolver(Maintenance):
                 states[upstream.name] = UpstreamState(
                     upstream, last_served=old.last_served if old is not None else None)
                 fresh.append(upstream.name)
-        self.settings = settings
         self._states = states
         for old_state in self._states.values():
             old_state.wake.set()

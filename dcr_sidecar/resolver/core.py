@@ -14,13 +14,14 @@ from dcr_sidecar import errors
 from dcr_sidecar.cimd import CimdKeys
 from dcr_sidecar.client_keys import KeySources
 from dcr_sidecar.clock import Clock, SystemClock
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import LiveSettings, Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.lifetime import renew_at, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import fingerprint
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.resolver import backoff, migration
 from dcr_sidecar.resolver.face import Credentials
@@ -40,23 +41,31 @@ class Core:
     """State per upstream, the shared flights, the store, the clock. Everything here is
     private to the package: what is given is given to the constructor, never patched on."""
 
-    def __init__(self, settings: Settings, outbound: Outbound, store: CredentialStore, *,
-                 metrics: Metrics | None = None, clock: Clock | None = None,
+    def __init__(self, live: LiveSettings, outbound: Outbound, store: CredentialStore, *,
+                 redactor: Redactor, metrics: Metrics | None = None, clock: Clock | None = None,
                  max_record_age: float = MAX_RECORD_AGE) -> None:
-        """`max_record_age`: on a shared store, the oldest record a replica serves from
-        (seconds; design.md §3.4). Tests lower it; the service keeps the default."""
-        self.settings = settings
+        """`live` is the process's one settings reference (read, never assigned here);
+        `redactor` is told of each generation's secrets, and of each one gone;
+        `max_record_age`: on a shared store, the oldest record a replica serves from (seconds;
+        design.md §3.4). Tests lower it; the service keeps the default."""
+        self._live = live
+        settings = live.current
+        self._redactor = redactor
         self._metrics = metrics or Metrics(None)
         self._clock: Clock = clock or SystemClock()
         self._store = store
         self._max_record_age = max_record_age
         self._discoverer = Discoverer(outbound)
-        self._registrar = Registrar(outbound)
+        self._registrar = Registrar(outbound, redactor)
         self._rfc7592 = Rfc7592(outbound)
-        self._cimd_keys = CimdKeys(store, max_record_age, self._clock)
+        self._cimd_keys = CimdKeys(store, max_record_age, redactor, self._clock)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
         self._key_sources: KeySources = {}  # static clients' key and assertion file readers
+
+    @property
+    def settings(self) -> Settings:
+        return self._live.current
 
     async def _shared(self, state: UpstreamState, kind: str,
                       work: Callable[[UpstreamState], Awaitable[T]]) -> T:

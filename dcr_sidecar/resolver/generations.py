@@ -18,7 +18,6 @@ from dcr_sidecar.oauth.client_auth import ClientCredentials
 from dcr_sidecar.oauth.lifetime import management_fields, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.resolver import backoff
 from dcr_sidecar.resolver.core import Core
 from dcr_sidecar.resolver.face import Credentials
@@ -91,12 +90,12 @@ class Generations(Core):
     def _adopt_static(self, state: UpstreamState, metadata: Metadata) -> None:
         config = state.config
         assert config.client_id is not None
-        remember_secret(config.client_secret)
+        self._redactor.remember(config.client_secret)
         method = config.static_auth_method
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True, mechanism="static",
-            auth=static_credentials(config, metadata, self._key_sources))
+            auth=static_credentials(config, metadata, self._key_sources, self._redactor))
         self._switch(state, creds)
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:
@@ -144,6 +143,8 @@ class Generations(Core):
     def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
                current: Generation) -> None:
         now = self._clock.time()
+        for gen in record.generations:  # what the record holds may be logged or sent
+            self._redactor.remember_generation(state.config.name, gen)
         previous = record.previous(current, state.config.generation_grace, now)
         state.key, state.current = key, current
         state.record_read_at = self._clock.monotonic()
@@ -203,6 +204,7 @@ class Generations(Core):
             registration_client_uri=client.registration_client_uri,
             registration_endpoint=registration.endpoint, received_at=now,
             private_key=signing_key.private_jwk if signing_key else None, served=False)
+        self._redactor.remember_generation(config.name, generation)
         updated = record.with_generation(generation, now)
         try:
             await self._write(state, updated)
@@ -306,11 +308,11 @@ class Generations(Core):
         changes: dict[str, object] = {}
         if secret and (gen.client_secret is None or secret != gen.client_secret.reveal()):
             changes["client_secret"] = Secret(secret)
-            remember_secret(secret)
+            self._redactor.remember(secret, (state.config.name, gen.generation))
         if token and (gen.registration_access_token is None
                       or token != gen.registration_access_token.reveal()):
             changes["registration_access_token"] = Secret(token)
-            remember_secret(token)
+            self._redactor.remember(token, (state.config.name, gen.generation))
         if expires is not None and expires != gen.client_secret_expires_at:
             changes["client_secret_expires_at"] = expires
             changes["received_at"] = now
@@ -392,6 +394,7 @@ class Generations(Core):
             deleted = await self._rfc7592.delete(state.config, gen)
         record = record.without(gen.generation)
         await self._write(state, record)
+        self._redactor.forget_generation(state.config.name, gen.generation)
         state.stats["deletions"] += 1
         audit.info("client_deleted" if deleted else "client_forgotten",
                    upstream=state.config.name, client_id=gen.client_id,

@@ -14,7 +14,6 @@ from dcr_sidecar.client_keys import client_credentials
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.discovery import DiscoveryResult
 from dcr_sidecar.oauth.metadata import Metadata
-from dcr_sidecar.observability import remember_secret
 from dcr_sidecar.resolver import migration
 from dcr_sidecar.resolver.face import Credentials
 from dcr_sidecar.store.records import Generation, RecordKey
@@ -71,7 +70,6 @@ def _extended(gen: Generation, margin: float, now: float) -> bool:
 
 
 def _credentials(config: Upstream, metadata: Metadata, gen: Generation) -> Credentials:
-    remember_secret(gen.client_secret)
     return Credentials(
         upstream=config.name, metadata=metadata, client_id=gen.client_id,
         method=gen.token_endpoint_auth_method, generation=gen.generation,
