@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Final
 
 from aiohttp import web
 from yarl import URL
 
+from dcr_sidecar.config import NAME_PATTERN, NAME_RE, RESERVED_NAMES
 from dcr_sidecar.demo import app
 from dcr_sidecar.demo.sidecar import DemoSettings
 
@@ -17,15 +17,13 @@ DEFAULT_SIDECAR_URL: Final = "http://127.0.0.1:8080"
 DEFAULT_UPSTREAM: Final = "demo"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8000
-_UPSTREAM_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_RESERVED_NAMES: Final = frozenset({"healthz", "readyz", "metrics", "admin", "well-known"})
 
 
 def _validate_upstream(name: str) -> str:
-    if not _UPSTREAM_NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
+    if not NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
         raise ValueError(
-            f"invalid upstream name {name!r}: expected ^[a-z0-9][a-z0-9-]{{0,62}}$, "
-            f"not one of {', '.join(sorted(_RESERVED_NAMES))}"
+            f"invalid upstream name {name!r}: expected ^{NAME_PATTERN}$, "
+            f"not one of {', '.join(sorted(RESERVED_NAMES))}"
         )
     return name
 

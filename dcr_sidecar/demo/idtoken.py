@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from dcr_sidecar.oauth.jose import b64url, b64url_decode
+from dcr_sidecar.oauth.secret import constant_time_equal
 
 CLOCK_LEEWAY: Final = 60.0  # seconds of clock skew tolerated on exp / iat / nbf
 MIN_RSA_BITS: Final = 2048
@@ -170,9 +170,7 @@ def verify_id_token(
     _check_issuer_and_audience(claims, issuer=issuer, client_id=client_id)
     _check_times(claims, now=now)
     token_nonce = claims.get("nonce")
-    if not isinstance(token_nonce, str) or not hmac.compare_digest(
-        token_nonce.encode("utf-8"), nonce.encode("utf-8")
-    ):
+    if not isinstance(token_nonce, str) or not constant_time_equal(nonce, token_nonce):
         raise ValueError("ID token nonce does not match the one sent with this login")
     return claims
 
@@ -255,7 +253,7 @@ def verify_at_hash(claims: Mapping[str, Any], access_token: str) -> None:
         return
     digest = hashlib.sha256(access_token.encode("ascii", "replace")).digest()
     expected = b64url(digest[: len(digest) // 2])
-    if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash, expected):
+    if not isinstance(at_hash, str) or not constant_time_equal(expected, at_hash):
         raise ValueError("ID token at_hash does not match the access token")
 
 

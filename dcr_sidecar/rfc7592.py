@@ -1,4 +1,5 @@
-"""RFC 7592 client configuration management: read, update, delete — with typed outcomes.
+"""RFC 7592 client configuration: read, update, delete at the client configuration endpoint
+(`registration_client_uri`) — with typed outcomes. (The management *listener* is management.py.)
 
 401 and 404 mean the client (or its registration access token) is gone (RFC 7592 §2.1-2.3);
 403 means the operation is not permitted; 429/5xx are transient.
@@ -42,26 +43,26 @@ class Rfc7592:
         return bool(gen.registration_access_token and gen.registration_client_uri)
 
     async def read(self, upstream: Upstream, gen: Generation) -> Answer:
-        return await self._call(upstream, _management(gen), "GET", None)
+        return await self._call(upstream, _configuration_endpoint(gen), "GET", None)
 
     async def update(self, upstream: Upstream, gen: Generation,
                      document: dict[str, Any]) -> Answer:
-        return await self._call(upstream, _management(gen), "PUT",
+        return await self._call(upstream, _configuration_endpoint(gen), "PUT",
                                 update_body(document, gen.client_id))
 
     async def delete(self, upstream: Upstream, gen: Generation) -> bool:
         """True when the client is deleted or already gone."""
-        return await self.delete_at(upstream, _management(gen))
+        return await self.delete_at(upstream, _configuration_endpoint(gen))
 
-    async def delete_at(self, upstream: Upstream, management: tuple[str, Secret]) -> bool:
+    async def delete_at(self, upstream: Upstream, endpoint: tuple[str, Secret]) -> bool:
         """DELETE the client at (registration_client_uri, registration_access_token): also for
         a registration the sidecar refused, which has no generation."""
-        answer = await self._call(upstream, management, "DELETE", None)
+        answer = await self._call(upstream, endpoint, "DELETE", None)
         return answer.gone or not answer.forbidden
 
-    async def _call(self, upstream: Upstream, management: tuple[str, Secret], method: str,
+    async def _call(self, upstream: Upstream, endpoint: tuple[str, Secret], method: str,
                     body: dict[str, Any] | None) -> Answer:
-        uri, token = management
+        uri, token = endpoint
         headers = {"Authorization": f"Bearer {token.reveal()}", "Accept": "application/json"}
         data = None
         if body is not None:
@@ -102,7 +103,7 @@ class Rfc7592:
         return Answer(document=document)
 
 
-def _management(gen: Generation) -> tuple[str, Secret]:
+def _configuration_endpoint(gen: Generation) -> tuple[str, Secret]:
     assert gen.registration_client_uri
     assert gen.registration_access_token
     return gen.registration_client_uri, gen.registration_access_token
