@@ -25,6 +25,10 @@ BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
+# pytest-xdist workers for `make test`: the suite mostly waits on real processes (node, redis,
+# `serve`) and timers, so two workers on two cores overlap the waits. PYTEST_WORKERS=0 runs it
+# in one process (as `pytest tests/test_x.py` does).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install lint typecheck test conformance demo bench clean
 
@@ -56,7 +60,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict dcr_sidecar tests bench
 
 test: install lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 conformance: $(STAMP) $(CONF_STAMP)
 	$(PY) tests/conformance/run.py $(CONFORMANCE_ARGS)
