@@ -16,7 +16,7 @@ import timeit
 
 import structlog
 
-from dcr_sidecar.observability import configure_logging, set_level
+from dcr_sidecar.observability import Redactor, configure_logging, set_level
 from dcr_sidecar.proxy import boundary
 
 NUMBER = 20_000
@@ -39,7 +39,7 @@ def best_us(fn: object) -> float:
 
 def main() -> None:
     with open(os.devnull, "w") as sink:
-        configure_logging("json", "info", stream=sink)
+        configure_logging(Redactor(), "json", "info", stream=sink)
         written = best_us(one_line)
         set_level("warning")
         filtered = best_us(one_line)

@@ -6,8 +6,9 @@ store, the resolver — and tears them down in reverse order. Tests start it in-
 Invariants (design.md §3.10):
 - ``stop()`` first stops accepting on every listener, then waits for in-flight requests up to
   ``shutdown.grace`` (the value in force at that moment), then closes.
-- ``reload()`` swaps ``Runtime.settings`` in one assignment, to a complete validated object in
-  which the restart-only keys keep their running values.
+- ``reload()`` swaps the one settings reference (``LiveSettings``, read by the Sidecar, the
+  Runtime, the resolver and the outbound client) in one assignment, to a complete validated
+  object in which the restart-only keys keep their running values.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import NAME_PATTERN, Settings, Upstream, validation_messages
+from dcr_sidecar.clock import Clock
+from dcr_sidecar.config import NAME_PATTERN, LiveSettings, Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
 from dcr_sidecar.listeners import ListenerRunner, handler_args
@@ -33,11 +35,11 @@ from dcr_sidecar.management import redacted
 from dcr_sidecar.management import routes as management_routes
 from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
-from dcr_sidecar.observability import remember_settings_secrets
+from dcr_sidecar.observability import Redactor, set_level
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
-from dcr_sidecar.resolver import Resolver
+from dcr_sidecar.resolver import MAX_RECORD_AGE, Resolver
 from dcr_sidecar.store import CredentialStore, open_store
 from dcr_sidecar.store.flows import BoundedFlowStore, FlowCache, FlowStore
 
@@ -198,19 +200,26 @@ class Sidecar:
 
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
                  flows: FlowStore | None = None,
-                 resolver: AbstractResolver | None = None) -> None:
-        """`resolver` is for tests only: the name resolver under the address policy."""
-        remember_settings_secrets(settings)
-        self.settings = settings
+                 resolver: AbstractResolver | None = None, *, redactor: Redactor,
+                 clock: Clock | None = None, max_record_age: float = MAX_RECORD_AGE) -> None:
+        """`resolver` is for tests only: the name resolver under the address policy.
+        `redactor` is the process's, the one its logging renders through (cli.py). `clock` and
+        `max_record_age` are the credential resolver's (tests: a hand-moved clock, a lower
+        staleness bound); the service keeps the real clock and the default."""
+        self.redactor = redactor
+        redactor.remember_settings(settings)
+        self.live = LiveSettings(settings)  # the one reference every part reads
         self.metrics = Metrics.create()
         self.metrics.set_upstreams(u.name for u in settings.upstreams)
-        self.outbound = Outbound(settings, self.metrics, resolver)
+        self.outbound = Outbound(self.live, self.metrics, resolver)
         self.store = store or open_store(settings.store)
-        self.resolver = Resolver(settings, self.outbound, self.store, metrics=self.metrics)
-        self.runtime = Runtime(settings, self.resolver, self.outbound,
+        self.resolver = Resolver(self.live, self.outbound, self.store, redactor=redactor,
+                                 metrics=self.metrics, clock=clock,
+                                 max_record_age=max_record_age)
+        self.runtime = Runtime(self.live, self.resolver, self.outbound,
                                _bounded(settings, flows if flows is not None
                                         else _flow_store(self.store)),
-                               self.metrics)
+                               redactor, self.metrics)
         self.metrics.watch(self._gauges)
         self.in_flight = InFlight()
         self._runners: list[web.AppRunner] = []
@@ -220,6 +229,17 @@ class Sidecar:
         self.management = Bound(settings.management.host, settings.management.port)
         self.front: Bound | None = None
         self.tls: FrontTls | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (read through the one reference)."""
+        return self.live.current
+
+    def _put_in_force(self, settings: Settings) -> None:
+        """The outbound client adjusts (comparing with the settings in force), then the one
+        reference is swapped: no await in between, so no request sees a mix."""
+        self.outbound.update(settings)
+        self.live.current = settings
 
     async def start(self) -> None:
         await self.outbound.start()
@@ -261,10 +281,8 @@ class Sidecar:
                                        ssl_context=self.tls.context if self.tls else None)
         if front.port == 0 and not self.settings.public_base_url:
             # Port 0 (tests): the default public base URL derives from the bound port.
-            self.settings = self.runtime.settings = self.resolver.settings = \
-                self.settings.model_copy(update={"front": front.model_copy(
-                    update={"port": self.front.port})})
-            self.outbound.update(self.settings)
+            self._put_in_force(self.settings.model_copy(update={"front": front.model_copy(
+                update={"port": self.front.port})}))
 
     def _start_cimd_keys(self, upstreams: Iterable[Upstream]) -> None:
         """Key sets of `registration: cimd` upstreams are made at start-up (under the lock/lease),
@@ -272,7 +290,7 @@ class Sidecar:
         first request. Under `auto` they are made when CIMD is chosen or the JWKS is asked for."""
         async def make(name: str) -> None:
             try:
-                await self.resolver.cimd_keys.record(name)
+                await self.resolver.cimd_jwks(name)
             except errors.SidecarError as exc:
                 log.warning("cimd_keys_not_ready", upstream=name, detail=exc.description)
 
@@ -284,10 +302,8 @@ class Sidecar:
         """Port 0 (tests) is only known once bound; the default base URLs, and the callback
         URI registered from them, derive from it, so every part gets the bound port."""
         self._adopted_port = port
-        settings = self.settings.model_copy(
-            update={"listen": self.settings.listen.model_copy(update={"port": port})})
-        self.settings = self.runtime.settings = self.resolver.settings = settings
-        self.outbound.update(settings)
+        self._put_in_force(self.settings.model_copy(
+            update={"listen": self.settings.listen.model_copy(update={"port": port})}))
 
     def _start_prefetch(self, upstreams: Iterable[Upstream]) -> None:
         """Prefetch (for `prefetch`/`required`) and background maintenance per upstream."""
@@ -357,14 +373,11 @@ class Sidecar:
                      if old.upstream(u.name) not in (None, u)],
             removed=[u.name for u in old.upstreams if applied.upstream(u.name) is None])
         self.metrics.set_upstreams(u.name for u in applied.upstreams)
-        self.outbound.update(applied)
+        self.redactor.remember_settings(applied)  # before anything can log the new secrets
         fresh = set(self.resolver.reload(applied))
         if applied.log.level != old.log.level:
-            from dcr_sidecar.observability import set_level
-
             set_level(applied.log.level)
-        self.settings = applied
-        self.runtime.settings = applied  # one assignment: handlers see old or new, never a mix
+        self._put_in_force(applied)  # one assignment: handlers see old or new, never a mix
         # New and changed upstreams start afresh: resolve those marked prefetch/required now
         # (from the store when their registration is unaffected), so readiness recovers.
         self._start_prefetch([u for u in applied.upstreams if u.name in fresh])

@@ -10,12 +10,16 @@ import os
 import signal
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 import structlog
 
 from dcr_sidecar import __version__
 from dcr_sidecar.config import Settings, Upstream, config_path, json_schema, load_settings
 from dcr_sidecar.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dcr_sidecar.observability import Redactor
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 # Internal (tests): how often `serve` checks the config file's content; 10 s otherwise.
@@ -66,12 +70,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     digest = content_digest(path)  # before loading: a change in between is seen by the poll
     settings = load_settings(path)
-    from dcr_sidecar.observability import configure_logging
+    from dcr_sidecar.observability import Redactor, configure_logging
 
-    configure_logging(settings.log.format, settings.log.level)
+    redactor = Redactor()  # the process's one: its logging and every part that learns secrets
+    redactor.remember_settings(settings)
+    configure_logging(redactor, settings.log.format, settings.log.level)
     _use_uvloop()
     interval = float(os.environ.get(POLL_ENV) or POLL_INTERVAL_S)
-    return asyncio.run(_serve(settings, path, digest, interval))
+    return asyncio.run(_serve(settings, path, digest, interval, redactor))
 
 
 def _use_uvloop() -> None:
@@ -82,12 +88,13 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(settings: Settings, path: str, digest: str | None, poll_s: float) -> int:
+async def _serve(settings: Settings, path: str, digest: str | None, poll_s: float,
+                 redactor: Redactor) -> int:
     from dcr_sidecar.app import Sidecar
     from dcr_sidecar.lifecycle import ConfigWatcher
     from dcr_sidecar.store.errors import StoreError
 
-    sidecar = Sidecar(settings)
+    sidecar = Sidecar(settings, redactor=redactor)
     try:
         await sidecar.start()
     except OSError as exc:
@@ -126,13 +133,14 @@ async def _serve(settings: Settings, path: str, digest: str | None, poll_s: floa
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dcr_sidecar.doctor import run_doctor
-    from dcr_sidecar.observability import configure_logging
+    from dcr_sidecar.observability import Redactor, configure_logging
 
     settings = _load(args)
+    redactor = Redactor()
     # The report goes to stdout; the sidecar's own log lines (warnings and up) to stderr.
-    configure_logging("console", "warning")
+    configure_logging(redactor, "console", "warning")
     return asyncio.run(run_doctor(settings, args.upstream, register=args.register,
-                                  as_json=args.json))
+                                  as_json=args.json, redactor=redactor))
 
 
 def cmd_demo_app(args: argparse.Namespace) -> int:

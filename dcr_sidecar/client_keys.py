@@ -42,7 +42,7 @@ from dcr_sidecar.oauth.jose import KEY_TYPES, Signer, b64url_decode, choose_sign
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.registration import KeyBinding
 from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.observability import remember_secret
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.registrar import choose_method
 from dcr_sidecar.store.records import Generation, Record
 
@@ -116,12 +116,9 @@ def generate(alg: str) -> ClientKey:
 
 
 def load(private_jwk: Secret) -> ClientKey:
-    """A stored private JWK, its private values registered with the log redactor."""
+    """A private JWK (JSON text). Whoever holds it tells the process's :class:`Redactor`
+    (the resolver for a generation's key, the key file signer for a static client's)."""
     jwk = json.loads(private_jwk.reveal())
-    remember_secret(private_jwk)
-    for member in ("d", "p", "q", "dp", "dq", "qi"):
-        if isinstance(jwk.get(member), str):
-            remember_secret(jwk[member])
     return ClientKey(private_jwk, str(jwk["alg"]), str(jwk["kid"]), public_jwk(jwk))
 
 
@@ -187,12 +184,13 @@ def load_key_file(path: str, *, kid: str | None, alg: str | None) -> ClientKey:
 class KeyFileSigner(SignerSource):
     """The signer of a static client's key file, made again when the file changes."""
 
-    def __init__(self, spec: ClientKeyFile, upstream: str) -> None:
-        self.spec, self.upstream = spec, upstream
+    def __init__(self, spec: ClientKeyFile, upstream: str, redactor: Redactor) -> None:
+        self.spec, self.upstream, self.redactor = spec, upstream, redactor
         self._watched = Watched([spec.file], self._load, on_error=self._failed)
 
     def _load(self) -> CryptoSigner:
         key = load_key_file(self.spec.file, kid=self.spec.kid, alg=self.spec.alg)
+        self.redactor.remember(key.private_jwk)
         log.info("client_key_loaded", upstream=self.upstream, path=self.spec.file, kid=key.kid,
                  alg=key.alg)
         return CryptoSigner(key)
@@ -216,7 +214,7 @@ class _Assertion:
     exp: int
 
 
-def _read_assertion(path: str) -> _Assertion:
+def _read_assertion(path: str, redactor: Redactor) -> _Assertion:
     text = Path(path).read_text(encoding="utf-8").strip()
     parts = text.split(".")
     try:
@@ -228,7 +226,7 @@ def _read_assertion(path: str) -> _Assertion:
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise KeyFileError(f"the JWT in {path!r} has no numeric exp claim")
-    remember_secret(text)
+    redactor.remember(text)
     return _Assertion(Secret(text), exp)
 
 
@@ -240,9 +238,9 @@ class FileAssertion(AssertionSource):
     """A ready-made client assertion read from a file (a projected service-account token),
     read again whenever the file changes and never sent at or past its `exp`."""
 
-    def __init__(self, spec: ClientAssertionFile, upstream: str) -> None:
+    def __init__(self, spec: ClientAssertionFile, upstream: str, redactor: Redactor) -> None:
         self.spec, self.upstream = spec, upstream
-        self._watched = Watched([spec.file], lambda: _read_assertion(spec.file),
+        self._watched = Watched([spec.file], lambda: _read_assertion(spec.file, redactor),
                                 on_error=self._failed)
 
     def _failed(self, exc: Exception) -> None:
@@ -311,7 +309,8 @@ async def registration_key(config: Upstream, metadata: Metadata,
     return await asyncio.to_thread(generate, alg)
 
 
-def static_key_summary(config: Upstream, now: int) -> tuple[str, str | None]:
+def static_key_summary(config: Upstream, now: int,
+                       redactor: Redactor) -> tuple[str, str | None]:
     """What `doctor` shows of a static client's key or assertion file: a line, and the
     reason it cannot be used now (the 502 a request would get), if any."""
     if config.client_key is not None:
@@ -322,7 +321,7 @@ def static_key_summary(config: Upstream, now: int) -> tuple[str, str | None]:
             return "", f"the client key file of {config.name!r} cannot be used: {exc}"
         return f"client key: {spec.file} ({key.alg}, kid {key.kid})", None
     if config.client_assertion is not None:
-        source = FileAssertion(config.client_assertion, config.name)
+        source = FileAssertion(config.client_assertion, config.name, redactor)
         try:
             source.assertion(now)
         except errors.CredentialUnavailable as exc:
@@ -342,8 +341,8 @@ def _audience(config: Upstream, metadata: Metadata) -> str:
 KeySources = MutableMapping[tuple[str, str, Any], SignerSource | AssertionSource]
 
 
-def static_credentials(config: Upstream, metadata: Metadata,
-                       sources: KeySources) -> ClientCredentials:
+def static_credentials(config: Upstream, metadata: Metadata, sources: KeySources,
+                       redactor: Redactor) -> ClientCredentials:
     """What the encoders need for a static client. The key or assertion file reader is kept
     in `sources` (one per upstream and file) so a re-adoption keeps watching the same file."""
     assert config.client_id is not None
@@ -354,14 +353,15 @@ def static_credentials(config: Upstream, metadata: Metadata,
     if config.client_assertion is not None:
         spec: ClientKeyFile | ClientAssertionFile = config.client_assertion
         key = (config.name, "assertion", spec)
-        source = sources.get(key) or FileAssertion(config.client_assertion, config.name)
+        source = sources.get(key) or FileAssertion(config.client_assertion, config.name,
+                                                        redactor)
         sources[key] = source
         assert isinstance(source, FileAssertion)
         return ClientCredentials(config.client_id, None, method, audience=audience,
                                  presigned=source)
     assert config.client_key is not None
     key = (config.name, "key", config.client_key)
-    signer = sources.get(key) or KeyFileSigner(config.client_key, config.name)
+    signer = sources.get(key) or KeyFileSigner(config.client_key, config.name, redactor)
     sources[key] = signer
     assert isinstance(signer, KeyFileSigner)
     return ClientCredentials(config.client_id, None, method, signer=signer, audience=audience)

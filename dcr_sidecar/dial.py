@@ -28,7 +28,7 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -70,6 +70,16 @@ def destination(value: Authority) -> Iterator[None]:
         yield
     finally:
         _DESTINATION.reset(token)
+
+
+def name_destination(value: Authority) -> Token[Authority | None]:
+    """:func:`destination` without the context manager (the planned hot path): name `value`
+    until :func:`unname_destination` is given the token back."""
+    return _DESTINATION.set(value)
+
+
+def unname_destination(token: Token[Authority | None]) -> None:
+    _DESTINATION.reset(token)
 
 
 def current_destination(host: str, port: int) -> Authority | None:

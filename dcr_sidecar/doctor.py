@@ -15,20 +15,22 @@ from typing import Any
 
 from dcr_sidecar import errors
 from dcr_sidecar.client_keys import static_key_summary
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import LiveSettings, Settings, Upstream
 from dcr_sidecar.discovery import Discoverer, ResourceFetch
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.text import safe_url
-from dcr_sidecar.observability import remember_settings_secrets, scrub
-from dcr_sidecar.registrar import Registrar, registration_endpoint
+from dcr_sidecar.observability import Redactor
+from dcr_sidecar.registrar import choose_method, registration_endpoint
 from dcr_sidecar.resolver import migration
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
-async def run_doctor(settings: Settings, name: str, *, register: bool, as_json: bool) -> int:
+async def run_doctor(settings: Settings, name: str, *, register: bool, as_json: bool,
+                     redactor: Redactor) -> int:
+    """`redactor`: the process's, installed in its logging (cli.py)."""
     upstream = settings.upstream(name)
     if upstream is None:
         print(f"no upstream named {name!r} in the configuration "
@@ -39,20 +41,20 @@ async def run_doctor(settings: Settings, name: str, *, register: bool, as_json: 
         print("doctor --register is refused with the memory store: the registered client "
               "would be orphaned when this command exits", file=sys.stderr)
         return EXIT_CONFIG
-    remember_settings_secrets(settings)
+    redactor.remember_settings(settings)
     report: dict[str, Any] = {"upstream": name, "registration": upstream.strategy}
-    outbound = Outbound(settings)
+    outbound = Outbound(LiveSettings(settings))
     await outbound.start()
     try:
-        code = await _diagnose(settings, name, register, outbound, report)
+        code = await _diagnose(settings, name, register, outbound, report, redactor=redactor)
     finally:
         await outbound.close()
-    _print(report, as_json)
+    _print(report, as_json, redactor)
     return code
 
 
 async def _diagnose(settings: Settings, name: str, register: bool, outbound: Outbound,
-                    report: dict[str, Any]) -> int:
+                    report: dict[str, Any], *, redactor: Redactor) -> int:
     upstream = settings.upstream(name)
     assert upstream is not None
     try:
@@ -92,7 +94,7 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
             report["registration_endpoint"]["note"] = (
                 "the metadata names no registration_endpoint; {issuer}/register was guessed")
         try:
-            method = Registrar(outbound).choose_method(upstream, meta)
+            method = choose_method(upstream, meta)
             report["auth_method"] = {
                 "method": method,
                 "why": f"first of {upstream.token_endpoint_auth_methods} that the AS offers "
@@ -103,14 +105,14 @@ async def _diagnose(settings: Settings, name: str, register: bool, outbound: Out
             return EXIT_FAILURE
     else:
         report["auth_method"] = {"method": upstream.static_auth_method, "why": "static client"}
-        line, problem = static_key_summary(upstream, int(time.time()))
+        line, problem = static_key_summary(upstream, int(time.time()), redactor)
         if line:
             report["client_key"] = line
         if problem is not None:
             report["error"] = {"step": "forward", "error": "server_error", "detail": problem}
             return EXIT_FAILURE
     if register:
-        return await _register(settings, name, report)
+        return await _register(settings, name, report, redactor)
     return EXIT_OK
 
 
@@ -131,11 +133,12 @@ def _resource_report(upstream: Upstream, fetch: ResourceFetch, issuer: str) -> d
             "migration": follows}
 
 
-async def _register(settings: Settings, name: str, report: dict[str, Any]) -> int:
+async def _register(settings: Settings, name: str, report: dict[str, Any],
+                    redactor: Redactor) -> int:
     from dcr_sidecar.app import Sidecar
     from dcr_sidecar.store.errors import StoreError
 
-    sidecar = Sidecar(settings)
+    sidecar = Sidecar(settings, redactor=redactor)
     await sidecar.outbound.start()
     try:
         await sidecar.store.open()
@@ -226,14 +229,15 @@ async def _compare(url: str, expected: dict[str, Any] | None) -> dict[str, Any]:
     return {"reachable": True, "matches": False, "detail": f"differs in: {', '.join(differing)}"}
 
 
-def _print(report: dict[str, Any], as_json: bool) -> None:
-    """Print through scrub(): a secret an AS echoed into an error never reaches the terminal."""
+def _print(report: dict[str, Any], as_json: bool, redactor: Redactor) -> None:
+    """Print through the redactor: a secret an AS echoed into an error never reaches the
+    terminal."""
     lines: list[str] = []
     if as_json:
         lines.append(json.dumps(report, indent=2))
     else:
         _render(report, lines.append)
-    print(scrub("\n".join(lines)))
+    print(redactor.scrub("\n".join(lines)))
 
 
 def _render(report: dict[str, Any], out: Callable[[str], object]) -> None:

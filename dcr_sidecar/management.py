@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from dcr_sidecar import admin
 from dcr_sidecar.config import NAME_PATTERN
 from dcr_sidecar.metrics import CONTENT_TYPE
-from dcr_sidecar.observability import scrub, scrub_document
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 NAME = f"{{name:{NAME_PATTERN}}}"
@@ -47,10 +47,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             upstreams[upstream.name]["cimd_invalid_client"] = snap.invalid_client
         if upstream.required and not has:
             ready = False
-    store = runtime.resolver.store
-    trouble = await store.check()
-    body = {"ready": ready, "store": {"backend": store.name, "ok": trouble is None,
-                                      "error": trouble},
+    store = await runtime.resolver.check_store()
+    body = {"ready": ready, "store": {"backend": store.backend, "ok": store.trouble is None,
+                                      "error": store.trouble},
             "upstreams": upstreams}
     return web.json_response(body,
                              status=200 if ready else 503,
@@ -64,10 +63,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
                                             "Cache-Control": "no-store"})
 
 
-def _redacted_body(body: bytes, json_body: bool) -> bytes:
+def _redacted_body(body: bytes, json_body: bool, redactor: Redactor) -> bytes:
     if json_body:
-        return json.dumps(scrub_document(json.loads(body))).encode()
-    return scrub(body.decode("utf-8", "replace")).encode()
+        return json.dumps(redactor.scrub_document(json.loads(body))).encode()
+    return redactor.scrub(body.decode("utf-8", "replace")).encode()
 
 
 @web.middleware
@@ -77,7 +76,8 @@ async def redacted(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     if isinstance(response, web.Response) and isinstance(response.body, bytes):
         response.body = _redacted_body(response.body,
-                                       response.content_type == "application/json")
+                                       response.content_type == "application/json",
+                                       request.app[RUNTIME].redactor)
     return response
 
 

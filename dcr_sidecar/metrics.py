@@ -12,7 +12,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,11 +22,9 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"
+MAX_CACHED_SERIES = 4096  # the label sets are bounded anyway; this bounds the cache's keys
 # Seconds; the sidecar's own work is fast, an AS call can take the whole `timeouts.total`.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
-# Which token-like route a "forward" call serves, set by the request boundary.
-forward_route: contextvars.ContextVar[str] = contextvars.ContextVar("forward_route",
-                                                                   default="forward")
 
 
 class HasClientId(Protocol):
@@ -98,6 +95,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.registry = registry
         self._names: frozenset[str] = frozenset()
+        # Label children per label tuple: .labels() validates and locks on every call.
+        self._request_series: dict[tuple[str | None, str | None, int],
+                                   tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "dcr_sidecar_requests", "Requests answered, by upstream, route and status code.",
             ["upstream", "route", "code"], registry=registry)
@@ -140,6 +140,7 @@ class Metrics:
     def set_upstreams(self, names: Iterable[str]) -> None:
         """The configured upstream names: the only `upstream` label values besides unknown."""
         self._names = frozenset(names)
+        self._request_series = {}  # a name may have become known or unknown
 
     def watch(self, source: Callable[[], Iterable[UpstreamGauges]]) -> None:
         """Export the resolver's state gauges, read from `source` at each scrape."""
@@ -156,16 +157,26 @@ class Metrics:
 
     def request(self, upstream: str | None, route: str | None, code: int,
                 seconds: float) -> None:
-        label = self.upstream_label(upstream)
-        route = route or UNKNOWN
-        self.requests.labels(label, route, str(code)).inc()
-        self.request_duration.labels(label, route).observe(seconds)
+        key = (upstream, route, code)
+        series = self._request_series.get(key)
+        if series is None:
+            label = self.upstream_label(upstream)
+            template = route or UNKNOWN
+            series = (self.requests.labels(label, template, str(code)),
+                      self.request_duration.labels(label, template))
+            if len(self._request_series) >= MAX_CACHED_SERIES:
+                self._request_series.clear()
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def upstream_call(self, upstream: str | None, endpoint: str, seconds: float) -> None:
-        if endpoint == "forward":
-            endpoint = forward_route.get()
-        self.upstream_call_duration.labels(self.upstream_label(upstream), endpoint).observe(
-            seconds)
+        """One outbound call; `endpoint` is the resolution step or the route forwarded."""
+        self.upstream_call_timer(upstream, endpoint).observe(seconds)
+
+    def upstream_call_timer(self, upstream: str | None, endpoint: str) -> Histogram:
+        """The duration series of (upstream, endpoint), for a caller that keeps it."""
+        return self.upstream_call_duration.labels(self.upstream_label(upstream), endpoint)
 
     # ----------------------------------------------------------------- resolver events
 

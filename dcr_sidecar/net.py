@@ -43,7 +43,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings
+from dcr_sidecar.config import LiveSettings, Settings
 from dcr_sidecar.dial import (
     AddressPolicy,
     AddressRefused,
@@ -53,6 +53,8 @@ from dcr_sidecar.dial import (
     authority_text,
     destination,
     guarded_socket_factory,
+    name_destination,
+    unname_destination,
 )
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
@@ -73,6 +75,23 @@ class Route:
     server_hostname: str | None = None
     proxy: str | None = None
     proxy_headers: Mapping[str, str] | None = None  # Proxy-Authorization, on the CONNECT only
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A destination planned once (:meth:`Outbound.target`) and sent to many times
+    (:meth:`Outbound.send`): the URL already checked and parsed, the authority the dial-time
+    policy judges, the upstream's slot and its metrics series. Valid while
+    :attr:`Outbound.epoch` is unchanged."""
+
+    url: str
+    dialled: URL
+    named: Authority
+    upstream: str
+    tls: bool
+    slot: asyncio.Semaphore
+    timer: Any  # the upstream-call histogram child for (upstream, endpoint)
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -100,9 +119,10 @@ class Outbound:
     map names onto loopback addresses). The policy applies to its answers like to any other.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+    def __init__(self, live: LiveSettings, metrics: Metrics | None = None,
                  resolver: AbstractResolver | None = None) -> None:
-        self.settings = settings
+        self.live = live  # the process's one settings reference (read, never assigned here)
+        settings = live.current
         self.metrics = metrics or Metrics(None)
         self.policy = AddressPolicy.from_settings(settings)
         self.trust = TrustAnchors(settings.security.tls)
@@ -112,6 +132,12 @@ class Outbound:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._passed: set[str] = set()  # URLs check_url accepted under the current settings
+        self.epoch = 0  # bumped by update(): a Target of another epoch is planned again
+        self._client_timeout = self._timeout()
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -129,7 +155,7 @@ class Outbound:
             connector=connector,
             trust_env=False,
             auto_decompress=True,  # decompressed bytes are what read_capped counts
-            timeout=self._timeout(),
+            timeout=self._client_timeout,
             headers={"User-Agent": "dcr-sidecar"},
             cookie_jar=aiohttp.DummyCookieJar(),
             raise_for_status=False,
@@ -144,16 +170,20 @@ class Outbound:
             self._session = None
         await self._targets.close()
 
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        timeouts = self.settings.timeouts
+    def _timeout(self, settings: Settings | None = None) -> aiohttp.ClientTimeout:
+        timeouts = (settings or self.settings).timeouts
         return aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
 
     def update(self, settings: Settings) -> None:
-        """Apply a reloaded configuration to the next request: timeouts, read limits,
-        connections_per_upstream (fresh slots) and the address policy. A changed policy also
-        retires the connection pool, so no keep-alive connection checked under the old policy
-        is reused; the old pool closes once its requests are over (after timeouts.total)."""
+        """Prepare for `settings`, about to be put in force (the caller swaps the settings
+        reference right after, with no await between): the settings in force now are the old
+        ones. The client timeouts are made anew, read limits are read from the reference per
+        request, connections_per_upstream gets fresh slots, the address policy is replaced and
+        the epoch moves on (plans are made again). A changed
+        policy also retires the connection pool, so no keep-alive connection checked under the
+        old policy is reused; the old pool closes once its requests are over (after
+        timeouts.total)."""
         if settings.limits.connections_per_upstream != (
                 self.settings.limits.connections_per_upstream):
             self._slots = {}  # requests holding an old slot release it into the old semaphore
@@ -161,15 +191,16 @@ class Outbound:
         changed = fresh.key() != self.policy.key() or settings.egress != self.settings.egress
         if settings.security.tls != self.settings.security.tls:
             self.trust = TrustAnchors(settings.security.tls)
-        self.settings = settings
+        self._client_timeout = self._timeout(settings)
+        self.epoch += 1
         self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
         if changed and self._session is not None:
-            self._retire_pool(self._session)
+            self._retire_pool(self._session, settings)
 
-    def _retire_pool(self, old: aiohttp.ClientSession) -> None:
+    def _retire_pool(self, old: aiohttp.ClientSession, settings: Settings) -> None:
         self._session = self._new_session()
-        grace = self.settings.timeouts.total + 1
+        grace = settings.timeouts.total + 1
         loop = asyncio.get_running_loop()
         task = loop.create_task(_close_later(old, grace))
         self._retiring.add(task)
@@ -226,9 +257,11 @@ class Outbound:
         json_body: object = None,
         limit: int | None = None,
         error_limit: int | None = None,
+        endpoint: str | None = None,
     ) -> Response:
         """One request, no redirects; the body is read up to `limit` (or `error_limit` for
-        4xx/5xx answers) and the request fails beyond it."""
+        4xx/5xx answers) and the request fails beyond it. `endpoint` labels the call's
+        duration metric (default: the step)."""
         self.check_url(url, step=step, upstream=upstream)
         limits = self.settings.limits
         dest = authority(url)
@@ -247,7 +280,8 @@ class Outbound:
                                 self._open_session(step, upstream).request(
                                     method, route.url, headers=headers, data=data,
                                     json=json_body, allow_redirects=False,
-                                    timeout=self._timeout(), ssl=self.trust.context(),
+                                    timeout=self._client_timeout,
+                                    ssl=self.trust.context(),
                                     server_hostname=route.server_hostname,
                                     proxy=route.proxy,
                                     proxy_headers=route.proxy_headers) as resp:
@@ -257,7 +291,64 @@ class Outbound:
                                                      upstream=upstream)
                             return Response(resp.status, resp.headers, body, url)
         finally:
-            self.metrics.upstream_call(upstream, step, time.perf_counter() - started)
+            self.metrics.upstream_call(upstream, endpoint or step,
+                                       time.perf_counter() - started)
+
+    def target(self, url: str, *, upstream: str, endpoint: str) -> Target | None:
+        """`url` checked (:meth:`check_url`; raises PolicyRefused) and planned for
+        :meth:`send`; None when it goes through the egress proxy (then :meth:`request`, which
+        resolves and checks the target per request)."""
+        self._check_url(url, step="forward", upstream=upstream)
+        dest = authority(url)
+        egress = self.settings.egress
+        if egress.proxy is not None and not egress.bypasses(dest[1]):
+            return None
+        return Target(url, URL(url), dest, upstream, dest[0] == "https",
+                      self._slot_for(upstream), self.metrics.upstream_call_timer(
+                          upstream, endpoint), self.epoch)
+
+    async def send(self, target: Target, *, headers: Mapping[str, str], data: bytes,
+                   error_limit: int | None = None) -> Response:
+        """POST `data` to a planned target: :meth:`request`'s guarantees (the slot, the
+        dial-time policy for `target.named`, timeouts.total over the wait and the call, no
+        redirects, capped reads, translated errors) with nothing recomputed per request."""
+        started = time.perf_counter()
+        upstream = target.upstream
+        slot = target.slot
+        token = None
+        acquired = False
+        try:
+            async with asyncio.timeout(self.settings.timeouts.total):
+                await slot.acquire()
+                acquired = True
+                session = self._session
+                if session is None or session.closed:
+                    raise errors.Unavailable("the sidecar is shutting down", step="forward",
+                                             upstream=upstream)
+                token = name_destination(target.named)
+                async with session.request(
+                        "POST", target.dialled, headers=headers, data=data,
+                        allow_redirects=False, timeout=self._client_timeout,
+                        ssl=self.trust.context() if target.tls else True) as resp:
+                    status = resp.status
+                    cap = self.settings.limits.max_response_bytes if status < 400 \
+                        else (error_limit or self.settings.limits.max_error_body_bytes)
+                    body = await read_capped(resp, cap, target.url, step="forward",
+                                             upstream=upstream)
+                    return Response(status, resp.headers, body, target.url)
+        except errors.SidecarError:
+            raise
+        except AnchorError as exc:
+            raise errors.CertificateRejected(f"cannot verify {safe_url(target.url)}: {exc}",
+                                             step="forward", upstream=upstream) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise _translated(exc, target.url, "forward", upstream, self.settings) from exc
+        finally:
+            if token is not None:
+                unname_destination(token)
+            if acquired:
+                slot.release()
+            target.timer.observe(time.perf_counter() - started)
 
     async def _proxied(self, url: str, dest: Authority, *, step: errors.Step,
                        upstream: str | None) -> Route:
@@ -312,14 +403,21 @@ class Outbound:
                                      upstream=upstream)
         return self._session
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, key: str) -> AsyncIterator[None]:
+    def _slot_for(self, key: str) -> asyncio.Semaphore:
         slot = self._slots.get(key)
         if slot is None:
             slot = asyncio.Semaphore(self.settings.limits.connections_per_upstream)
             self._slots[key] = slot
-        async with slot:
+        return slot
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, key: str) -> AsyncIterator[None]:
+        slot = self._slot_for(key)
+        await slot.acquire()
+        try:
             yield
+        finally:
+            slot.release()
 
     @contextlib.contextmanager
     def translate(self, *, step: errors.Step, upstream: str | None, url: str) -> Iterator[None]:

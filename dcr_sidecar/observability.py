@@ -1,9 +1,10 @@
 """Logging as data: structlog configured once (by the CLI), with a redaction processor.
 
-The redaction processor is the last line of defence for design.md §3.8/§3.9, applied to every log
-line — the sidecar's own and, through the standard library bridge, aiohttp's:
+The redaction processor — a :class:`Redactor`, made once per process and passed to what needs it
+— is the last line of defence for design.md §3.8/§3.9, applied to every log line: the sidecar's
+own and, through the standard library bridge, aiohttp's:
 - known secret keys, ``Authorization``-style values, credential-bearing parameters and every
-  secret value the process holds (registered with :func:`remember_secret`) are masked;
+  secret value the process holds (registered with :meth:`Redactor.remember`) are masked;
 - URLs lose userinfo, query and fragment, in URL-named fields and inside free text alike;
 - control and bidi characters are removed (a newline kept only in rendered tracebacks), so
   nothing an AS or a client said can forge a log line.
@@ -18,12 +19,14 @@ offending line; those bytes (possibly a credential) are dropped before rendering
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import structlog
@@ -31,6 +34,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from dcr_sidecar.oauth.secret import MASK, Secret
 from dcr_sidecar.oauth.text import safe_url, strip_controls
+
+if TYPE_CHECKING:
+    from dcr_sidecar.store.records import Generation
 
 SECRET_KEYS = frozenset({
     "client_secret", "registration_access_token", "initial_access_token", "access_token",
@@ -50,17 +56,6 @@ _URL_RE = re.compile(r"(?i)\bhttps?://(?:\[[0-9a-f:.%]+\]|[^\s\"'<>()\[\]{},;/?#
                      r"[^\s\"'<>()\[\]{},;]*")
 _TRAILING = ".:!?"
 _MAY_HOLD_CREDENTIAL = re.compile(r"[\s=]")
-_known_secrets: set[str] = set()
-
-
-def remember_secret(value: Secret | str | None) -> None:
-    """Every secret the process holds is scrubbed from log values wherever it appears."""
-    text = value.reveal() if isinstance(value, Secret) else value
-    if text and len(text) >= 6:
-        _known_secrets.add(text)
-        _clean.clear()
-
-
 def _secrets_in(node: Any) -> Iterator[Secret]:
     if isinstance(node, Secret):
         yield node
@@ -72,54 +67,30 @@ def _secrets_in(node: Any) -> Iterator[Secret]:
             yield from _secrets_in(getattr(node, name))
 
 
-def remember_settings_secrets(settings: Any) -> None:
-    """Register every secret written in the configuration (loaded ``Secret`` fields)."""
-    for secret in _secrets_in(settings):
-        remember_secret(secret)
-
-
 def _safe_url_in_text(match: re.Match[str]) -> str:
     url = match.group(0)
     kept = url.rstrip(_TRAILING)
     return safe_url(kept) + url[len(kept):]
 
 
-def scrub(text: str) -> str:
-    """Credentials and known secrets masked, URLs without userinfo and query."""
+def scrub_patterns(text: str) -> str:
+    """Credentials masked, URLs without userinfo and query; the secrets a :class:`Redactor`
+    knows are masked by :meth:`Redactor.scrub`, which builds on this."""
     # Cheap scans first: most log values are short words with no URL and no credential (every
     # _CREDENTIAL_RE match holds whitespace or "="), so the full patterns rarely run.
     if "://" in text:
         text = _URL_RE.sub(_safe_url_in_text, text)
     if _MAY_HOLD_CREDENTIAL.search(text) is not None:
         text = _CREDENTIAL_RE.sub(lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
-    return _mask_known(text)
-
-
-def _mask_known(text: str) -> str:
-    for secret in _known_secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
     return text
-
-
-def scrub_document(node: Any) -> Any:
-    """A JSON document with every string in it, keys included, passed through :func:`scrub`
-    and stripped of control characters: what leaves the management listener (design.md §3.9).
-    Keys are not judged by name (an upstream may be called ``token``)."""
-    if isinstance(node, str):
-        return strip_controls(scrub(node))
-    if isinstance(node, dict):
-        return {scrub_document(str(k)): scrub_document(v) for k, v in node.items()}
-    if isinstance(node, list | tuple):
-        return [scrub_document(v) for v in node]
-    return node
 
 
 # Values that no string scan applies to: only a secret-named key masks them.
 _UNSCANNED = frozenset({int, float, bool, type(None)})
-# Strings that redaction left unchanged under a plain key (not secret-, URL- or traceback-named),
-# and those keys: most log values repeat (event names, methods, routes, upstream names), so a
-# repeat skips the scans. Emptied when a secret is remembered (it may hide in one) and when full.
+# A redactor remembers strings it found clean under a plain key (not secret-, URL- or
+# traceback-named), and those keys: most log values repeat (event names, methods, routes,
+# upstream names), so a repeat skips the scans. Emptied when a secret is remembered (it may hide
+# in one) and when full.
 _CLEAN_LIMIT = 4096
 # Shorter than a request id (32 hex characters), which never repeats: remembering those would
 # only churn the set.
@@ -128,53 +99,170 @@ _CLEAN_LENGTH = 31
 # (those need whitespace, "=" or ":") and no control character can be in it, so only the known
 # secrets are looked for.
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9._-]*")
-_clean: set[str] = set()
-_plain_keys: set[str] = set()
+# The members of a private JWK that are secret (RFC 7518 §6.2.2, §6.3.2).
+_JWK_PRIVATE = ("d", "p", "q", "dp", "dq", "qi")
+# Shorter values are not remembered: they would mask ordinary words.
+_MIN_SECRET = 6
+# Who holds a secret: a client generation of an upstream, or the process itself (PROCESS: the
+# configuration, the store's password, key files), which is never forgotten.
+Holder = tuple[str, int]
+PROCESS: Holder = ("", -1)
 
 
-def _redact_value(key: str, value: Any) -> Any:
-    cls = value.__class__
-    if cls is str and value in _clean and key in _plain_keys:
+def _texts(value: Secret | str | None) -> list[str]:
+    """The strings to mask for one secret: itself, and the private members of a private JWK."""
+    text = value.reveal() if isinstance(value, Secret) else value
+    if not text or len(text) < _MIN_SECRET:
+        return []
+    found = [text]
+    if "://" in text:  # a URL (store.url): its userinfo password and *password parameters
+        with contextlib.suppress(ValueError):
+            parts = urlsplit(text)
+            candidates = [unquote(parts.password or "")] + [
+                v for k, v in parse_qsl(parts.query) if k.endswith("password")]
+            found += [v for v in candidates if len(v) >= _MIN_SECRET]
+    if text.startswith("{") and '"kty"' in text:
+        with contextlib.suppress(ValueError):
+            jwk = json.loads(text)
+            if isinstance(jwk, dict):
+                found += [v for k in _JWK_PRIVATE if isinstance(v := jwk.get(k), str)
+                          and len(v) >= _MIN_SECRET]
+    return found
+
+
+class Redactor:
+    """The process's log and answer redaction: the registry of every secret the process holds,
+    and what masks them — the structlog processor (the instance is called as one), :meth:`scrub`
+    for text and :meth:`scrub_document` for the management listener's answers (design.md §3.9).
+
+    One per process, made by the CLI (or a test) and passed to what learns secrets or answers
+    with text: logging (:func:`configure_logging`), the Sidecar (configuration), the resolver
+    (each generation it adopts), the error boundary and the management app. A secret is held by
+    the process (:data:`PROCESS`: never forgotten) or by client generations; when the resolver
+    says a generation is gone (:meth:`forget_generation`), the secrets no other holder shares
+    are forgotten, so the registry does not grow with every rotation.
+    """
+
+    __slots__ = ("_clean", "_holders", "_plain_keys", "_secrets")
+
+    def __init__(self) -> None:
+        self._holders: dict[str, set[Holder]] = {}
+        self._secrets: tuple[str, ...] = ()  # the keys of _holders, iterated per value
+        self._clean: set[str] = set()
+        self._plain_keys: set[str] = set()
+
+    # ------------------------------------------------------------------ the registry
+
+    @property
+    def known(self) -> frozenset[str]:
+        """Every secret masked now."""
+        return frozenset(self._secrets)
+
+    def remember(self, value: Secret | str | None, holder: Holder = PROCESS) -> None:
+        """Mask `value` (and, for a private JWK, its private members) wherever it appears, until
+        every holder is gone. Values shorter than 6 characters are ignored."""
+        added = False
+        for text in _texts(value):
+            holders = self._holders.get(text)
+            if holders is None:
+                self._holders[text] = {holder}
+                added = True
+            else:
+                holders.add(holder)
+        if added:
+            self._secrets = tuple(self._holders)
+            self._clean.clear()  # a clean value may hold the new secret
+
+    def remember_settings(self, settings: Any) -> None:
+        """Every secret written in a configuration (its loaded ``Secret`` fields)."""
+        for secret in _secrets_in(settings):
+            self.remember(secret)
+
+    def remember_generation(self, upstream: str, gen: Generation) -> None:
+        """The secrets of a client generation, held by it until :meth:`forget_generation`."""
+        holder = (upstream, gen.generation)
+        for secret in (gen.client_secret, gen.registration_access_token, gen.private_key):
+            self.remember(secret, holder)
+
+    def forget_generation(self, upstream: str, generation: int) -> None:
+        """Generation `generation` of `upstream` is gone: forget the secrets only it held."""
+        holder = (upstream, generation)
+        gone = [text for text, holders in self._holders.items()
+                if holder in holders and not holders - {holder}]
+        for holders in self._holders.values():
+            holders.discard(holder)
+        for text in gone:
+            del self._holders[text]
+        if gone:
+            self._secrets = tuple(self._holders)
+
+    # ------------------------------------------------------------------ masking
+
+    def _mask_known(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def scrub(self, text: str) -> str:
+        """:func:`scrub_patterns`, then every known secret masked."""
+        return self._mask_known(scrub_patterns(text))
+
+    def scrub_document(self, node: Any) -> Any:
+        """A JSON document with every string in it, keys included, passed through :meth:`scrub`
+        and stripped of control characters: what leaves the management listener (design.md
+        §3.9). Keys are not judged by name (an upstream may be called ``token``)."""
+        if isinstance(node, str):
+            return strip_controls(self.scrub(node))
+        if isinstance(node, dict):
+            return {self.scrub_document(str(k)): self.scrub_document(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [self.scrub_document(v) for v in node]
+        return node
+
+    def __call__(self, _: Any, __: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """The structlog processor: every value of the event redacted."""
+        redact = self._redact_value
+        for key in list(event_dict):
+            event_dict[key] = redact(key, event_dict[key])
+        return event_dict
+
+    def _redact_value(self, key: str, value: Any) -> Any:
+        cls = value.__class__
+        if cls is str and value in self._clean and key in self._plain_keys:
+            return value
+        if cls in _UNSCANNED:
+            return MASK if value is not None and key.lower() in SECRET_KEYS else value
+        lowered = key.lower()
+        if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):
+            return MASK
+        if isinstance(value, str):
+            return self._redact_text(key, lowered, value)
+        if isinstance(value, dict):
+            return {k: self._redact_value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._redact_value(key, v) for v in value]
         return value
-    if cls in _UNSCANNED:
-        return MASK if value is not None and key.lower() in SECRET_KEYS else value
-    lowered = key.lower()
-    if isinstance(value, Secret) or (value is not None and lowered in SECRET_KEYS):
-        return MASK
-    if isinstance(value, str):
-        return _redact_text(key, lowered, value)
-    if isinstance(value, dict):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_value(key, v) for v in value]
-    return value
 
+    def _redact_text(self, key: str, lowered: str, value: str) -> str:
+        if lowered in URL_KEYS or key.endswith("_url"):
+            return strip_controls(self.scrub(safe_url(value)))
+        if key in MULTILINE_KEYS:
+            return strip_controls(self.scrub(value), keep="\n\t")
+        if _PLAIN_TOKEN.fullmatch(value) is not None:
+            redacted = self._mask_known(value)
+        else:
+            redacted = strip_controls(self.scrub(value))
+        if redacted == value and len(value) <= _CLEAN_LENGTH:
+            self._remember_clean(key, value)
+        return redacted
 
-def _redact_text(key: str, lowered: str, value: str) -> str:
-    if lowered in URL_KEYS or key.endswith("_url"):
-        return strip_controls(scrub(safe_url(value)))
-    if key in MULTILINE_KEYS:
-        return strip_controls(scrub(value), keep="\n\t")
-    if _PLAIN_TOKEN.fullmatch(value) is not None:
-        redacted = _mask_known(value)
-    else:
-        redacted = strip_controls(scrub(value))
-    if redacted == value and len(value) <= _CLEAN_LENGTH:
-        _remember_clean(key, value)
-    return redacted
-
-
-def _remember_clean(key: str, value: str) -> None:
-    for known, item in ((_clean, value), (_plain_keys, key)):
-        if len(known) >= _CLEAN_LIMIT:
-            known.clear()
-        known.add(item)
-
-
-def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
-        event_dict[key] = _redact_value(key, event_dict[key])
-    return event_dict
+    def _remember_clean(self, key: str, value: str) -> None:
+        for known, item in ((self._clean, value), (self._plain_keys, key)):
+            if len(known) >= _CLEAN_LIMIT:
+                known.clear()
+            known.add(item)
 
 
 def _json(event_dict: Any, **_: Any) -> str:
@@ -191,11 +279,11 @@ def _renderer(fmt: str) -> Any:
             else structlog.dev.ConsoleRenderer(colors=False))
 
 
-def processors(fmt: str) -> list[Any]:
+def processors(fmt: str, redactor: Redactor) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.format_exc_info,
-        redact,
+        redactor,
         # After redaction: both are made here and hold nothing to scan.
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -256,7 +344,7 @@ def _bridges() -> list[logging.Handler]:
     return [h for h in logging.getLogger().handlers if isinstance(h, _Bridge)]
 
 
-def _bridge_stdlib(fmt: str, level: int, stream: TextIO) -> None:
+def _bridge_stdlib(fmt: str, level: int, stream: TextIO, redactor: Redactor) -> None:
     """Render the standard library's log records (aiohttp's) through the same chain."""
     handler = _Bridge(stream)
     handler.setLevel(level)
@@ -267,7 +355,8 @@ def _bridge_stdlib(fmt: str, level: int, stream: TextIO) -> None:
                            structlog.processors.add_log_level,
                            structlog.processors.TimeStamper(fmt="iso", utc=True)],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, redact, _renderer(fmt)]))
+                    structlog.processors.format_exc_info, redactor,
+                    _renderer(fmt)]))
     root = logging.getLogger()
     for old in _bridges():
         root.removeHandler(old)
@@ -275,15 +364,17 @@ def _bridge_stdlib(fmt: str, level: int, stream: TextIO) -> None:
     root.setLevel(min(root.level or logging.WARNING, level))
 
 
-def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(redactor: Redactor, fmt: str = "json", level: str = "info",
+                      stream: TextIO | None = None) -> None:
+    """structlog, and the standard library's records, rendered through `redactor`."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=processors(fmt),
+        processors=processors(fmt, redactor),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
-    _bridge_stdlib(fmt, numeric, stream or sys.stderr)
+    _bridge_stdlib(fmt, numeric, stream or sys.stderr, redactor)
 
 
 def set_level(level: str) -> None:

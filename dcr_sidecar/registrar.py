@@ -32,7 +32,7 @@ from dcr_sidecar.oauth.registration import (
 )
 from dcr_sidecar.oauth.retry import parse_retry_after
 from dcr_sidecar.oauth.text import clean_text, safe_url
-from dcr_sidecar.observability import remember_secret
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.provenance import check_iat_destination
 from dcr_sidecar.rfc7592 import Rfc7592
 
@@ -92,8 +92,9 @@ def choose_method(upstream: Upstream, metadata: Metadata) -> str:
 
 
 class Registrar:
-    def __init__(self, outbound: Outbound) -> None:
+    def __init__(self, outbound: Outbound, redactor: Redactor) -> None:
         self.outbound = outbound
+        self.redactor = redactor
         self.rfc7592 = Rfc7592(outbound)
 
     def choose_method(self, upstream: Upstream, metadata: Metadata) -> str:
@@ -101,14 +102,15 @@ class Registrar:
 
     async def register(self, upstream: Upstream, metadata: Metadata,
                        key: KeyBinding | None = None) -> Registration:
-        """Register a client; `key` is the public side of the private_key_jwt key pair."""
+        """Register a client; `key` is the public side of the private_key_jwt key pair. The
+        caller tells the redactor of the secrets issued, with the generation that holds them."""
         method = self.choose_method(upstream, metadata)
         endpoint, provenance = registration_endpoint(upstream, metadata)
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         iat = read_secret(upstream.initial_access_token)
         if iat:
             check_iat_destination(upstream, endpoint)  # before any connection
-            remember_secret(iat)
+            self.redactor.remember(iat)
             headers["Authorization"] = f"Bearer {iat.reveal()}"
         body = build_request(profile_of(upstream, self.outbound.settings), method, key)
         response = await self.outbound.request(
@@ -119,8 +121,6 @@ class Registrar:
         except errors.InsufficientRegistration as exc:
             await self._delete_refused(upstream, response, endpoint, exc)
             raise
-        for secret in (client.client_secret, client.registration_access_token):
-            remember_secret(secret)
         for warning in client.warnings:
             log.warning("registration_warning", upstream=upstream.name, detail=warning)
         return Registration(client, endpoint, provenance)
@@ -139,7 +139,7 @@ class Registrar:
                                    self.outbound.settings.security.allow_http)
         deleted = False
         if management is not None:
-            remember_secret(management[1])
+            self.redactor.remember(management[1])
             try:
                 deleted = await self.rfc7592.delete_at(upstream, management)
             except errors.UpstreamError as exc:

@@ -23,17 +23,35 @@ from dcr_sidecar import app as app_module
 from dcr_sidecar import observability
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
+from dcr_sidecar.observability import PROCESS, Holder, Redactor
 from dcr_sidecar.store.records import Record
 from tests.support.fakes import TOKEN_RESPONSE, FakeServer, FakeServers
 from tests.support.oidc import OidcProvider
 from tests.support.redis_server import RedisServer
 
 
-class LeakGuard:
-    """Collects secrets and extra log text; checked when the test ends."""
+class RecordingRedactor(Redactor):
+    """The production redactor, also keeping (for the leak guard) every secret it was ever
+    told of, those it forgot when their generation was deleted included."""
 
-    def __init__(self, stream: io.StringIO) -> None:
+    __slots__ = ("ever",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ever: set[str] = set()
+
+    def remember(self, value: Any, holder: Holder = PROCESS) -> None:
+        super().remember(value, holder)
+        self.ever |= self.known
+
+
+class LeakGuard:
+    """Collects secrets and extra log text; checked when the test ends. `redactor` is the
+    test's process redactor: the one logging renders through, to pass to a Sidecar."""
+
+    def __init__(self, stream: io.StringIO, redactor: RecordingRedactor) -> None:
         self.stream = stream
+        self.redactor = redactor
         self.secrets: set[str] = set()
         self.texts: list[str] = []
         # (path, what the client received) for every management-listener answer
@@ -76,7 +94,7 @@ class LeakGuard:
         return self.stream.getvalue()
 
     def known(self) -> set[str]:
-        return self.secrets | observability._known_secrets
+        return self.secrets | self.redactor.ever
 
     def leaks(self) -> list[str]:
         text = self.stream.getvalue() + "".join(self.texts)
@@ -114,13 +132,12 @@ def observe_management(monkeypatch: pytest.MonkeyPatch, guard: LeakGuard) -> Non
 @pytest.fixture(autouse=True)
 def leak_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[LeakGuard]:
     stream = io.StringIO()
-    observability.configure_logging("json", "debug", stream)
-    observability._known_secrets.clear()
-    guard = LeakGuard(stream)
+    redactor = RecordingRedactor()
+    observability.configure_logging(redactor, "json", "debug", stream)
+    guard = LeakGuard(stream, redactor)
     observe_management(monkeypatch, guard)
     yield guard
     leaks, served = guard.leaks(), guard.management_leaks()
-    observability._known_secrets.clear()
     assert not leaks, f"secrets found in logs: {leaks}"
     assert not served, f"secrets found in management-listener responses: {served}"
 
@@ -201,14 +218,16 @@ def sidecar_config(tmp_path: Path, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
-    """Start in-process sidecars from a config dict merged over test defaults."""
+async def sidecar(tmp_path: Path, leak_guard: LeakGuard) -> AsyncIterator[SidecarFactory]:
+    """Start in-process sidecars from a config dict merged over test defaults (with the
+    test's redactor, the one its logging renders through)."""
     running: list[Sidecar] = []
 
     async def start(extra: dict[str, Any], **kwargs: Any) -> Sidecar:
         """`kwargs` go to :class:`Sidecar` (e.g. `flows=` a flow store with a test clock)."""
         text = yaml.safe_dump(sidecar_config(tmp_path, extra))
-        instance = Sidecar(parse_settings(text, "test.yaml"), **kwargs)
+        instance = Sidecar(parse_settings(text, "test.yaml"), redactor=leak_guard.redactor,
+                           **kwargs)
         await instance.start()
         running.append(instance)
         return instance

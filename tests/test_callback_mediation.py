@@ -314,7 +314,7 @@ async def test_the_exchange_uses_the_generation_the_flow_started_with(
 async def new_generation(side: Sidecar, issuer: str) -> None:
     """Stand-in for a rotation: a second generation of the same configuration in the store,
     the first superseded, and the resolver made to load it."""
-    store = side.resolver.store
+    store = side.store
     key = RecordKey(issuer, "acme")
     async with store.lock(key):  # a redis store takes writes only under the lease
         record = await store.get(key)

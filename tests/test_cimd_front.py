@@ -20,7 +20,7 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.oauth.cimd import strong_etag
-from tests.conftest import SidecarFactory
+from tests.conftest import LeakGuard, SidecarFactory
 from tests.support.redis_server import free_port
 from tests.support.tls_ca import LocalCa
 
@@ -144,14 +144,14 @@ async def test_front_serves_only_front_channel_routes(
 
 
 async def test_front_tls_pair_is_reread_when_the_files_change(
-        tmp_path: Path, test_ca: LocalCa) -> None:
+        tmp_path: Path, test_ca: LocalCa, leak_guard: LeakGuard) -> None:
     """A cert-manager style rotation: new files under the same names are served to new
     connections without a restart."""
     text = json.dumps({"version": 1, "listen": {"host": "127.0.0.1", "port": 0},
                        "management": {"host": "127.0.0.1", "port": 0},
                        "store": {"backend": "memory"}, "front": test_ca.front(),
                        "upstreams": [cimd_upstream()]})
-    app = Sidecar(parse_settings(text, "test.yaml"))
+    app = Sidecar(parse_settings(text, "test.yaml"), redactor=leak_guard.redactor)
     await app.start()
     try:
         assert app.front is not None

@@ -196,9 +196,7 @@ async def test_sidecars_on_a_cluster_serve_through_a_slot_migration_and_a_master
         "store": {"backend": "redis", "url": cluster.url(), "lease": {"ttl": 10, "wait": 20}},
         "upstreams": [{"name": "acme", "issuer": provider.issuer,
                        "grant_types": ["client_credentials"]}]}
-    replicas = [await sidecar(config) for _ in range(3)]
-    for replica in replicas:
-        replica.resolver.max_record_age = 0.5
+    replicas = [await sidecar(config, max_record_age=0.5) for _ in range(3)]
     statuses: list[int] = []
 
     async def traffic(session: aiohttp.ClientSession, until: asyncio.Task[Any]) -> None:
@@ -212,7 +210,7 @@ async def test_sidecars_on_a_cluster_serve_through_a_slot_migration_and_a_master
                 return
             await asyncio.sleep(0.02)
 
-    store = replicas[0].resolver.store
+    store = replicas[0].store
     assert isinstance(store, RedisStore)
     slot = await cluster.keyslot(store.record_key(RecordKey(provider.issuer, "acme")))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-async def demo(oidc: ProviderFactory, tmp_path: Path) -> AsyncIterator[Any]:
+async def demo(oidc: ProviderFactory, tmp_path: Path,
+               leak_guard: LeakGuard) -> AsyncIterator[Any]:
     """The stack of `make demo` (config/dev.yaml) on free ports: provider, sidecar, demo app."""
-    async with demo_stack(await oidc(), tmp_path) as stack:
+    async with demo_stack(await oidc(), tmp_path, leak_guard.redactor) as stack:
         yield stack
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import parse_settings
 from dcr_sidecar.demo import create_demo_app
+from dcr_sidecar.observability import Redactor
 from tests.conftest import LeakGuard, ProviderFactory
 from tests.support.oidc import OidcProvider, login_and_consent, new_browser_session
 
@@ -43,14 +44,14 @@ def dev_settings(issuer: str, demo_url: str, tmp_path: Path) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def demo_stack(provider: OidcProvider,
-                     tmp_path: Path) -> AsyncIterator[tuple[OidcProvider, Sidecar, str, Path]]:
+async def demo_stack(provider: OidcProvider, tmp_path: Path,
+                     redactor: Redactor) -> AsyncIterator[tuple[OidcProvider, Sidecar, str, Path]]:
     """The stack of `make demo` (config/dev.yaml) on free ports: sidecar and demo app in front
     of ``provider``. Yields (provider, sidecar, demo app URL, tmp_path)."""
     demo_url = f"http://127.0.0.1:{free_port()}"
     text = yaml.safe_dump(dev_settings(provider.issuer, demo_url, tmp_path))
     settings = parse_settings(text, str(DEV_CONFIG), env={"DEMO_ISSUER": provider.issuer})
-    side = Sidecar(settings)
+    side = Sidecar(settings, redactor=redactor)
     await side.start()
     runner = web.AppRunner(create_demo_app(side.listen.url, "demo", demo_url))
     await runner.setup()
@@ -61,8 +62,8 @@ async def demo_stack(provider: OidcProvider,
 
 
 @pytest.fixture
-async def demo(oidc: ProviderFactory, tmp_path: Path) -> Any:
-    async with demo_stack(await oidc(), tmp_path) as stack:
+async def demo(oidc: ProviderFactory, tmp_path: Path, leak_guard: LeakGuard) -> Any:
+    async with demo_stack(await oidc(), tmp_path, leak_guard.redactor) as stack:
         yield stack
 
 

@@ -69,9 +69,12 @@ async def client_and_token(side: Sidecar, leak_guard: LeakGuard) -> str:
 
 
 async def held_secrets(side: Sidecar, leak_guard: LeakGuard) -> list[str]:
-    creds = side.resolver.snapshot("acme").credentials
-    assert creds is not None
-    gen = await side.resolver.generation("acme", creds.generation)
+    snap = side.resolver.snapshot("acme")
+    assert snap.credentials is not None
+    assert snap.record_key is not None
+    record = await side.store.get(snap.record_key)  # the store this sidecar opened
+    assert record is not None
+    gen = record.get(snap.credentials.generation)
     assert gen is not None
     found = [s.reveal() for s in (gen.client_secret, gen.registration_access_token) if s]
     leak_guard.add(*found)

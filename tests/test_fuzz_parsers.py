@@ -34,7 +34,7 @@ from dcr_sidecar.oauth.registration import (
 from dcr_sidecar.oauth.retry import parse_retry_after
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.oauth.text import clean_text, safe_url
-from dcr_sidecar.observability import scrub
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.proxy.forms import parse_form, parse_urlencoded
 from dcr_sidecar.proxy.inbound import check as check_inbound
 from dcr_sidecar.proxy.metadata import rewrite
@@ -212,4 +212,4 @@ def test_authority_raises_only_value_error(url: str) -> None:
 def test_log_and_message_sanitisers_remove_control_characters(text: str) -> None:
     for out in (clean_text(text), safe_url(text)):
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in out)
-    assert isinstance(scrub(text), str)
+    assert isinstance(Redactor().scrub(text), str)

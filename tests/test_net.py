@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import parse_settings
+from dcr_sidecar.config import LiveSettings, parse_settings
 from dcr_sidecar.net import Outbound
 from tests.conftest import SidecarFactory, sidecar_config
 from tests.support.fakes import (
@@ -49,7 +49,7 @@ async def outbound(tmp_path: Path) -> AsyncIterator[OutboundFactory]:
             "security": {"allow_http": ALLOW_HTTP, "allow_private_networks": ["127.0.0.1/32"]},
             "upstreams": upstreams, **extra})
         # No real DNS unless a test asks for it: unknown names simply do not resolve.
-        client = Outbound(parse_settings(yaml.safe_dump(config), "test.yaml"),
+        client = Outbound(LiveSettings(parse_settings(yaml.safe_dump(config), "test.yaml")),
                           resolver=resolver or MapResolver())
         await client.start()
         started.append(client)

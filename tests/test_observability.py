@@ -48,7 +48,7 @@ def test_secret_keys_secret_values_and_credentials_are_masked(leak_guard: LeakGu
 
 
 def test_remembered_secrets_are_masked_wherever_they_appear(leak_guard: LeakGuard) -> None:
-    observability.remember_secret(Secret("opaque-remembered-42"))
+    leak_guard.redactor.remember(Secret("opaque-remembered-42"))
     log.info("probe", detail="the AS said: opaque-remembered-42 is wrong", other=["x",
              "opaque-remembered-42"])
     line = last_line(leak_guard)
@@ -81,15 +81,16 @@ def test_configured_secrets_are_remembered(tmp_path: Path, leak_guard: LeakGuard
                        "grant_types": ["client_credentials"]},
                       {"name": "b", "issuer": "https://b.test", "initial_access_token":
                        "iat-remembered-3", "grant_types": ["client_credentials"]}]})), "t.yaml")
-    observability.remember_settings_secrets(settings)
+    redactor = observability.Redactor()
+    redactor.remember_settings(settings)
     assert {"inbound-remembered-1", "static-remembered-2", "iat-remembered-3"} <= (
-        observability._known_secrets)
+        redactor.known)
 
 
 def test_standard_library_records_pass_through_redaction(leak_guard: LeakGuard) -> None:
     """aiohttp logs with the standard library; those records get the same treatment."""
     leak_guard.add("stdlib-secret-42")
-    observability.remember_secret("stdlib-secret-42")
+    leak_guard.redactor.remember("stdlib-secret-42")
     logging.getLogger("aiohttp.client").warning(
         "failed %s with stdlib-secret-42\nsecond line", "https://u:p@as.test/t?code=zzz")
     line = last_line(leak_guard)
@@ -168,7 +169,8 @@ async def test_doctor_register_prints_no_secret(
     settings = parse_settings(yaml.safe_dump(sidecar_config(tmp_path, {"upstreams": [
         {"name": "acme", "issuer": as_.base, "initial_access_token": IAT,
          "grant_types": ["client_credentials"]}]})), "t.yaml")
-    code = await run_doctor(settings, "acme", register=True, as_json=as_json)
+    code = await run_doctor(settings, "acme", register=True, as_json=as_json,
+                            redactor=leak_guard.redactor)
     out = capsys.readouterr()
     leak_guard.add_text(out.out + out.err)
     assert code == 0, out
@@ -186,7 +188,8 @@ async def test_doctor_scrubs_a_secret_echoed_into_an_error(
     settings = parse_settings(yaml.safe_dump(sidecar_config(tmp_path, {"upstreams": [
         {"name": "acme", "issuer": as_.base, "initial_access_token": IAT,
          "grant_types": ["client_credentials"]}]})), "t.yaml")
-    code = await run_doctor(settings, "acme", register=True, as_json=False)
+    code = await run_doctor(settings, "acme", register=True, as_json=False,
+                            redactor=leak_guard.redactor)
     out = capsys.readouterr()
     leak_guard.add_text(out.out + out.err)
     assert code == 1
@@ -204,7 +207,7 @@ def test_cached_logger_follows_a_new_configuration_level_and_capture(
     assert last_line(leak_guard)["event"] == "first_written"
     assert cached.bound() is cached.bound()  # no assembly per call
     elsewhere = io.StringIO()
-    observability.configure_logging("json", "info", elsewhere)
+    observability.configure_logging(leak_guard.redactor, "json", "info", elsewhere)
     cached.info("second_written")
     assert json.loads(elsewhere.getvalue())["event"] == "second_written"
     observability.set_level("warning")
@@ -228,10 +231,10 @@ def test_a_value_found_clean_is_masked_once_it_becomes_a_known_secret(
     """Redaction remembers strings it found clean; remembering a secret forgets them. (Its own
     output: the value is logged before it is a secret, which the leak guard would flag.)"""
     own = io.StringIO()
-    observability.configure_logging("json", "info", own)
+    observability.configure_logging(leak_guard.redactor, "json", "info", own)
     log.info("probe", detail="later-a-secret-77")
     log.info("probe", detail="later-a-secret-77")
-    observability.remember_secret("later-a-secret-77")
+    leak_guard.redactor.remember("later-a-secret-77")
     log.info("probe", detail="later-a-secret-77")
     details = [json.loads(line)["detail"] for line in own.getvalue().splitlines()]
     assert details == ["later-a-secret-77", "later-a-secret-77", MASK]
@@ -240,7 +243,7 @@ def test_a_value_found_clean_is_masked_once_it_becomes_a_known_secret(
 def test_a_known_secret_inside_a_plain_token_is_masked(leak_guard: LeakGuard) -> None:
     """Values of letters, digits and "._-" skip the URL and credential patterns, never the
     known secrets (a client could send its secret as X-Request-Id)."""
-    observability.remember_secret("plain-secret-42")
+    leak_guard.redactor.remember("plain-secret-42")
     log.info("probe", request_id="id.plain-secret-42_x", short="plain-secret-42")
     line = last_line(leak_guard)
     assert (line["request_id"], line["short"]) == (f"id.{MASK}_x", MASK)

@@ -1,4 +1,4 @@
-"""Log redaction (design.md §3.9): what `scrub` and the `redact` processor mask, and that the
+"""Log redaction (design.md §3.9): what a Redactor's `scrub` and its processor mask, and that the
 fast path (values with neither whitespace nor "=" skip the credential pattern) changes nothing."""
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 
 from dcr_sidecar import observability
 from dcr_sidecar.oauth.secret import MASK, Secret
-from dcr_sidecar.observability import redact, remember_secret, scrub
+from dcr_sidecar.observability import Redactor
+
+REDACTOR = Redactor()  # this module's own: no logging renders through it
+REDACTOR.remember("s3cr3t-value-123")
+scrub = REDACTOR.scrub
 
 NO_DB = settings(database=None, deadline=None, max_examples=400)
 
@@ -20,7 +24,7 @@ def slow_scrub(text: str) -> str:
     """The definition: the credential pattern on every value, then the known secrets."""
     text = observability._CREDENTIAL_RE.sub(
         lambda m: (m.group(2) or (m.group(1) + " ")) + MASK, text)
-    for secret in observability._known_secrets:
+    for secret in REDACTOR.known:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
@@ -43,8 +47,9 @@ def test_scrub_masks_credentials_and_keeps_plain_values(text: str, expected: str
 
 def test_scrub_masks_remembered_secrets_in_values_without_spaces() -> None:
     """A known secret is masked even where the credential pattern cannot match."""
-    remember_secret(Secret("s3cr3t-value-123"))
-    assert scrub("prefix-s3cr3t-value-123-suffix") == f"prefix-{MASK}-suffix"
+    redactor = Redactor()
+    redactor.remember(Secret("s3cr3t-value-123"))
+    assert redactor.scrub("prefix-s3cr3t-value-123-suffix") == f"prefix-{MASK}-suffix"
 
 
 WORDS = st.sampled_from(["basic", "Bearer", "DPOP", "client_secret", "code", "token",
@@ -55,7 +60,6 @@ WORDS = st.sampled_from(["basic", "Bearer", "DPOP", "client_secret", "code", "to
 @NO_DB
 @given(st.lists(st.one_of(WORDS, st.text(max_size=8)), max_size=12).map("".join))
 def test_scrub_fast_path_equals_the_full_pattern(text: str) -> None:
-    remember_secret("s3cr3t-value-123")
     assert scrub(text) == slow_scrub(text)
 
 
@@ -72,4 +76,4 @@ def test_scrub_fast_path_equals_the_full_pattern(text: str) -> None:
                                                          "n": [f"code={MASK}"]}),
 ])
 def test_redact_processor(key: str, value: Any, expected: Any) -> None:
-    assert redact(None, "info", {key: value})[key] == expected
+    assert Redactor()(None, "info", {key: value})[key] == expected

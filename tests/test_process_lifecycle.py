@@ -183,8 +183,8 @@ def write_configmap(root: Path, config: dict[str, Any], version: int) -> Path:
 
 
 @pytest.fixture
-async def watched(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[
-        tuple[Sidecar, ConfigWatcher, Path]]]]:
+async def watched(tmp_path: Path, leak_guard: LeakGuard) -> AsyncIterator[Callable[
+        [dict[str, Any]], Awaitable[tuple[Sidecar, ConfigWatcher, Path]]]]:
     """A sidecar started from a ConfigMap-style file, with a fast-polling watcher."""
     started: list[tuple[Sidecar, asyncio.Task[None]]] = []
 
@@ -192,7 +192,7 @@ async def watched(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any]], Aw
         root = tmp_path / "configmap"
         root.mkdir()
         path = write_configmap(root, sidecar_config(tmp_path, extra), 1)
-        side = Sidecar(load_settings(str(path)))
+        side = Sidecar(load_settings(str(path)), redactor=leak_guard.redactor)
         await side.start()
         watcher = ConfigWatcher(side, str(path), interval_s=0.1)
         started.append((side, asyncio.create_task(watcher.run())))

@@ -13,7 +13,7 @@ import yaml
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import Upstream, parse_settings
 from dcr_sidecar.oauth.resource_indicator import with_default_resource
-from tests.conftest import sidecar_config
+from tests.conftest import LeakGuard, sidecar_config
 from tests.support.recording_as import RecordingAS
 
 API = "https://api.example/v1"
@@ -48,7 +48,7 @@ def test_off_and_unset_add_nothing() -> None:
 
 
 async def test_routes_send_the_resource_on_authorize_token_par_and_device(
-        tmp_path: Path) -> None:
+        tmp_path: Path, leak_guard: LeakGuard) -> None:
     """On the wire: authorize, token, PAR and device authorization carry the configured
     resource; revocation and introspection do not; a PAR reference gets none added."""
     async with RecordingAS() as rec:
@@ -57,7 +57,8 @@ async def test_routes_send_the_resource_on_authorize_token_par_and_device(
             "grant_types": ["authorization_code", "client_credentials"]}]})), "t.yaml")
         api = f"{rec.issuer}/api"  # a loopback resource whose RFC 9728 document names rec
         configured = settings.upstreams[0].model_copy(update={"resource": api})
-        side = Sidecar(settings.model_copy(update={"upstreams": [configured]}))
+        side = Sidecar(settings.model_copy(update={"upstreams": [configured]}),
+                       redactor=leak_guard.redactor)
         await side.start()
         try:
             base = f"{side.listen.url}/u"

@@ -264,7 +264,8 @@ async def test_doctor_shows_the_key_and_the_assertion_s_expiry_and_fails_when_ex
     provider, keys, issuer = setup
     settings = parse_settings(yaml.safe_dump(sidecar_config(
         tmp_path, key_upstream(provider.issuer, keys.path))), "t.yaml")
-    assert await run_doctor(settings, "acme", register=False, as_json=False) == 0
+    assert await run_doctor(settings, "acme", register=False, as_json=False,
+                            redactor=leak_guard.redactor) == 0
     assert f"client key: {keys.path} (ES256, kid {keys.first_key.kid})" in \
         capsys.readouterr().out
 
@@ -274,7 +275,8 @@ async def test_doctor_shows_the_key_and_the_assertion_s_expiry_and_fails_when_ex
     leak_guard.add(fresh)
     settings = parse_settings(yaml.safe_dump(sidecar_config(
         tmp_path, assertion_upstream(provider.issuer, path))), "t.yaml")
-    assert await run_doctor(settings, "wif", register=False, as_json=False) == 0
+    assert await run_doctor(settings, "wif", register=False, as_json=False,
+                            redactor=leak_guard.redactor) == 0
     out = capsys.readouterr().out
     assert f"client assertion: {path}, expires " in out
     assert fresh not in out
@@ -282,7 +284,8 @@ async def test_doctor_shows_the_key_and_the_assertion_s_expiry_and_fails_when_ex
     stale = issuer.token(provider.issuer, now=int(time.time()) - 600, lifetime=300)
     leak_guard.add(stale)
     replace(path, stale.encode())
-    assert await run_doctor(settings, "wif", register=False, as_json=False) == 1
+    assert await run_doctor(settings, "wif", register=False, as_json=False,
+                            redactor=leak_guard.redactor) == 1
     out = capsys.readouterr().out
     assert (f"FAILED at forward: server_error: the client assertion of 'wif' in {str(path)!r} "
             "(client_assertion.file) expired at ") in out

@@ -158,7 +158,7 @@ async def test_expired_certificate_is_named_as_such(
 
 
 async def test_name_mismatch_is_named_as_such(
-        ca: trustme.CA, servers: FakeServers, tmp_path: Path) -> None:
+        ca: trustme.CA, servers: FakeServers, tmp_path: Path, leak_guard: LeakGuard) -> None:
     """A trusted certificate for another name: 502 saying it does not name the host."""
     from dcr_sidecar.app import Sidecar
 
@@ -166,7 +166,8 @@ async def test_name_mismatch_is_named_as_such(
     settings = parse_settings(_yaml(sidecar_config(tmp_path, config(
         f"https://as.test:{fake.port}", {"ca_file": write_pem(tmp_path / "ca.pem", ca)}))),
         "test.yaml")
-    side = Sidecar(settings, resolver=MapResolver({"as.test": "127.0.0.2"}))
+    side = Sidecar(settings, resolver=MapResolver({"as.test": "127.0.0.2"}),
+                   redactor=leak_guard.redactor)
     await side.start()
     try:
         status, body = await get_client(side.listen.url)
@@ -180,11 +181,12 @@ async def test_name_mismatch_is_named_as_such(
 
 async def test_doctor_says_which_check_failed_and_what_fixes_it(
         ca: trustme.CA, servers: FakeServers, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], leak_guard: LeakGuard) -> None:
     """`doctor` prints the same sentence: unknown issuer without ca_file, and success with it."""
     fake = await tls_as(servers, server_context(ca, "127.0.0.2"))
     settings = parse_settings(_yaml(sidecar_config(tmp_path, config(fake.base))), "t.yaml")
-    assert await run_doctor(settings, "acme", register=False, as_json=False) == 1
+    assert await run_doctor(settings, "acme", register=False, as_json=False,
+                            redactor=leak_guard.redactor) == 1
     out = capsys.readouterr().out
     assert (f"FAILED at discover: server_error: TLS certificate check failed for "
             f"127.0.0.2:{fake.port}: the certificate was issued by a certificate authority "
@@ -193,7 +195,8 @@ async def test_doctor_says_which_check_failed_and_what_fixes_it(
 
     settings = parse_settings(_yaml(sidecar_config(tmp_path, config(
         fake.base, {"ca_file": write_pem(tmp_path / "ca.pem", ca)}))), "t.yaml")
-    assert await run_doctor(settings, "acme", register=False, as_json=False) == 0
+    assert await run_doctor(settings, "acme", register=False, as_json=False,
+                            redactor=leak_guard.redactor) == 0
     assert f"issuer: {fake.base}" in capsys.readouterr().out
 
 

@@ -14,8 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
-from dcr_sidecar.metrics import forward_route
-from dcr_sidecar.observability import CachedLogger, scrub
+from dcr_sidecar.observability import CachedLogger, Redactor, scrub_patterns
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 log = CachedLogger("dcr_sidecar.request")  # the canonical line: assembled once, not per request
@@ -51,9 +50,12 @@ def request_id_of(request: web.Request) -> str:
     return given if _REQUEST_ID_RE.match(given) else _request_ids.next()
 
 
-def error_response(exc: errors.SidecarError) -> web.Response:
-    # Descriptions are written without secrets; scrub() is the backstop for anything an AS
+def error_response(exc: errors.SidecarError, redactor: Redactor | None) -> web.Response:
+    """`redactor`: the process's (None only for an app without a Runtime: then the credential
+    patterns alone)."""
+    # Descriptions are written without secrets; scrubbing is the backstop for anything an AS
     # echoed (a secret it was sent, a URL with a query) inside one.
+    scrub = redactor.scrub if redactor is not None else scrub_patterns
     body = {"error": exc.error, "error_description": scrub(exc.description)}
     headers = {"Cache-Control": "no-store", **exc.headers()}
     return web.json_response(body, status=exc.status, headers=headers)
@@ -97,21 +99,22 @@ class _ClientGone(Exception):
     """Raised inside the boundary to skip the answer, its log line and its metrics."""
 
 
-async def _answer(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+async def _answer(request: web.Request, handler: Handler, request_id: str,
+                  redactor: Redactor | None) -> web.StreamResponse:
     try:
         return await handler(request)
     except errors.SidecarError as exc:
-        return error_response(exc)
+        return error_response(exc, redactor)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(_from_http_exception(exc))
+        return error_response(_from_http_exception(exc), redactor)
     except Exception as exc:
         if _client_gone(request, exc):
             raise _ClientGone from exc
         log.exception("request_crashed", path=request.path)
         return error_response(errors.SidecarError("internal error; see the sidecar's log "
-                                                  f"for request id {request_id}"))
+                                                  f"for request id {request_id}"), redactor)
 
 
 @web.middleware
@@ -122,13 +125,13 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     structlog.contextvars.bind_contextvars(request_id=request_id)
     runtime = request.app.get(RUNTIME)
     route = _route_label(request)
-    forward_route.set(route.rsplit("/", 1)[-1])
     name = request.match_info.get("name")
     known = runtime is not None and name is not None and runtime.settings.upstream(name)
     try:
         if runtime is not None:
             _check_headers(request, runtime.settings.limits.max_header_bytes)
-        response = await _answer(request, handler, request_id)
+        response = await _answer(request, handler, request_id,
+                                 runtime.redactor if runtime is not None else None)
     except _ClientGone:
         # Nobody is left to answer: one info line, no status, nothing counted.
         log.info("client_disconnected", method=request.method, route=route,
@@ -136,7 +139,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         return web.Response(status=400)
     except errors.SidecarError as exc:
-        response = error_response(exc)
+        response = error_response(exc, runtime.redactor if runtime is not None else None)
     response.headers[REQUEST_ID] = request_id
     elapsed = time.perf_counter() - started
     log.info("request_handled", method=request.method, route=route,

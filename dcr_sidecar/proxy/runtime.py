@@ -7,21 +7,32 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Settings, Upstream
+from dcr_sidecar.config import LiveSettings, Settings, Upstream
+from dcr_sidecar.forward import Forwarder
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.oauth.resource import ResourceMetadata
+from dcr_sidecar.observability import Redactor
 from dcr_sidecar.resolver import Resolver
 from dcr_sidecar.store.flows import FlowStore
 
 
 @dataclass
 class Runtime:
-    settings: Settings
+    live: LiveSettings  # the process's one settings reference: `settings` reads it
     resolver: Resolver
     outbound: Outbound
     flows: FlowStore
+    redactor: Redactor  # the process's: error descriptions and management answers
     metrics: Metrics = field(default_factory=lambda: Metrics(None))
+    forwarder: Forwarder = field(init=False)  # the token-like routes' plans (forward.py)
+
+    def __post_init__(self) -> None:
+        self.forwarder = Forwarder(self.outbound, self.resolver)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.current
 
     def upstream(self, name: str) -> Upstream:
         upstream = self.settings.upstream(name)

@@ -76,8 +76,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.observability import remember_secret, scrub
+from dcr_sidecar.oauth.secret import MASK, Secret
+from dcr_sidecar.observability import scrub_patterns
 from dcr_sidecar.store.aiocache_redis import ClientRedisCache
 from dcr_sidecar.store.errors import (
     KeyMismatch,
@@ -154,8 +154,6 @@ def connect(url: Secret) -> tuple[Client, RedisTarget, list[Redis]]:
     """A client for `url` (not yet connected: redis-py connects on first command), the parsed
     target, and any sentinel clients to close with it."""
     target = parse_redis_url(url.reveal())
-    for secret in (target.password, target.sentinel_password):
-        remember_secret(secret)  # scrubbed from every log line, whatever the error says
     common: dict[str, Any] = {
         "socket_timeout": COMMAND_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
         # One quick retry: a pooled connection may be dead after Redis restarted.
@@ -235,7 +233,15 @@ class RedisStore:
         except RedisError as exc:
             raise StoreUnreachable(
                 f"redis {self.target.describe()} failed ({doing}): {type(exc).__name__}: "
-                f"{scrub(str(exc))[:200]}") from exc
+                f"{self._scrub(str(exc))[:200]}") from exc
+
+    def _scrub(self, text: str) -> str:
+        """A Redis error's text without credentials, whatever it says. (The process's
+        redactor also knows the passwords, from the configured store.url.)"""
+        for secret in (self.target.password, self.target.sentinel_password):
+            if secret and len(secret) >= 6:  # the redactor's rule: shorter masks words
+                text = text.replace(secret, MASK)
+        return scrub_patterns(text)
 
     async def _run(self, doing: str, op: Callable[[], Awaitable[T]],
                    wait: float | None = None) -> T:
