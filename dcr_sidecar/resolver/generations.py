@@ -143,7 +143,10 @@ class Generations(Core):
     def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
                current: Generation) -> None:
         now = self._clock.time()
-        for gen in record.generations:  # what the record holds may be logged or sent
+        # What the record holds may be logged or sent; what it no longer holds is gone.
+        self._redactor.retain_generations(state.config.name,
+                                          [gen.generation for gen in record.generations])
+        for gen in record.generations:
             self._redactor.remember_generation(state.config.name, gen)
         previous = record.previous(current, state.config.generation_grace, now)
         state.key, state.current = key, current
