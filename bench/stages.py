@@ -92,6 +92,7 @@ SIDECAR_RULES: tuple[tuple[str, str, str], ...] = (
     ("dial.py", "authority*", SKIP),
     ("dial.py", "authority_text*", SKIP),
     ("oauth/text.py", "*", SKIP),
+    ("clock.py", "*", SKIP),
     # -- the forwarding module (issue 12)
     ("forward.py", "*parse*", PARSE),
     ("forward.py", "*read*", PARSE),
