@@ -170,7 +170,7 @@ class Forwarder:
             response = await self._send_once(self.plan_for(upstream, route, creds), pairs,
                                              incoming, request_id, error_limit)
             error = oauth_error(response.status, response.body)
-        if accepted(response.status, error):
+        if not creds.static and accepted(response.status, error):  # static: nothing to mark
             await self.resolver.served(upstream.name, creds)
         return response, creds
 
