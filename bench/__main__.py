@@ -23,10 +23,19 @@ from typing import Any
 from bench import machine
 from bench.context import REPO, Context, Plan
 from bench.model import ScenarioResult
-from bench.scenarios import first_contact, footprint, paced, profile, real_as, storm, warm
+from bench.scenarios import (
+    first_contact,
+    footprint,
+    paced,
+    profile,
+    real_as,
+    stages,
+    storm,
+    warm,
+)
 
 SCENARIOS: dict[str, ModuleType] = {m.KEY: m for m in (
-    warm, paced, real_as, first_contact, storm, footprint, profile)}
+    warm, paced, real_as, first_contact, storm, footprint, stages, profile)}
 RESULTS = REPO / "bench" / "results" / "latest.json"
 
 

@@ -22,7 +22,14 @@ from pathlib import Path
 from bench.context import REPO, Context, Plan
 from bench.model import median
 from bench.scenarios.common import interleaved, secret_env
-from bench.sidecar import Loop, SidecarProcess, base_config, endpoints_upstream, static_upstream
+from bench.sidecar import (
+    INBOUND_AUTHORIZATION,
+    Loop,
+    SidecarProcess,
+    base_config,
+    endpoints_upstream,
+    static_upstream,
+)
 from bench.stack import ROUTE, Target, stack
 from bench.wrk import WrkLoad
 
@@ -55,7 +62,8 @@ async def compare(trees: dict[str, Path], args: argparse.Namespace) -> None:
                 sidecar = SidecarProcess(run_dir, f"ab-{name}", config, loop, source=source)
                 running.hold(sidecar)
                 await sidecar.start(timeout=60)
-                targets.append(Target(name, str(tree), sidecar.url + ROUTE, sidecar.pid, ""))
+                targets.append(Target(name, str(tree), sidecar.url + ROUTE, sidecar.pid, "",
+                                      INBOUND_AUTHORIZATION))
             await running.preflight()
             runs, _ = await interleaved(
                 targets, lambda t: WrkLoad(t.url, args.seconds, 32, secret_env=secret_env(t)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -22,12 +22,15 @@ class Table:
 
 @dataclass
 class Check:
-    """One target of issue #8: `met` is None when it could not be measured (skipped)."""
+    """One target (issue 12's list): `met` is None when it could not be measured (skipped).
+    An informational check is a bound the issue does not state: shown in its scenario's section
+    and in a separate table, never in the list of targets."""
 
     target: str
     measured: str
     met: bool | None
     margin: str
+    informational: bool = False
 
     @property
     def verdict(self) -> str:
@@ -86,6 +89,11 @@ def exactly(target: str, measured: int, wanted: int) -> Check:
 
 def not_measured(target: str, why: str) -> Check:
     return Check(target, "–", None, why)
+
+
+def informational(check: Check) -> Check:
+    """`check` shown for information only (not one of the issue's targets)."""
+    return replace(check, informational=True)
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -82,9 +82,13 @@ def parse(lines: Iterable[str]) -> list[tuple[list[Frame], int]]:
 
 
 def is_idle(stack: list[Frame]) -> bool:
-    """py-spy --idle samples: the loop waiting in epoll/select."""
+    """A waiting thread: the loop in epoll/select, or a thread-pool worker waiting for work
+    (its own frame is the leaf: it is blocked in the queue's get). py-spy samples these with
+    ``--idle``, and without it now and then (its running/waiting test races the thread)."""
     leaf = stack[-1]
-    return leaf.func.endswith(("select", "poll")) and "selectors" in leaf.path
+    if leaf.func.endswith(("select", "poll")) and "selectors" in leaf.path:
+        return True
+    return leaf.func == "_worker" and leaf.path.endswith("concurrent/futures/thread.py")
 
 
 @dataclass

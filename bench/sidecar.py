@@ -3,15 +3,20 @@
 Every configuration keeps the product's defaults except what a loopback benchmark needs:
 plain http and private addresses allowed for 127.0.0.1 only, ports picked here, the store in the
 run's temporary directory, and ``shutdown.delay: 0`` so a stop does not wait five seconds.
-Logging stays JSON at info: one canonical line per request, redaction on.
+Logging stays JSON at info: one canonical line per request, redaction on. Every configuration
+demands the inbound client credentials (``inbound.client_secret``: the app authenticates to the
+sidecar with HTTP Basic, which the sidecar checks and swaps for the upstream's), so every client
+of a sidecar here sends :data:`INBOUND_AUTHORIZATION` — the product with all its features on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote_plus
 
 import yaml
 
@@ -21,6 +26,19 @@ from bench.procs import Proc, ProcessFailed, free_port, python_env, spawn, wait_
 Loop = Literal["asyncio", "uvloop"]
 STATIC_CLIENT_ID = "bench-client"
 STATIC_CLIENT_SECRET = "bench-secret-0123456789"  # a fixed benchmark value, not a credential
+INBOUND_CLIENT_ID = "bench-app"
+INBOUND_CLIENT_SECRET = "bench-inbound-0123456789"  # a fixed benchmark value, not a credential
+
+
+def basic(client_id: str, client_secret: str) -> str:
+    """An HTTP Basic value as RFC 6749 §2.3.1 builds it (form-encoded id and secret)."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+# What the app sends to every sidecar here (wrk: in its secret environment, never printed).
+INBOUND_AUTHORIZATION = basic(INBOUND_CLIENT_ID, INBOUND_CLIENT_SECRET)
+INBOUND_ENV = {"BENCH_AUTHORIZATION": INBOUND_AUTHORIZATION}  # a WrkLoad's secret_env
 
 
 def base_config(run_dir: Path, name: str, upstreams: list[dict[str, Any]], *,
@@ -30,6 +48,7 @@ def base_config(run_dir: Path, name: str, upstreams: list[dict[str, Any]], *,
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "management": {"host": "127.0.0.1", "port": free_port()},
         "log": {"format": "json", "level": "info"},
+        "inbound": {"client_id": INBOUND_CLIENT_ID, "client_secret": INBOUND_CLIENT_SECRET},
         "shutdown": {"delay": 0, "grace": 2},
         "store": store or {"backend": "file", "path": str(run_dir / f"{name}-store.json")},
         "security": {"allow_http": ["127.0.0.1"], "allow_private_networks": ["127.0.0.1/32"]},

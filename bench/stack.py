@@ -3,7 +3,9 @@
 (a) wrk → stub; (b) wrk → nginx reference proxy → stub; (c) wrk → dcr-sidecar → stub;
 (d) wrk → do-it-yourself aiohttp forwarder → stub; and (c)/(d) again on uvloop when it is
 installed. The stub answers 401 unless the request carries the static client's Basic header,
-so a configuration that failed to inject shows up as wrk status errors, not as speed.
+so a configuration that failed to inject shows up as wrk status errors, not as speed. wrk sends
+the sidecars the inbound Basic credential their configuration demands (bench/sidecar.py), the
+stub the static client's own; nginx and the DIY forwarder take the request as it comes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bench import nginx
 from bench.context import Context, have_uvloop
 from bench.procs import Proc, free_port, python_env, spawn, wait_http
 from bench.sidecar import (
+    INBOUND_AUTHORIZATION,
     STATIC_CLIENT_ID,
     STATIC_CLIENT_SECRET,
     Loop,
@@ -39,13 +42,15 @@ class Target:
     url: str
     pid: int | None  # the process under test (None for the stub itself)
     command: str
-    authorization: str | None = None  # what wrk must send itself (direct to the stub)
+    # What the client must send itself: the static client's Basic (direct to the stub) or
+    # the sidecar's inbound credential. Handed to wrk in its secret environment.
+    authorization: str | None = None
 
 
 LABELS = {
     "a": "wrk → stub (nginx return 200)",
     "b": "nginx proxy_pass (keepalive, Basic injected)",
-    "c": "dcr-sidecar (static client, JSON log at info)",
+    "c": "dcr-sidecar (static client; JSON log at info, metrics, inbound Basic)",
     "d": "aiohttp DIY forwarder (one ClientSession)",
     "c+uvloop": "dcr-sidecar on uvloop",
     "d+uvloop": "aiohttp DIY forwarder on uvloop",
@@ -81,7 +86,7 @@ class Stack:
             elif key.startswith("c"):
                 sidecar = await self.sidecar(f"sidecar-{loop}", loop)
                 self.targets[key] = Target(key, LABELS[key], sidecar.url + ROUTE, sidecar.pid,
-                                           sidecar.command())
+                                           sidecar.command(), INBOUND_AUTHORIZATION)
             elif key.startswith("d"):
                 proc, port, command = await self._forwarder(loop, token_url)
                 self.targets[key] = Target(key, LABELS[key], f"http://127.0.0.1:{port}{ROUTE}",

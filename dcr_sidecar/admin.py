@@ -15,7 +15,6 @@ import structlog
 from aiohttp import web
 
 from dcr_sidecar import errors
-from dcr_sidecar.cimd import schedule
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import Snapshot
@@ -87,12 +86,12 @@ def _resource(snap: Snapshot) -> dict[str, Any]:
 def _cimd(snap: Snapshot, runtime: Runtime) -> dict[str, Any]:
     """The CIMD facts: the URLs, the key schedule (public parts), relayed invalid_client."""
     config, settings = snap.config, runtime.settings
-    record = runtime.resolver.cimd_keys.held(config.name)
+    held = runtime.resolver.cimd_keys(config.name)
     keys = None
-    if record is not None and config.cimd.auth_method == "private_key_jwt":
+    if held is not None and config.cimd.auth_method == "private_key_jwt":
         keys = [{"kid": k.kid, "published_at": _iso(k.published_at),
                  "signs_from": _iso(k.signs_from), "retires_at": _iso(k.retires_at)}
-                for k in schedule(record)]
+                for k in held]
     return {"document_url": settings.cimd_document_url(config),
             "jwks_url": (settings.cimd_jwks_url(config)
                          if config.cimd.auth_method == "private_key_jwt" else None),

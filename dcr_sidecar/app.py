@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
+from dcr_sidecar.clock import Clock
 from dcr_sidecar.config import NAME_PATTERN, LiveSettings, Settings, Upstream, validation_messages
 from dcr_sidecar.errors import ConfigError
 from dcr_sidecar.front_tls import FrontTls
@@ -38,9 +39,9 @@ from dcr_sidecar.observability import Redactor, set_level
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
 from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
-from dcr_sidecar.resolver import Resolver
+from dcr_sidecar.resolver import MAX_RECORD_AGE, Resolver
 from dcr_sidecar.store import CredentialStore, open_store
-from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
+from dcr_sidecar.store.flows import BoundedFlowStore, FlowCache, FlowStore
 
 log = structlog.get_logger(__name__)
 NAME = f"{{name:{NAME_PATTERN}}}"
@@ -179,11 +180,11 @@ def _flow_store(store: CredentialStore) -> FlowStore:
     """Callback-mediation records live in Redis with the redis store (any replica finishes a
     login), else in process memory (a single process finishes its own flows)."""
     if store.name == "redis":
-        from dcr_sidecar.store.redis import RedisFlowRecords, RedisFlowStore, RedisStore
+        from dcr_sidecar.store.redis import RedisStore, flow_cache
 
         assert isinstance(store, RedisStore)
-        return RedisFlowStore(RedisFlowRecords.sharing(store))
-    return MemoryFlowStore()
+        return flow_cache(store)
+    return FlowCache.in_memory()
 
 
 def _bounded(settings: Settings, flows: FlowStore) -> FlowStore:
@@ -199,9 +200,12 @@ class Sidecar:
 
     def __init__(self, settings: Settings, store: CredentialStore | None = None,
                  flows: FlowStore | None = None,
-                 resolver: AbstractResolver | None = None, *, redactor: Redactor) -> None:
+                 resolver: AbstractResolver | None = None, *, redactor: Redactor,
+                 clock: Clock | None = None, max_record_age: float = MAX_RECORD_AGE) -> None:
         """`resolver` is for tests only: the name resolver under the address policy.
-        `redactor` is the process's, the one its logging renders through (cli.py)."""
+        `redactor` is the process's, the one its logging renders through (cli.py). `clock` and
+        `max_record_age` are the credential resolver's (tests: a hand-moved clock, a lower
+        staleness bound); the service keeps the real clock and the default."""
         self.redactor = redactor
         redactor.remember_settings(settings)
         self.live = LiveSettings(settings)  # the one reference every part reads
@@ -210,7 +214,8 @@ class Sidecar:
         self.outbound = Outbound(self.live, self.metrics, resolver)
         self.store = store or open_store(settings.store)
         self.resolver = Resolver(self.live, self.outbound, self.store, redactor=redactor,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, clock=clock,
+                                 max_record_age=max_record_age)
         self.runtime = Runtime(self.live, self.resolver, self.outbound,
                                _bounded(settings, flows if flows is not None
                                         else _flow_store(self.store)),
@@ -285,7 +290,7 @@ class Sidecar:
         first request. Under `auto` they are made when CIMD is chosen or the JWKS is asked for."""
         async def make(name: str) -> None:
             try:
-                await self.resolver.cimd_keys.record(name)
+                await self.resolver.cimd_jwks(name)
             except errors.SidecarError as exc:
                 log.warning("cimd_keys_not_ready", upstream=name, detail=exc.description)
 

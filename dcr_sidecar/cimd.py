@@ -27,6 +27,7 @@ import structlog
 
 from dcr_sidecar import errors
 from dcr_sidecar.client_keys import CryptoSigner, generate, load
+from dcr_sidecar.clock import Clock, SystemClock
 from dcr_sidecar.config import Settings, Upstream
 from dcr_sidecar.oauth import cimd
 from dcr_sidecar.oauth.cimd import ScheduledKey
@@ -108,11 +109,14 @@ class _Held:
 class CimdKeys:
     """The key sets of every CIMD upstream of one process (see the module docstring)."""
 
-    def __init__(self, store: CredentialStore, max_record_age: Callable[[], float],
-                 redactor: Redactor) -> None:
+    def __init__(self, store: CredentialStore, max_record_age: float, redactor: Redactor,
+                 clock: Clock | None = None) -> None:
+        """`max_record_age`: the resolver's bound on a shared store (design.md §3.4);
+        `redactor` is told of every private key held."""
         self.store = store
-        self.redactor = redactor  # told of every private key held
-        self._max_record_age = max_record_age  # the resolver's bound (tests lower it)
+        self.redactor = redactor
+        self._max_record_age = max_record_age
+        self._clock: Clock = clock or SystemClock()
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -122,13 +126,13 @@ class CimdKeys:
 
     def read_age(self, name: str) -> float:
         held = self._held.get(name)
-        return float("inf") if held is None else time.monotonic() - held.read_at
+        return float("inf") if held is None else self._clock.monotonic() - held.read_at
 
     async def record(self, name: str) -> Record:
         """The key set, made now if there is none (under the store lock)."""
         held = self._held.get(name)
         if held is not None and (not self.store.shared or self.read_age(name)
-                                 < self._max_record_age()) and self._usable(held.record):
+                                 < self._max_record_age) and self._usable(held.record):
             return held.record
         async with self._locks.setdefault(name, asyncio.Lock()):
             record = await self._read(name)
@@ -145,7 +149,7 @@ class CimdKeys:
         await self.record(name)
 
         async def work(record: Record) -> Record:
-            now = time.time()
+            now = self._clock.time()
             keys = schedule(record)
             newest = max((k.published_at for k in keys), default=now)
             if if_older_than is not None and now - newest < if_older_than:
@@ -164,7 +168,7 @@ class CimdKeys:
                          if current is not None and g.generation == current.number else g
                          for g in record.generations)
             gen = _generation(record.next_number(), new.private_jwk, new.kid,
-                              _whole_seconds(), signs_from=switch)
+                              self._whole_seconds(), signs_from=switch)
             audit.info("cimd_key_rotation_started", upstream=name, new_kid=new.kid,
                        old_kid=current.kid if current else None, signs_from=round(switch),
                        old_retires_at=round(retire))
@@ -178,7 +182,7 @@ class CimdKeys:
         the key set changed."""
         record = await self.record(name)
         keys = schedule(record)
-        now = time.time()
+        now = self._clock.time()
         newest = max((k.published_at for k in keys), default=now)
         if cimd.rotating(keys, now) or now - newest < every:
             return False
@@ -188,13 +192,13 @@ class CimdKeys:
         return False
 
     def _usable(self, record: Record) -> bool:
-        return cimd.signing_key(schedule(record), time.time()) is not None
+        return cimd.signing_key(schedule(record), self._clock.time()) is not None
 
     async def _ensure_key(self, record: Record) -> Record:
         if self._usable(record):
             return record  # another replica made it while we waited for the lock
         key = await asyncio.to_thread(generate, cimd.CIMD_ALG)
-        now = _whole_seconds()
+        now = self._whole_seconds()
         audit.info("cimd_key_created", upstream=record.key.upstream, kid=key.kid)
         return replace(record, generations=(
             *record.generations,
@@ -206,7 +210,7 @@ class CimdKeys:
             record = await self._read(name)
             changed = await work(record)
             if changed is not record:
-                now = time.time()
+                now = self._clock.time()
                 pruned = replace(changed, generations=tuple(
                     g for g in changed.generations if g.retires_at is None or g.retires_at > now),
                     last_generation=changed.high_water)
@@ -226,7 +230,12 @@ class CimdKeys:
     def _hold(self, name: str, record: Record) -> None:
         for gen in record.generations:
             self.redactor.remember(gen.private_key)
-        self._held[name] = _Held(record, time.monotonic())
+        self._held[name] = _Held(record, self._clock.monotonic())
+
+    def _whole_seconds(self) -> float:
+        """Schedule times are whole seconds: assertions are dated in whole seconds (RFC 7519
+        NumericDate as the encoder writes it), so a key made now signs an assertion dated now."""
+        return float(int(self._clock.time()))
 
     @contextlib.asynccontextmanager
     async def _errors(self, name: str, step: errors.Step) -> AsyncIterator[None]:
@@ -264,8 +273,3 @@ def jwks_of(record: Record, now: float | None = None) -> Published:
     body = cimd.render(cimd.jwks(keys, time.time() if now is None else now))
     return Published(body, cimd.strong_etag(body))
 
-
-def _whole_seconds() -> float:
-    """Schedule times are whole seconds: assertions are dated in whole seconds (RFC 7519
-    NumericDate as the encoder writes it), so a key made now signs an assertion dated now."""
-    return float(int(time.time()))

@@ -114,14 +114,6 @@ class Problem:
     involves: tuple[str, ...] = ()
 
 
-class KeyedError(ValueError):
-    """A ValueError about one key of the model that raised it (its path, relative)."""
-
-    def __init__(self, path: YamlPath, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.problem = Problem(path, message, hint)
-
-
 def _problems_error(problems: Sequence[Problem]) -> PydanticCustomError:
     return PydanticCustomError(
         PROBLEMS, "{count} configuration error(s)",
@@ -884,17 +876,6 @@ class Upstream(_Model):
         return [u for u in urls if isinstance(u, str)]
 
 
-def _keyed(key: str, message: str) -> KeyedError:
-    """A model-level error about one key (``issuer`` or ``upstreams[0].issuer``, relative to
-    the model raising it): the path travels in the exception, which pydantic keeps in the
-    error's context. Prefer yielding a Problem from ``_problems`` (it does not stop the checks)."""
-    return KeyedError(_split_key(key), message)
-
-
-def _split_key(key: str) -> YamlPath:
-    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key))
-
-
 def _is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
@@ -1175,9 +1156,10 @@ def _problems_of(model: type[BaseModel], err: Any, data: Any) -> list[Problem]:
     if err["type"] == PROBLEMS:  # a nested model's errors: prefix their relative paths
         return [replace(p, path=(*path, *p.path)) for p in ctx["problems"]]
     cause = ctx.get("error")
-    if isinstance(cause, KeyedError):  # raised by an after-validator with its key
-        return [replace(cause.problem, path=(*path, *cause.problem.path))]
-    message = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+    # A field validator's ValueError: its text is the message (pydantic's "Value error, "
+    # rendering is not parsed); the key is the error's location.
+    message = _MESSAGES.get(err["type"]) or (str(cause) if isinstance(cause, ValueError)
+                                             else err["msg"])
     return [Problem(tuple(path), message, _hint(model, err["type"], path, data))]
 
 

@@ -47,10 +47,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             upstreams[upstream.name]["cimd_invalid_client"] = snap.invalid_client
         if upstream.required and not has:
             ready = False
-    store = runtime.resolver.store
-    trouble = await store.check()
-    body = {"ready": ready, "store": {"backend": store.name, "ok": trouble is None,
-                                      "error": trouble},
+    store = await runtime.resolver.check_store()
+    body = {"ready": ready, "store": {"backend": store.backend, "ok": store.trouble is None,
+                                      "error": store.trouble},
             "upstreams": upstreams}
     return web.json_response(body,
                              status=200 if ready else 503,

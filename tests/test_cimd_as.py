@@ -139,19 +139,15 @@ async def test_private_key_jwt_exchange_refresh_and_revocation(
     # The assertion itself: iss = sub = the URL, signed by a published key.
     creds = await app.resolver.credentials("acme")
     form = dict(auth_parts(creds.auth).form)
-    claims = jwt.decode(form["client_assertion"], _published_keys(app)).claims
+    claims = jwt.decode(form["client_assertion"], await _published_keys(app)).claims
     assert claims["iss"] == url
     assert claims["sub"] == url
 
 
-def _published_keys(app: Sidecar) -> Any:
+async def _published_keys(app: Sidecar) -> Any:
     from joserfc.jwk import KeySet
 
-    from dcr_sidecar.cimd import jwks_of
-
-    record = app.resolver.cimd_keys.held("acme")
-    assert record is not None
-    return KeySet.import_key_set(json.loads(jwks_of(record).body))
+    return KeySet.import_key_set(json.loads((await app.resolver.cimd_jwks("acme")).body))
 
 
 async def test_provider_without_the_feature_falls_back_to_dcr(
@@ -202,7 +198,7 @@ async def test_time_to_first_token_cimd_and_dcr(
                 "grant_type": "client_credentials", "scope": "api:read"})
             leak_guard.add_token_response(issued)
             assert status == 200, issued
-            await app.resolver.cimd_keys.record("acme")  # made at start-up under cimd anyway
+            await app.resolver.cimd_jwks("acme")  # made at start-up under cimd anyway
             started = time.perf_counter()
             status, issued = await post_form(f"{app.listen.url}/acme/token", {
                 "grant_type": "client_credentials", "scope": "api:read"})
@@ -227,7 +223,7 @@ async def test_doctor_names_the_mechanism_and_checks_the_published_copies(
 
     provider = await cimd_provider(oidc, local_ca)
     app = await cimd_sidecar(sidecar, local_ca, provider.issuer)
-    await app.resolver.cimd_keys.record("acme")
+    await app.resolver.cimd_jwks("acme")
     monkeypatch.setenv("SSL_CERT_FILE", str(local_ca.ca_file))
     assert await run_doctor(app.settings, "acme", register=False, as_json=True,
                             redactor=app.redactor) == 0
@@ -390,13 +386,13 @@ async def test_key_rotation_every_key_rotation_seconds(
                                      {"grant_type": "client_credentials", "scope": "api:read"})
     leak_guard.add_token_response(issued)
     assert status == 200, issued
-    record = app.resolver.cimd_keys.held("acme")
-    assert record is not None
-    [first] = [g.client_id for g in record.generations]
+    held = app.resolver.cimd_keys("acme")
+    assert held is not None
+    [first] = [k.kid for k in held]
     deadline = time.monotonic() + 15
     while True:
-        record = app.resolver.cimd_keys.held("acme")
-        kids = [g.client_id for g in record.generations] if record else []
+        held = app.resolver.cimd_keys("acme")
+        kids = [k.kid for k in held] if held else []
         if kids and first not in kids:
             break
         assert time.monotonic() < deadline, f"no rotation completed: {kids}"

@@ -58,9 +58,8 @@ async def fleet(sidecar: SidecarFactory, ca: LocalCa, redis: RedisServer,
     public = free_port()
     ports = [public] + [0] * (REPLICAS - 1)
     replicas = await asyncio.gather(*(
-        sidecar(replica_config(ca, redis, issuer, public, port)) for port in ports))
-    for replica in replicas:
-        replica.resolver.max_record_age = RECORD_AGE
+        sidecar(replica_config(ca, redis, issuer, public, port), max_record_age=RECORD_AGE)
+        for port in ports))
     return list(replicas)
 
 
@@ -79,7 +78,7 @@ async def public_answers(ca: LocalCa, replicas: list[Sidecar], path: str) -> lis
 
 async def wait_keys(replicas: list[Sidecar]) -> None:
     deadline = time.monotonic() + 10
-    while any(r.resolver.cimd_keys.held("acme") is None for r in replicas):
+    while any(r.resolver.cimd_keys("acme") is None for r in replicas):
         assert time.monotonic() < deadline, "start-up key sets not made"
         await asyncio.sleep(0.05)
 

@@ -265,9 +265,8 @@ async def test_steady_token_traffic_through_a_master_kill_gets_only_200(
     the record every 0.5 s (the staleness bound, lowered); the master is SIGKILLed mid-traffic:
     every token request answers 200 and one client is registered in all."""
     provider = await oidc()
-    replicas = [await sidecar(sentinel_config(sentinels, provider.issuer)) for _ in range(3)]
-    for replica in replicas:
-        replica.resolver.max_record_age = 0.5
+    replicas = [await sidecar(sentinel_config(sentinels, provider.issuer), max_record_age=0.5)
+                for _ in range(3)]
     loop = asyncio.get_running_loop()
     statuses: list[int] = []
     slowest = 0.0
@@ -360,9 +359,8 @@ async def test_master_killed_mid_renewal_stores_the_rotated_secret_and_never_ser
     replica switches to secret 2 within the staleness bound (lowered to 0.5 s), and no replica
     sends secret 1 again once it has sent secret 2. The store holds secret 2 and token 2."""
     rotating = RotatingAS(await fake_server(), leak_guard)
-    replicas = [await sidecar(sentinel_config(sentinels, rotating.fake.url)) for _ in range(3)]
-    for replica in replicas:
-        replica.resolver.max_record_age = 0.5
+    replicas = [await sidecar(sentinel_config(sentinels, rotating.fake.url), max_record_age=0.5)
+                for _ in range(3)]
     loop = asyncio.get_running_loop()
     per_replica: list[list[str]] = [[], [], []]
     statuses: list[int] = []

@@ -116,7 +116,9 @@ async def test_generations_have_their_own_plans(forwarder: Forwarder) -> None:
 async def test_a_reload_makes_every_plan_again(forwarder: Forwarder, tmp_path: Path) -> None:
     upstream, creds = upstream_of(forwarder), credentials()
     plan = forwarder.plan_for(upstream, "token", creds)
-    forwarder.outbound.update(settings_for(tmp_path, timeouts={"total": 3}))
+    reloaded = settings_for(tmp_path, timeouts={"total": 3})
+    forwarder.outbound.update(reloaded)  # as Sidecar.reload does: adjust, then swap
+    forwarder.outbound.live.current = reloaded
     again = forwarder.plan_for(upstream, "token", creds)
     assert again is not plan
     assert again.epoch == forwarder.outbound.epoch

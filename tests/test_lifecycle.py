@@ -295,7 +295,9 @@ async def test_invalid_client_storm_registers_once_and_deletes_the_unserved_gene
     assert storm.registered == ["storm-1", "storm-2"]  # the first client and one recovery
     assert storm.deleted == ["storm-1"]
     assert side.resolver.snapshot("acme").stats["recoveries"] == 1
-    record = await side.resolver.store.get(side.resolver.snapshot("acme").record_key)  # type: ignore[arg-type]
+    key = side.resolver.snapshot("acme").record_key
+    assert key is not None
+    record = await side.store.get(key)
     assert record is not None
     assert [g.client_id for g in record.generations] == ["storm-2"]
     # Inside the window a later invalid_client is relayed too, registering nothing.
@@ -323,7 +325,9 @@ async def test_a_superseded_generation_that_served_is_kept_for_its_grace(
         leak_guard.add_token_response(body)
     assert storm.registered == ["storm-1", "storm-2"]
     assert storm.deleted == []
-    record = await side.resolver.store.get(side.resolver.snapshot("acme").record_key)  # type: ignore[arg-type]
+    key = side.resolver.snapshot("acme").record_key
+    assert key is not None
+    record = await side.store.get(key)
     assert record is not None
     assert [(g.client_id, g.superseded_at is not None) for g in record.generations] == [
         ("storm-1", True), ("storm-2", False)]

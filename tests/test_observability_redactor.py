@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import structlog
 
 from dcr_sidecar.oauth.secret import MASK, Secret
 from dcr_sidecar.observability import Redactor, configure_logging
 from dcr_sidecar.store.records import Generation
-from tests.conftest import LeakGuard
+from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
+from tests.test_admin import ADMIN_TOKEN, AUTH, admin_sidecar, call, stored_generations
+from tests.test_metrics import token
 
 
 def generation(number: int, secret: str | None, token: str | None = None,
@@ -118,3 +121,37 @@ def test_logging_renders_through_the_redactor_it_was_given(leak_guard: LeakGuard
     redactor.remember("installed-secret-0001")
     log.info("probe", detail="installed-secret-0001")
     assert json.loads(own.getvalue())["detail"] == MASK
+
+
+async def test_the_resolver_prunes_the_registry_when_it_deletes_a_generation(
+        oidc: ProviderFactory, sidecar: SidecarFactory, leak_guard: LeakGuard,
+        tmp_path: Path) -> None:
+    """Admin DELETE (RFC 7592) of generation 1: its secret and registration access token
+    leave the process's registry; generation 2's are in it; configured secrets stay."""
+    provider = await oidc()
+    side = await admin_sidecar(sidecar, provider.issuer, leak_guard)
+    assert side.redactor is leak_guard.redactor
+    leak_guard.add_token_response(await token(side))
+    (first,) = stored_generations(tmp_path)
+    old = {first["client_secret"], first["registration_access_token"]}
+    assert old <= side.redactor.known
+    status, _, _ = await call(side, "DELETE", "/admin/upstreams/acme/registration", AUTH)
+    assert status == 200
+    assert not old & side.redactor.known
+    assert {ADMIN_TOKEN, "static-secret-value"} <= side.redactor.known
+    leak_guard.add_token_response(await token(side))
+    (second,) = stored_generations(tmp_path)
+    assert {second["client_secret"], second["registration_access_token"]} <= (
+        side.redactor.known)
+
+
+def test_generations_missing_from_the_record_are_forgotten_on_adoption() -> None:
+    """Another replica deleted generation 1: adopting a record of generations 2 and 3 forgets
+    generation 1's secrets (not another upstream's, not the configuration's)."""
+    redactor = Redactor()
+    for number in (1, 2):
+        redactor.remember_generation("acme", generation(number, f"gen{number}-secret-0001"))
+    redactor.remember_generation("other", generation(1, "other-secret-0001"))
+    redactor.remember("configured-secret-01")
+    redactor.retain_generations("acme", [2, 3])
+    assert redactor.known == {"gen2-secret-0001", "other-secret-0001", "configured-secret-01"}

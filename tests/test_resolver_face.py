@@ -3,8 +3,11 @@ wall-clock time, copied at the call; an unknown upstream is NotFound."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,44 @@ async def test_snapshot_of_an_unknown_upstream_is_not_found(
     side = await sidecar(upstream(fake.url))
     with pytest.raises(errors.NotFound):
         side.resolver.snapshot("nope")
+
+
+PRIVATE = {"dcr_sidecar.resolver.state", "dcr_sidecar.resolver.core",
+           "dcr_sidecar.resolver.generations", "dcr_sidecar.resolver.maintenance"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _outside_the_resolver() -> Iterator[Path]:
+    for top in ("dcr_sidecar", "tests", "bench"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "resolver" not in path.relative_to(ROOT).parts[:2] and \
+                    "node_modules" not in path.parts:
+                yield path
+
+
+def _reaches_in(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+            yield from sorted(names & PRIVATE)
+            if any(a.name == "UpstreamState" for a in node.names):
+                yield "UpstreamState"
+        elif isinstance(node, ast.Import):
+            yield from sorted({a.name for a in node.names} & PRIVATE)
+        elif isinstance(node, ast.Name) and node.id == "UpstreamState":
+            yield "UpstreamState"
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name == "resolver":
+                yield f"resolver.{node.attr}"
+
+
+def test_nothing_outside_the_resolver_reaches_into_it() -> None:
+    """Issue 12's acceptance, kept: no module outside dcr_sidecar/resolver/ imports its private
+    modules (state, core, generations, maintenance) or names UpstreamState, and none reads a
+    private attribute of a resolver; they use the face (Snapshot, Credentials and the verbs)."""
+    found = {str(path.relative_to(ROOT)): hits for path in _outside_the_resolver()
+             if (hits := sorted(set(_reaches_in(ast.parse(path.read_text())))))}
+    assert found == {}

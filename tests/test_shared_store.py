@@ -63,9 +63,8 @@ async def new_generation_on_a_served_by_b(
     AS forgets every client; a token request on A answers 200 and A recovers a new generation.
     Returns B and the seconds until B served the new client_id (``what`` fails the wait after
     BOUND + 3 s)."""
-    a, b = await sidecar(config), await sidecar(config)
-    for side in (a, b):
-        side.resolver.max_record_age = BOUND
+    a, b = (await sidecar(config, max_record_age=BOUND),
+            await sidecar(config, max_record_age=BOUND))
     _, first, _ = await client_of(a)
     _, same, _ = await client_of(b)
     assert same["client_id"] == first["client_id"]
@@ -113,9 +112,8 @@ async def test_a_renewal_on_one_replica_is_served_by_the_other_and_never_repeate
     leak_guard.add(IAT)
     redis = await redis_server()
     config = redis_config(redis, cc(provider.issuer, initial_access_token=IAT))
-    a, b = await sidecar(config), await sidecar(config)
-    for side in (a, b):
-        side.resolver.max_record_age = BOUND
+    a, b = (await sidecar(config, max_record_age=BOUND),
+            await sidecar(config, max_record_age=BOUND))
     _, first, _ = await client_of(a)
     _, on_b, _ = await client_of(b)
     expires = first["client_secret_expires_at"]
@@ -149,8 +147,7 @@ async def test_redis_outage_keeps_resolved_upstreams_and_resumes_without_restart
     redis = await redis_server()
     side = await sidecar(redis_config(
         redis, cc(provider.issuer, "one", required=True), cc(provider.issuer, "two"),
-        backoff={"base": 0.2, "cap": 1}))
-    side.resolver.max_record_age = 0.5
+        backoff={"base": 0.2, "cap": 1}), max_record_age=0.5)
     _, one, _ = await client_of(side, "one")
     await redis.shutdown(save=True)
     outage_started = time.monotonic()

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 
 from bench.context import Context
-from bench.model import ScenarioResult, Table, at_most, median, percentile
+from bench.model import ScenarioResult, Table, at_most, informational, median, percentile
 from bench.procs import Proc, free_port, python_env, spawn, wait_http, wait_tcp
-from bench.sidecar import SidecarProcess, base_config, dynamic_upstream
+from bench.sidecar import INBOUND_AUTHORIZATION, SidecarProcess, base_config, dynamic_upstream
 from dcr_sidecar.oauth.client_auth import basic_authorization
 
 KEY = "first_contact"
@@ -81,10 +81,12 @@ async def floor_sample(base: str, tenant: str, well_known: str) -> dict[str, flo
 
 
 async def first_request(url: str) -> float:
-    """One token request on a fresh connection; its duration (fails unless HTTP 200)."""
+    """One token request to a sidecar (with its inbound credential) on a fresh connection; its
+    duration (fails unless HTTP 200)."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
         started = time.perf_counter()
-        async with s.post(url, data=FORM) as resp:
+        async with s.post(url, data=FORM,
+                          headers={"Authorization": INBOUND_AUTHORIZATION}) as resp:
             body = await resp.read()
             elapsed = time.perf_counter() - started
             if resp.status != 200:
@@ -153,11 +155,11 @@ async def run(ctx: Context) -> ScenarioResult:
         f"{stats.get('token_refused_p', 0)} refused token requests.")
     result.raw = {"floor": floors, "running": running, "cold": cold, "stats": stats}
     floor_ms = median(floor) * 1000
-    result.checks.append(at_most("first contact ≤ floor + 10 ms (process running, file store)",
+    result.checks.append(at_most("first contact ≤ floor + 10 ms (file store, the default)",
                                  median(running["file"]) * 1000, floor_ms + 10, "{:.2f}", " ms"))
-    result.checks.append(at_most("first contact ≤ floor + 10 ms (memory store)",
-                                 median(running["memory"]) * 1000, floor_ms + 10, "{:.2f}",
-                                 " ms"))
+    result.checks.append(informational(at_most(
+        "first contact ≤ floor + 10 ms (memory store)", median(running["memory"]) * 1000,
+        floor_ms + 10, "{:.2f}", " ms")))
     return result
 
 

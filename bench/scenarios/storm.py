@@ -24,13 +24,20 @@ from bench.model import (
     Table,
     at_most,
     exactly,
+    informational,
     median,
     not_measured,
     percentile,
 )
 from bench.procs import Proc, free_port, spawn, wait_tcp
 from bench.scenarios.first_contact import fake_stats, floor_sample, start_fake_as
-from bench.sidecar import SidecarProcess, base_config, check_config, dynamic_upstream
+from bench.sidecar import (
+    INBOUND_ENV,
+    SidecarProcess,
+    base_config,
+    check_config,
+    dynamic_upstream,
+)
 from bench.wrk import WrkLoad, WrkResult
 from bench.wrk import run as run_wrk
 
@@ -76,7 +83,8 @@ class Burst:
 async def burst(urls: list[str], count: int, cwd: Path) -> Burst:
     """`count` first requests spread over `urls` (one wrk each), all sent at once."""
     shares = [count // len(urls) + (1 if i < count % len(urls) else 0) for i in range(len(urls))]
-    loads = [WrkLoad(url, 30, share, max_requests=10 * share, one_shot=True)
+    loads = [WrkLoad(url, 30, share, max_requests=10 * share, one_shot=True,
+                     secret_env=INBOUND_ENV)
              for url, share in zip(urls, shares, strict=True)]
     results = await asyncio.gather(*(run_wrk(load, cwd=cwd) for load in loads))
     return Burst(list(results), loads[0].command())
@@ -144,21 +152,21 @@ async def run(ctx: Context) -> ScenarioResult:
             why = said.splitlines()[-1] if said else f"exit {code}"
             result.notes.append(f"Redis storm skipped: the installed dcr-sidecar rejects "
                                 f"`store.backend: redis` (check-config exit {code}: {why}).")
-            result.checks += [not_measured("storm (redis): exactly 1 registration",
-                                           "skipped: backend redis rejected by this build"),
-                              not_measured("storm (redis): p99 ≤ floor + 50 ms",
+            result.checks += [not_measured("storm (redis) → 1 registration",
                                            "skipped: backend redis rejected by this build")]
         elif shutil.which("redis-server") is None:
             result.notes.append("Redis storm skipped: redis-server is not installed.")
+            result.checks.append(not_measured("storm (redis) → 1 registration",
+                                              "skipped: redis-server is not installed"))
         else:
             redis = await start_redis(ctx, port)
             figures, more = await storm(ctx, base, redis_store, "redis")
             raw["redis"], rows = figures, rows + more
-            result.checks += storm_checks("redis", figures, floor)
+            result.checks += storm_checks("redis", figures, floor, target=True)
         shared_file = {"backend": "file", "path": str(ctx.run_dir / "storm-shared.json")}
         figures, more = await storm(ctx, base, shared_file, "file")
         raw["file"], rows = figures, rows + more
-        result.checks += storm_checks("file, same host; informational", figures, floor)
+        result.checks += storm_checks("file, same host", figures, floor, target=False)
     finally:
         if redis is not None:
             await redis.stop()
@@ -177,11 +185,14 @@ async def run(ctx: Context) -> ScenarioResult:
     return result
 
 
-def storm_checks(label: str, figures: dict[str, Any], floor_ms: float) -> list[Check]:
-    return [exactly(f"storm ({label}): exactly 1 registration", figures["registrations"], 1),
-            at_most(f"storm ({label}): p99 ≤ floor + 50 ms", figures["cold_p99_ms"],
-                    floor_ms + 50, "{:.1f}", " ms"),
-            # Not a target of issue #8: what registration adds to the same burst's queueing.
-            at_most(f"storm ({label}): p99 ≤ the registered burst's p99 + 50 ms (not an "
-                    "issue #8 target)", figures["cold_p99_ms"], figures["warm_p99_ms"] + 50,
-                    "{:.1f}", " ms")]
+def storm_checks(label: str, figures: dict[str, Any], floor_ms: float, *,
+                 target: bool) -> list[Check]:
+    """"storm → 1 registration" is issue 12's target for the Redis storm (`target`); the p99
+    bounds (issue #8's and what registration adds to the same burst's queueing) and the file
+    store's storm are informational."""
+    one = exactly(f"storm ({label}) → 1 registration", figures["registrations"], 1)
+    return [one if target else informational(one), *(informational(check) for check in (
+        at_most(f"storm ({label}): p99 ≤ floor + 50 ms (issue #8)", figures["cold_p99_ms"],
+                floor_ms + 50, "{:.1f}", " ms"),
+        at_most(f"storm ({label}): p99 ≤ the registered burst's p99 + 50 ms",
+                figures["cold_p99_ms"], figures["warm_p99_ms"] + 50, "{:.1f}", " ms")))]

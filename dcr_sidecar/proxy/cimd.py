@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from dcr_sidecar import errors
-from dcr_sidecar.cimd import Published, document_of, jwks_of
+from dcr_sidecar.cimd import Published, document_of
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth.cimd import etag_matches
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
@@ -44,5 +44,4 @@ async def jwks(request: web.Request) -> web.StreamResponse:
     upstream = _cimd_upstream(runtime, request.match_info["name"])
     if upstream.cimd.auth_method != "private_key_jwt":
         raise errors.NotFound(f"upstream {upstream.name!r} is a public CIMD client: no keys")
-    record = await runtime.resolver.cimd_keys.record(upstream.name)
-    return _answer(request, upstream, jwks_of(record))
+    return _answer(request, upstream, await runtime.resolver.cimd_jwks(upstream.name))

@@ -7,13 +7,9 @@ The browser-facing /callback is in :mod:`dcr_sidecar.proxy.callback`.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-
 import structlog
 
 from dcr_sidecar import errors
-from dcr_sidecar.client_keys import client_credentials
 from dcr_sidecar.config import Upstream
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.callback import (
@@ -118,15 +114,9 @@ async def generation_credentials(runtime: Runtime, upstream: Upstream, creds: Cr
     with the client it started with); the current ones when that generation is gone."""
     if creds.generation == number or creds.static:
         return creds
-    record = await runtime.resolver.stored(upstream.name, creds.issuer)
-    now = time.time()
-    for gen in record.generations:
-        usable = gen.superseded_at is None or gen.superseded_at + upstream.generation_grace > now
-        if gen.generation == number and usable and not gen.expired(now):
-            return dataclasses.replace(
-                creds, client_id=gen.client_id, method=gen.token_endpoint_auth_method,
-                generation=gen.generation, expires_at=gen.client_secret_expires_at,
-                auth=client_credentials(gen, upstream, creds.metadata))
+    then = await runtime.resolver.generation(upstream.name, number)
+    if then is not None:
+        return then
     structlog.contextvars.bind_contextvars(flow_generation_gone=number)
     return creds
 

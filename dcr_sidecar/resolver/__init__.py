@@ -32,31 +32,33 @@ Guarantees:
   ``BackingOff`` (503 + Retry-After) at once. One upstream never delays another.
 
 The package, by job: :mod:`.face` (what others read: :class:`Credentials`, the frozen
-:class:`Snapshot`), :mod:`.state` (the mutable state per upstream and the injected
-:class:`Clock`; private to the package), :mod:`.backoff` (the waiting schedule, pure),
+:class:`Snapshot`, :class:`StoreHealth`), :mod:`.state` (the mutable state per upstream;
+private to the package), :mod:`.backoff` (the waiting schedule, pure),
 :mod:`.core` (shared flights, typed failures, store I/O, discovery), :mod:`.generations`
 (register, renew, recover, delete), :mod:`.maintenance` (renewal timers, re-reads, grace
 deletion), :mod:`.migration` (a resource moving to another AS); this module: the verbs.
+Everything it uses is given to the constructor (the clock: :mod:`dcr_sidecar.clock`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from types import MappingProxyType
 
 import structlog
 
 from dcr_sidecar import errors
+from dcr_sidecar.cimd import Published, jwks_of, schedule
 from dcr_sidecar.config import Settings
+from dcr_sidecar.oauth.cimd import ScheduledKey
 from dcr_sidecar.oauth.lifetime import renew_at
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.resolver import migration
-from dcr_sidecar.resolver.face import Credentials, Snapshot
+from dcr_sidecar.resolver.face import Credentials, Snapshot, StoreHealth
 from dcr_sidecar.resolver.maintenance import Maintenance
-from dcr_sidecar.resolver.state import Clock, SystemClock, UpstreamState, _expired
-from dcr_sidecar.store.records import Generation, Record, RecordKey
+from dcr_sidecar.resolver.state import MAX_RECORD_AGE, UpstreamState, _credentials, _expired
+from dcr_sidecar.store.records import RecordKey
 
-__all__ = ["Clock", "Credentials", "Resolver", "Snapshot", "SystemClock"]
+__all__ = ["MAX_RECORD_AGE", "Credentials", "Resolver", "Snapshot", "StoreHealth"]
 
 log = structlog.get_logger("dcr_sidecar.resolver")  # one logger name for the package
 audit = structlog.get_logger("dcr_sidecar.audit")
@@ -96,14 +98,50 @@ class Resolver(Maintenance):
             invalid_client=state.invalid_client,
             stats=MappingProxyType(dict(state.stats)))
 
-    async def generation(self, name: str, number: int) -> Generation | None:
-        """Generation `number` of the upstream's record as the store holds it now (None when
-        it is gone, or nothing is held yet): for mediation and the grace of a superseded
-        generation. A store failure is a typed 503 naming `store_read`."""
+    async def generation(self, name: str, number: int) -> Credentials | None:
+        """The credentials of client generation `number` as the store holds it now, while it
+        may still be used: the current one, or a superseded one within `generation_grace`
+        whose secret has not expired (design.md §3.4: a mediated flow finishes with the client
+        it started with). None when it is gone, or nothing dynamic is held. A store failure is
+        a typed 503 naming `store_read`."""
         state = self._state(name)
-        if state.key is None:
+        held = state.credentials
+        if held is None or held.static or state.key is None:
             return None
-        return (await self._read(state, state.key)).get(number)
+        if held.generation == number:
+            return held
+        gen = (await self._read(state, state.key)).get(number)
+        now = self._clock.time()
+        if gen is None or gen.expired(now) or (
+                gen.superseded_at is not None
+                and gen.superseded_at + state.config.generation_grace <= now):
+            return None
+        self._redactor.remember_generation(name, gen)  # it may be sent, so logged masked
+        return _credentials(state.config, held.metadata, gen)
+
+    def previous(self, name: str) -> Credentials | None:
+        """The superseded generation still within its grace, as held in memory (no I/O): what
+        the invalid_grant retry of a code or refresh grant sends with (design.md §3.4)."""
+        state = self._state(name)
+        if state.previous is not None and self._clock.time() < state.previous_until:
+            return state.previous
+        return None
+
+    async def check_store(self) -> StoreHealth:
+        """The credential store as /readyz reports it (its backend, trouble now or None)."""
+        return StoreHealth(self._store.name, await self._store.check())
+
+    def cimd_keys(self, name: str) -> tuple[ScheduledKey, ...] | None:
+        """The CIMD key set held for `name` (public parts and schedule; no I/O), None when none
+        was read yet."""
+        record = self._cimd_keys.held(name)
+        return tuple(schedule(record)) if record is not None else None
+
+    async def cimd_jwks(self, name: str) -> Published:
+        """The JWKS `/{name}/jwks.json` serves: the key set, made now under the store's lock if
+        there is none (design.md §3.11). A store failure is a typed 503."""
+        record = await self._cimd_keys.record(name)
+        return jwks_of(record, self._clock.time())
 
     def forget(self, name: str) -> None:
         """Drop the credentials held in memory (the store keeps them): the next request
@@ -113,7 +151,7 @@ class Resolver(Maintenance):
     async def wait_backoff(self, name: str) -> None:
         """Return when the upstream's backoff ends (at once when it is not backing off)."""
         state = self._state(name)
-        await asyncio.sleep(max(0.05, state.backoff_until - self.clock.monotonic()))
+        await self._clock.sleep(max(0.05, state.backoff_until - self._clock.monotonic()))
 
     def cached(self, name: str) -> Credentials | None:
         state = self._states.get(name)
@@ -121,7 +159,7 @@ class Resolver(Maintenance):
 
     async def metadata(self, name: str) -> Metadata:
         state = self._state(name)
-        if state.discovery is not None and self.clock.monotonic() < state.metadata_expires:
+        if state.discovery is not None and self._clock.monotonic() < state.metadata_expires:
             return state.discovery.metadata
         if state.discovery is None:
             self._check_backoff(state)
@@ -132,30 +170,17 @@ class Resolver(Maintenance):
         creds = state.credentials
         if creds is not None and not self._stale(state, creds):
             return creds
-        if creds is not None and self.clock.monotonic() < state.backoff_until \
-                and not _expired(creds, self.clock.time()):
+        if creds is not None and self._clock.monotonic() < state.backoff_until \
+                and not _expired(creds, self._clock.time()):
             return creds  # renewal or refresh is failing; what we hold is still valid
         self._check_backoff(state)
         try:
             return await self._shared(state, "credentials", self._resolve)
         except errors.UpstreamError:
             held = state.credentials
-            if held is not None and not _expired(held, self.clock.time()):
+            if held is not None and not _expired(held, self._clock.time()):
                 return held  # a re-read or refresh failed (logged, backing off): still valid
             raise
-
-    def previous(self, name: str) -> Credentials | None:
-        """The superseded generation still within its grace (for the invalid_grant retry)."""
-        state = self._state(name)
-        if state.previous is not None and self.clock.time() < state.previous_until:
-            return state.previous
-        return None
-
-    async def stored(self, name: str, issuer: str) -> Record:
-        """The upstream's record as the store holds it now (empty when there is none); a store
-        failure is a typed 503 naming `store_read` (design.md §3.7)."""
-        state = self._state(name)
-        return await self._read(state, RecordKey(issuer, name))
 
     async def recover(self, name: str, failed: Credentials) -> Credentials | None:
         """The AS said invalid_client to `failed`: find out why and, if the client is gone or
@@ -169,13 +194,13 @@ class Resolver(Maintenance):
                                 "cannot fix that by registering; check the document and JWKS "
                                 "the AS fetches)")
             state.last_error_step = "forward"
-            self.metrics.cimd_invalid_client(name)
+            self._metrics.cimd_invalid_client(name)
             log.warning("cimd_invalid_client", upstream=name, client_id=failed.client_id)
             return None
         held = state.credentials
         if held is not None and held.generation != failed.generation:
             return held  # already recovered (by another request or another process)
-        if self.clock.monotonic() < state.recover_until:
+        if self._clock.monotonic() < state.recover_until:
             return None
         return await self._shared(state, "recover", lambda st: self._recover(st, failed))
 
@@ -274,7 +299,7 @@ class Resolver(Maintenance):
         if config.cimd.auth_method != "private_key_jwt":
             raise errors.Conflict(f"upstream {config.name!r} is a public CIMD client: it has "
                                   "no keys to rotate")
-        await self.cimd_keys.rotate(config.name, config.cimd.overlap)
+        await self._cimd_keys.rotate(config.name, config.cimd.overlap)
         return await self._shared(state, "credentials", self._resolve)
 
     async def delete_registration(self, name: str) -> int:
@@ -292,7 +317,7 @@ class Resolver(Maintenance):
             key = RecordKey(metadata.issuer, name)
             async with self._locked(state, key):
                 record = await self._read(state, key)
-                current = record.current(self._fingerprint(state.config), self.clock.time())
+                current = record.current(self._fingerprint(state.config), self._clock.time())
                 if current is None:
                     raise errors.Conflict(f"upstream {name!r} has no registered client to "
                                           "delete")

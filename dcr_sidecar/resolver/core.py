@@ -13,6 +13,7 @@ import structlog
 from dcr_sidecar import errors
 from dcr_sidecar.cimd import CimdKeys
 from dcr_sidecar.client_keys import KeySources
+from dcr_sidecar.clock import Clock, SystemClock
 from dcr_sidecar.config import LiveSettings, Settings, Upstream
 from dcr_sidecar.discovery import Discoverer
 from dcr_sidecar.metrics import Metrics
@@ -24,13 +25,7 @@ from dcr_sidecar.observability import Redactor
 from dcr_sidecar.registrar import Registrar, profile_of
 from dcr_sidecar.resolver import backoff, migration
 from dcr_sidecar.resolver.face import Credentials
-from dcr_sidecar.resolver.state import (
-    MAX_RECORD_AGE,
-    Clock,
-    SystemClock,
-    UpstreamState,
-    _expired,
-)
+from dcr_sidecar.resolver.state import MAX_RECORD_AGE, UpstreamState, _expired
 from dcr_sidecar.rfc7592 import Rfc7592
 from dcr_sidecar.singleflight import SingleFlight
 from dcr_sidecar.store import CredentialStore
@@ -43,31 +38,34 @@ T = TypeVar("T")
 
 
 class Core:
-    """State per upstream, the shared flights, the store, the clock."""
-
+    """State per upstream, the shared flights, the store, the clock. Everything here is
+    private to the package: what is given is given to the constructor, never patched on."""
 
     def __init__(self, live: LiveSettings, outbound: Outbound, store: CredentialStore, *,
-                 redactor: Redactor, metrics: Metrics | None = None,
-                 clock: Clock | None = None) -> None:
-        self.live = live  # the process's one settings reference (read, never assigned here)
+                 redactor: Redactor, metrics: Metrics | None = None, clock: Clock | None = None,
+                 max_record_age: float = MAX_RECORD_AGE) -> None:
+        """`live` is the process's one settings reference (read, never assigned here);
+        `redactor` is told of each generation's secrets, and of each one gone;
+        `max_record_age`: on a shared store, the oldest record a replica serves from (seconds;
+        design.md §3.4). Tests lower it; the service keeps the default."""
+        self._live = live
         settings = live.current
-        self.redactor = redactor  # told of each generation's secrets, and of each one gone
-        self.metrics = metrics or Metrics(None)  # passed in, never patched on afterwards
-        self.clock: Clock = clock or SystemClock()
-        self.outbound = outbound
-        self.store = store
-        self.max_record_age = MAX_RECORD_AGE  # shared stores only; tests may lower it
-        self.discoverer = Discoverer(outbound)
-        self.registrar = Registrar(outbound, redactor)
-        self.rfc7592 = Rfc7592(outbound)
-        self.cimd_keys = CimdKeys(store, lambda: self.max_record_age, redactor)
+        self._redactor = redactor
+        self._metrics = metrics or Metrics(None)
+        self._clock: Clock = clock or SystemClock()
+        self._store = store
+        self._max_record_age = max_record_age
+        self._discoverer = Discoverer(outbound)
+        self._registrar = Registrar(outbound, redactor)
+        self._rfc7592 = Rfc7592(outbound)
+        self._cimd_keys = CimdKeys(store, max_record_age, redactor, self._clock)
         self._states = {u.name: UpstreamState(u) for u in settings.upstreams}
         self._flight: SingleFlight[tuple[str, str], object] = SingleFlight()
         self._key_sources: KeySources = {}  # static clients' key and assertion file readers
 
     @property
     def settings(self) -> Settings:
-        return self.live.current
+        return self._live.current
 
     async def _shared(self, state: UpstreamState, kind: str,
                       work: Callable[[UpstreamState], Awaitable[T]]) -> T:
@@ -106,7 +104,7 @@ class Core:
         state.failures += 1
         hinted = exc.retry_hint if isinstance(exc, errors.Unavailable) else None
         delay = backoff.after_failure(state.failures, self.settings.backoff, hinted)
-        state.backoff_until = self.clock.monotonic() + delay
+        state.backoff_until = self._clock.monotonic() + delay
         if isinstance(exc, errors.Unavailable):
             exc.retry_hint = delay  # the first caller hears the same wait as the others
         state.last_error, state.last_error_step = exc.description, exc.step
@@ -114,10 +112,10 @@ class Core:
         log.warning("resolution_failed", upstream=state.config.name, step=exc.step,
                     error=exc.error, detail=exc.description, failures=state.failures,
                     backoff_s=round(delay, 3))
-        self.metrics.resolution_failed(state.config.name, exc.step)
+        self._metrics.resolution_failed(state.config.name, exc.step)
 
     def _check_backoff(self, state: UpstreamState) -> None:
-        remaining = state.backoff_until - self.clock.monotonic()
+        remaining = state.backoff_until - self._clock.monotonic()
         if remaining > 0:
             raise errors.BackingOff(
                 f"upstream {state.config.name!r} is backing off after a failure "
@@ -127,20 +125,20 @@ class Core:
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
         """Must this request wait for a resolution? Renewal before expiry never makes it wait:
         the maintenance loop renews in the background while the current secret stays valid."""
-        keys_stale = (creds.mechanism == "cimd" and self.store.shared
+        keys_stale = (creds.mechanism == "cimd" and self._store.shared
                       and creds.method == "private_key_jwt"
-                      and self.cimd_keys.read_age(state.config.name) >= self.max_record_age)
+                      and self._cimd_keys.read_age(state.config.name) >= self._max_record_age)
         moved = state.discovery is not None and creds.issuer != state.discovery.metadata.issuer
-        return (self.clock.monotonic() >= state.metadata_expires
-                or _expired(creds, self.clock.time())
-                or self._record_age(state) >= self.max_record_age or keys_stale or moved)
+        return (self._clock.monotonic() >= state.metadata_expires
+                or _expired(creds, self._clock.time())
+                or self._record_age(state) >= self._max_record_age or keys_stale or moved)
 
     def _record_age(self, state: UpstreamState) -> float:
         """Seconds since the held record was read; 0 for stores no other process writes to
         behind the lock (file, memory): what this process holds is what they hold."""
-        if not self.store.shared or state.current is None:
+        if not self._store.shared or state.current is None:
             return 0.0
-        return self.clock.monotonic() - state.record_read_at
+        return self._clock.monotonic() - state.record_read_at
 
     def _fingerprint(self, config: Upstream) -> str:
         """The fingerprint of the registration this config asks for (design.md §3.4)."""
@@ -153,54 +151,54 @@ class Core:
         if state.last_renewal is None:
             return True
         margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
-        return self.clock.monotonic() - state.last_renewal >= margin  # one renewal per margin
+        return self._clock.monotonic() - state.last_renewal >= margin  # one renewal per margin
 
     @contextlib.asynccontextmanager
     async def _store_errors(self, state: UpstreamState,
                             step: errors.Step) -> AsyncIterator[None]:
         state.step = step
         with store_errors.map_store_errors(step, upstream=state.config.name,
-                                           count=self.metrics.store_error):
+                                           count=self._metrics.store_error):
             yield
 
     async def _read(self, state: UpstreamState, key: RecordKey) -> Record:
         async with self._store_errors(state, "store_read"):
-            return await self.store.get(key) or Record(key)
+            return await self._store.get(key) or Record(key)
 
     async def _write(self, state: UpstreamState, record: Record) -> None:
         async with self._store_errors(state, "store_write"):
-            await self.store.put(record)
+            await self._store.put(record)
 
     @contextlib.asynccontextmanager
     async def _locked(self, state: UpstreamState, key: RecordKey) -> AsyncIterator[None]:
-        async with self._store_errors(state, "lease"), self.store.lock(key):
+        async with self._store_errors(state, "lease"), self._store.lock(key):
             yield
 
     async def _metadata(self, state: UpstreamState) -> Metadata:
         state.step = "discover"
         try:
-            result = await self.discoverer.discover(
+            result = await self._discoverer.discover(
                 state.config, need_registration=state.config.strategy == "dcr")
         except errors.UpstreamError:
             if state.discovery is None:
                 raise
             # A failed refresh keeps serving the stale document (design.md §2.2 discovery).
-            state.metadata_expires = self.clock.monotonic() + self.settings.discovery.min_ttl
+            state.metadata_expires = self._clock.monotonic() + self.settings.discovery.min_ttl
             log.warning("metadata_refresh_failed", upstream=state.config.name)
-            self.metrics.discovery(state.config.name, "failure")
+            self._metrics.discovery(state.config.name, "failure")
             return state.discovery.metadata
         previous, state.discovery = state.discovery, result
-        state.metadata_expires = self.clock.monotonic() + result.ttl
+        state.metadata_expires = self._clock.monotonic() + result.ttl
         # may keep `previous` (a static client's AS)
-        migration.discovered(state, previous, self.clock)
+        migration.discovered(state, previous, self._clock)
         state.stats["discoveries"] += 1
         log.info("metadata_discovered", upstream=state.config.name, issuer=result.metadata.issuer,
                  url=result.source_url or "(endpoints from config)")
-        self.metrics.discovery(state.config.name, "success")
+        self._metrics.discovery(state.config.name, "success")
         return state.discovery.metadata
 
     async def _fresh_metadata(self, state: UpstreamState) -> Metadata:
-        if state.discovery is None or self.clock.monotonic() >= state.metadata_expires:
+        if state.discovery is None or self._clock.monotonic() >= state.metadata_expires:
             return await self._shared(state, "metadata", self._metadata)
         return state.discovery.metadata
 
@@ -212,5 +210,5 @@ class Core:
 
     def _wall(self, monotonic_deadline: float) -> float | None:
         """A monotonic deadline as wall clock; None when it has passed (or was never set)."""
-        remaining = monotonic_deadline - self.clock.monotonic()
-        return self.clock.time() + remaining if remaining > 0 else None
+        remaining = monotonic_deadline - self._clock.monotonic()
+        return self._clock.time() + remaining if remaining > 0 else None

@@ -89,3 +89,11 @@ class Snapshot:
     @property
     def backing_off(self) -> bool:
         return self.backoff_until is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """The credential store as /readyz reports it."""
+
+    backend: str  # file | memory | redis
+    trouble: str | None  # what is wrong now (never a secret); None: fine

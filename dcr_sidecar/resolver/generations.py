@@ -75,7 +75,7 @@ class Generations(Core):
         signer, audience = None, None
         if method == "private_key_jwt":
             state.step = "store_read"
-            record = await self.cimd_keys.record(config.name)
+            record = await self._cimd_keys.record(config.name)
             signer = KeyRingSigner(record)
             audience = (metadata.issuer if config.assertion_audience == "issuer"
                         else metadata.token_endpoint or metadata.issuer)
@@ -90,12 +90,12 @@ class Generations(Core):
     def _adopt_static(self, state: UpstreamState, metadata: Metadata) -> None:
         config = state.config
         assert config.client_id is not None
-        self.redactor.remember(config.client_secret)
+        self._redactor.remember(config.client_secret)
         method = config.static_auth_method
         creds = Credentials(
             upstream=config.name, metadata=metadata, client_id=config.client_id, method=method,
             generation=0, expires_at=0, static=True, mechanism="static",
-            auth=static_credentials(config, metadata, self._key_sources, self.redactor))
+            auth=static_credentials(config, metadata, self._key_sources, self._redactor))
         self._switch(state, creds)
 
     async def _dynamic(self, state: UpstreamState, metadata: Metadata) -> None:
@@ -103,8 +103,8 @@ class Generations(Core):
         key = RecordKey(metadata.issuer, config.name)
         wanted = self._fingerprint(config)
         record = await self._read(state, key)  # serving needs no lock: only changes do
-        current = record.current(wanted, self.clock.time())
-        if current is None or self._renewal_due(state, current, self.clock.time()):
+        current = record.current(wanted, self._clock.time())
+        if current is None or self._renewal_due(state, current, self._clock.time()):
             try:
                 record, current = await self._change(state, metadata, key, wanted)
             except errors.LeaseLost as exc:
@@ -121,7 +121,7 @@ class Generations(Core):
         process wrote meanwhile."""
         async with self._locked(state, key):
             record = await self._read(state, key)
-            now = self.clock.time()
+            now = self._clock.time()
             current = record.current(wanted, now)
             if current is not None and self._renewal_due(state, current, now):
                 current, record = await self._renew(state, record, current)
@@ -135,19 +135,22 @@ class Generations(Core):
         its record wins. Adopt it; if it has not written yet, wait for its lease once."""
         log.warning("lease_lost", upstream=state.config.name, detail=lost.description)
         record = await self._read(state, key)
-        current = record.current(wanted, self.clock.time())
+        current = record.current(wanted, self._clock.time())
         if current is None:
             return await self._change(state, metadata, key, wanted)
         return record, current
 
     def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
                current: Generation) -> None:
-        now = self.clock.time()
-        for gen in record.generations:  # what the record holds may be logged or sent
-            self.redactor.remember_generation(state.config.name, gen)
+        now = self._clock.time()
+        # What the record holds may be logged or sent; what it no longer holds is gone.
+        self._redactor.retain_generations(state.config.name,
+                                          [gen.generation for gen in record.generations])
+        for gen in record.generations:
+            self._redactor.remember_generation(state.config.name, gen)
         previous = record.previous(current, state.config.generation_grace, now)
         state.key, state.current = key, current
-        state.record_read_at = self.clock.monotonic()
+        state.record_read_at = self._clock.monotonic()
         state.previous = _credentials(state.config, metadata, previous) if previous else None
         state.previous_until = (previous.superseded_at or 0) + state.config.generation_grace \
             if previous else 0.0
@@ -164,7 +167,7 @@ class Generations(Core):
                        generation=creds.generation, previous_client_id=old.client_id,
                        previous_generation=old.generation)
         if old is None or old.client_id != creds.client_id:
-            self.metrics.client_id_seen(creds.upstream, old, creds)
+            self._metrics.client_id_seen(creds.upstream, old, creds)
         if state.client_id_written != creds.client_id:  # also a new client_id_file (reload)
             self._write_client_id_file(state, creds.client_id)
             state.client_id_written = creds.client_id
@@ -189,10 +192,10 @@ class Generations(Core):
         unserved = [g for g in record.generations if g.superseded_at is None and not g.served]
         state.step = "register"
         signing_key = await registration_key(config, metadata, record)
-        registration = await self.registrar.register(
+        registration = await self._registrar.register(
             config, metadata, signing_key.binding() if signing_key else None)
         client = registration.client
-        now = self.clock.time()
+        now = self._clock.time()
         generation = Generation(
             generation=max(record.next_number(), state.watch.generation_floor + 1),
             fingerprint=wanted, client_id=client.client_id,
@@ -204,7 +207,7 @@ class Generations(Core):
             registration_client_uri=client.registration_client_uri,
             registration_endpoint=registration.endpoint, received_at=now,
             private_key=signing_key.private_jwk if signing_key else None, served=False)
-        self.redactor.remember_generation(config.name, generation)
+        self._redactor.remember_generation(config.name, generation)
         updated = record.with_generation(generation, now)
         try:
             await self._write(state, updated)
@@ -218,7 +221,7 @@ class Generations(Core):
                    expires_at=client.client_secret_expires_at, endpoint=registration.endpoint,
                    endpoint_source=registration.provenance,
                    manageable=Rfc7592.manageable(generation))
-        self.metrics.registration(config.name, "success")
+        self._metrics.registration(config.name, "success")
         for old in unserved:
             updated = await self._delete_unserved(state, updated, old.generation)
         return generation, updated
@@ -247,7 +250,7 @@ class Generations(Core):
         deleted = False
         if Rfc7592.manageable(gen):
             try:
-                deleted = await self.rfc7592.delete(state.config, gen)
+                deleted = await self._rfc7592.delete(state.config, gen)
             except errors.UpstreamError as exc:
                 log.warning("orphan_delete_failed", upstream=state.config.name,
                             client_id=gen.client_id, detail=exc.description)
@@ -260,7 +263,7 @@ class Generations(Core):
     async def _renew(self, state: UpstreamState, record: Record,
                      gen: Generation) -> tuple[Generation | None, Record]:
         """RFC 7592 GET, then PUT when needed. None: register a new generation."""
-        state.last_renewal = self.clock.monotonic()
+        state.last_renewal = self._clock.monotonic()
         state.step = "renew"
         config = state.config
         if not Rfc7592.manageable(gen):
@@ -269,23 +272,23 @@ class Generations(Core):
             return None, record
         margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
         try:
-            answer = await self.rfc7592.read(config, gen)
+            answer = await self._rfc7592.read(config, gen)
             if answer.document is not None:
                 gen, record = await self._apply_management(state, record, gen, answer.document)
-                if _extended(gen, margin, self.clock.time()):
+                if _extended(gen, margin, self._clock.time()):
                     return self._renewed(state, gen, "read"), record
-                answer = await self.rfc7592.update(config, gen, answer.document)
+                answer = await self._rfc7592.update(config, gen, answer.document)
                 if answer.document is not None:
                     gen, record = await self._apply_management(state, record, gen,
                                                                answer.document)
-                    if _extended(gen, margin, self.clock.time()):
+                    if _extended(gen, margin, self._clock.time()):
                         return self._renewed(state, gen, "update"), record
         except errors.UpstreamError as exc:
-            if gen.expired(self.clock.time()) or isinstance(exc, errors.LeaseLost):
+            if gen.expired(self._clock.time()) or isinstance(exc, errors.LeaseLost):
                 raise  # a lost lease: the replica that took over decides (see _winner)
             log.warning("renewal_failed", upstream=config.name, client_id=gen.client_id,
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
-            self.metrics.renewal(config.name, "failure")
+            self._metrics.renewal(config.name, "failure")
             return gen, record
         reason = "gone" if answer.gone else "expiry unchanged"
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
@@ -294,7 +297,7 @@ class Generations(Core):
 
     def _renewed(self, state: UpstreamState, gen: Generation, via: str) -> Generation:
         state.stats["renewals"] += 1
-        self.metrics.renewal(state.config.name, "success")
+        self._metrics.renewal(state.config.name, "success")
         audit.info("client_renewed", upstream=state.config.name, client_id=gen.client_id,
                    generation=gen.generation, via=via, expires_at=gen.client_secret_expires_at)
         return gen
@@ -304,15 +307,15 @@ class Generations(Core):
         """RFC 7592 §2.1: a new secret or registration access token replaces the old at once;
         a moved expiry is adopted, the lifetime measured from now."""
         secret, token, expires = management_fields(document)
-        now = self.clock.time()
+        now = self._clock.time()
         changes: dict[str, object] = {}
         if secret and (gen.client_secret is None or secret != gen.client_secret.reveal()):
             changes["client_secret"] = Secret(secret)
-            self.redactor.remember(secret, (state.config.name, gen.generation))
+            self._redactor.remember(secret, (state.config.name, gen.generation))
         if token and (gen.registration_access_token is None
                       or token != gen.registration_access_token.reveal()):
             changes["registration_access_token"] = Secret(token)
-            self.redactor.remember(token, (state.config.name, gen.generation))
+            self._redactor.remember(token, (state.config.name, gen.generation))
         if expires is not None and expires != gen.client_secret_expires_at:
             changes["client_secret_expires_at"] = expires
             changes["received_at"] = now
@@ -339,7 +342,7 @@ class Generations(Core):
         config = state.config
         async with self._locked(state, key):
             record = await self._read(state, key)
-            now = self.clock.time()
+            now = self._clock.time()
             current = record.current(wanted, now)
             if current is not None and current.generation != failed.generation:
                 self._adopt(state, metadata, key, record, current)  # another process recovered
@@ -347,7 +350,7 @@ class Generations(Core):
             gen = record.get(failed.generation)
             if gen is not None and Rfc7592.manageable(gen):
                 state.step = "renew"
-                answer = await self.rfc7592.read(config, gen)
+                answer = await self._rfc7592.read(config, gen)
                 if answer.forbidden:
                     self._hold_off_recovery(state, "registration management is not permitted")
                     return None
@@ -377,12 +380,12 @@ class Generations(Core):
         invalid_client is relayed to the app, registering nothing."""
         state.recoveries_unserved += 1
         window = backoff.recovery_window(state.recoveries_unserved, self.settings.backoff)
-        state.recover_until = self.clock.monotonic() + window
+        state.recover_until = self._clock.monotonic() + window
         log.info("recovery_window_started", upstream=state.config.name, window_s=window,
                  recoveries_unserved=state.recoveries_unserved)
 
     def _hold_off_recovery(self, state: UpstreamState, why: str) -> None:
-        state.recover_until = self.clock.monotonic() + backoff.recovery_hold_off(
+        state.recover_until = self._clock.monotonic() + backoff.recovery_hold_off(
             state.failures, self.settings.backoff)
         log.warning("invalid_client_not_recovered", upstream=state.config.name, reason=why)
 
@@ -391,10 +394,10 @@ class Generations(Core):
         deleted = False
         if Rfc7592.manageable(gen):
             state.step = "renew"
-            deleted = await self.rfc7592.delete(state.config, gen)
+            deleted = await self._rfc7592.delete(state.config, gen)
         record = record.without(gen.generation)
         await self._write(state, record)
-        self.redactor.forget_generation(state.config.name, gen.generation)
+        self._redactor.forget_generation(state.config.name, gen.generation)
         state.stats["deletions"] += 1
         audit.info("client_deleted" if deleted else "client_forgotten",
                    upstream=state.config.name, client_id=gen.client_id,

@@ -5,7 +5,6 @@ the clients this process registered are deleted."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import structlog
@@ -33,14 +32,13 @@ class Maintenance(Generations):
         expires, delete superseded clients after their grace. Runs until cancelled."""
         state = self._state(name)
         while self._states.get(name) is state:  # a reload that replaces the state ends it
-            delay = max(0.05, min(self._next_due(state) - self.clock.time(), MAINTENANCE_IDLE))
+            delay = max(0.05, min(self._next_due(state) - self._clock.time(), MAINTENANCE_IDLE))
             state.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), timeout=delay)
+            await self._clock.sleep(delay, state.wake)
             try:
                 await self._maintenance_pass(state)
             except errors.SidecarError:
-                await asyncio.sleep(max(0.05, state.backoff_until - self.clock.monotonic()))
+                await self._clock.sleep(max(0.05, state.backoff_until - self._clock.monotonic()))
 
     async def delete_own_clients(self) -> None:
         """Ephemeral stores: on clean shutdown delete the clients this process registered."""
@@ -50,7 +48,7 @@ class Maintenance(Generations):
                     await self._guarded(state, self._delete_own)
 
     def _next_due(self, state: UpstreamState) -> float:
-        now = self.clock.time()
+        now = self._clock.time()
         due = [now + MAINTENANCE_IDLE]
         gen = state.current
         if gen is not None and state.config.strategy != "static":
@@ -58,31 +56,31 @@ class Maintenance(Generations):
             if when is not None:
                 if state.last_renewal is not None:
                     margin = renewal_margin(gen.client_secret_expires_at, gen.received_at)
-                    when = max(when, now + margin - (self.clock.monotonic() - state.last_renewal))
+                    when = max(when, now + margin - (self._clock.monotonic() - state.last_renewal))
                 due.append(when)
         if state.previous_until:
             due.append(state.previous_until)
         due.extend(self._cimd_due(state, now))
-        if self.store.shared and state.current is not None:
-            due.append(now + REREAD_AT * self.max_record_age - self._record_age(state))
+        if self._store.shared and state.current is not None:
+            due.append(now + REREAD_AT * self._max_record_age - self._record_age(state))
         if state.discovery is not None and state.discovery.ttl != float("inf"):
-            refresh_in = state.metadata_expires - self.clock.monotonic() - 0.1 * state.discovery.ttl
-            due.append(now + refresh_in)
+            refresh_in = state.metadata_expires - 0.1 * state.discovery.ttl
+            due.append(now + refresh_in - self._clock.monotonic())
         return min(due)
 
     async def _maintenance_pass(self, state: UpstreamState) -> None:
-        if state.credentials is None or self.clock.monotonic() < state.backoff_until:
+        if state.credentials is None or self._clock.monotonic() < state.backoff_until:
             return
-        now = self.clock.time()
+        now = self._clock.time()
         if state.discovery is not None and state.discovery.ttl != float("inf") and (
-                self.clock.monotonic() >= state.metadata_expires - 0.1 * state.discovery.ttl):
+                self._clock.monotonic() >= state.metadata_expires - 0.1 * state.discovery.ttl):
             await self._shared(state, "metadata", self._metadata)
         if state.config.strategy == "static":
             return
         if state.mechanism == "cimd":
             await self._cimd_maintenance(state)
             return
-        reread = self._record_age(state) >= REREAD_AT * self.max_record_age
+        reread = self._record_age(state) >= REREAD_AT * self._max_record_age
         if reread or (state.current is not None
                       and self._renewal_due(state, state.current, now)):
             await self._shared(state, "credentials", self._resolve)
@@ -91,14 +89,14 @@ class Maintenance(Generations):
 
     def _cimd_due(self, state: UpstreamState, now: float) -> list[float]:
         """CIMD upkeep times: the key set's re-read bound and a scheduled rotation."""
-        config, record = state.config, self.cimd_keys.held(state.config.name)
+        config, record = state.config, self._cimd_keys.held(state.config.name)
         if state.mechanism != "cimd" or config.cimd.auth_method != "private_key_jwt" \
                 or record is None:
             return []
         due = []
-        if self.store.shared:
-            age = self.cimd_keys.read_age(config.name)
-            due.append(now + REREAD_AT * self.max_record_age - age)
+        if self._store.shared:
+            age = self._cimd_keys.read_age(config.name)
+            due.append(now + REREAD_AT * self._max_record_age - age)
         keys = schedule(record)
         if config.cimd.key_rotation is not None:
             newest = max((k.published_at for k in keys), default=now)
@@ -114,10 +112,10 @@ class Maintenance(Generations):
             return
         name = config.name
         rotation = config.cimd.key_rotation
-        rotated = rotation is not None and await self.cimd_keys.rotate_if_due(
+        rotated = rotation is not None and await self._cimd_keys.rotate_if_due(
             name, rotation, config.cimd.overlap)
-        reread = self.store.shared and self.cimd_keys.read_age(name) >= REREAD_AT * \
-            self.max_record_age
+        reread = self._store.shared and self._cimd_keys.read_age(name) >= REREAD_AT * \
+            self._max_record_age
         if rotated or reread:
             await self._shared(state, "credentials", self._resolve)
 
@@ -126,7 +124,7 @@ class Maintenance(Generations):
             return
         async with self._locked(state, state.key):
             record = await self._read(state, state.key)
-            for gen in record.due_for_deletion(state.config.generation_grace, self.clock.time()):
+            for gen in record.due_for_deletion(state.config.generation_grace, self._clock.time()):
                 record = await self._delete_generation(state, record, gen, "grace ended")
         state.previous, state.previous_until = None, 0.0
 

@@ -33,9 +33,10 @@ from dcr_sidecar import errors
 from dcr_sidecar.singleflight import SingleFlight
 
 if TYPE_CHECKING:
+    from dcr_sidecar.clock import Clock
     from dcr_sidecar.discovery import DiscoveryResult
     from dcr_sidecar.resolver import Resolver
-    from dcr_sidecar.resolver.state import Clock, UpstreamState
+    from dcr_sidecar.resolver.state import UpstreamState
 
 log = structlog.get_logger(__name__)
 audit = structlog.get_logger("dcr_sidecar.audit")
@@ -88,7 +89,7 @@ async def recheck(resolver: Resolver, state: UpstreamState) -> bool:
     known = state.discovery.resource if state.discovery is not None else None
     if known is None or state.config.resource is None:
         return False
-    watch, now = state.watch, resolver.clock.monotonic()
+    watch, now = state.watch, resolver._clock.monotonic()
     if watch.fresh:  # what the discovery read moments ago; the interval counts re-checks only
         watch.fresh = False
         return False
@@ -112,7 +113,7 @@ async def _recheck(resolver: Resolver, state: UpstreamState) -> None:
     assert discovery is not None
     assert discovery.resource is not None
     try:
-        fetch = await resolver.discoverer.recheck_resource(config, discovery.resource)
+        fetch = await resolver._discoverer.recheck_resource(config, discovery.resource)
     except errors.UpstreamError as exc:
         log.warning("resource_recheck_failed", upstream=config.name, detail=exc.description)
         return
@@ -129,18 +130,18 @@ async def _recheck(resolver: Resolver, state: UpstreamState) -> None:
         discovery.resource = fetch
         return
     try:
-        moved = await resolver.discoverer.via_resource_metadata(
+        moved = await resolver._discoverer.via_resource_metadata(
             config, fetch, need_registration=config.strategy == "dcr")
     except errors.UpstreamError as exc:
         log.warning("resource_recheck_failed", upstream=config.name, detail=exc.description)
         return
     _continue_generations(state)
     state.discovery = moved
-    state.metadata_expires = resolver.clock.monotonic() + moved.ttl
+    state.metadata_expires = resolver._clock.monotonic() + moved.ttl
     # The old AS's credentials and superseded generation are never offered at the new one.
     state.credentials = state.previous = None
     state.current, state.key, state.previous_until = None, None, 0.0
-    _record(state, issuer, moved.metadata.issuer, "recheck", resolver.clock.time())
+    _record(state, issuer, moved.metadata.issuer, "recheck", resolver._clock.time())
 
 
 def _continue_generations(state: UpstreamState) -> None:

@@ -1,13 +1,11 @@
-"""The resolver's mutable state per upstream, and the clock it reads. Private to the package:
-others read :class:`.face.Snapshot`."""
+"""The resolver's mutable state per upstream. Private to the package: others read
+:class:`.face.Snapshot` (the clock it reads is :mod:`dcr_sidecar.clock`, injected)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
@@ -24,22 +22,6 @@ log = structlog.get_logger("dcr_sidecar.resolver")
 MAINTENANCE_IDLE = 300.0
 MAX_RECORD_AGE = 30.0  # design.md §3.4: replicas serve from a record at most this old
 REREAD_AT = 0.75  # the maintenance loop re-reads at this fraction of the bound
-
-
-class Clock(Protocol):
-    """Wall clock for what is stored and shown; monotonic for deadlines in this process."""
-
-    def time(self) -> float: ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @dataclass

@@ -112,7 +112,10 @@ class RedisServer:
             conf.write_text("\n".join(lines) + "\n")
             return [str(conf), "--sentinel"]
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", "dump.rdb"]
+                "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", "dump.rdb",
+                # A replica's full sync starts at once (Redis waits 5 s by default for more
+                # replicas to share one diskless transfer: idle time, nothing a test checks).
+                "--repl-diskless-sync-delay", "0"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
