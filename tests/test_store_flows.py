@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -72,6 +74,19 @@ async def test_the_state_never_reaches_a_debug_log(caplog: pytest.LogCaptureFixt
     await store.put("state:visible-state-0123", RECORD)
     assert await store.take("state:visible-state-0123") == RECORD
     assert "visible-state-0123" not in caplog.text
+
+
+def test_a_sidecar_without_flows_in_progress_loads_neither_aiocache_nor_redis() -> None:
+    """aiocache's package imports redis-py (~5 MB of RSS): the in-memory flow cache makes its
+    backend on first use, so a memory or file store sidecar that mediates no login loads
+    neither."""
+    probe = ("import sys, dcr_sidecar.app\n"
+             "from dcr_sidecar.store.flows import FlowCache\n"
+             "FlowCache.in_memory()\n"
+             "print(sorted(m for m in ('aiocache', 'redis') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 async def _held(store: FlowCache, count: int) -> bool:
