@@ -4,6 +4,7 @@ the budget — one-time, TTL-bound, memory-bounded. (On Redis: tests/test_store_
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 
 import pytest
@@ -61,6 +62,16 @@ async def test_live_records_are_never_evicted() -> None:
     assert await store.held() == 2_000
     for n in range(2_000):
         assert await store.take(f"state:{n}") == replace(RECORD, app_state=str(n))
+
+
+async def test_the_state_never_reaches_a_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    """aiocache logs each command's key at debug; with `log.level: debug` that would print the
+    state of every flow in progress. Its debug lines stay off."""
+    caplog.set_level(logging.DEBUG)
+    store = FlowCache.in_memory()
+    await store.put("state:visible-state-0123", RECORD)
+    assert await store.take("state:visible-state-0123") == RECORD
+    assert "visible-state-0123" not in caplog.text
 
 
 async def _held(store: FlowCache, count: int) -> bool:

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -48,6 +49,10 @@ from dcr_sidecar import errors
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.records import PLAIN, Sealer
+
+# aiocache logs every command at debug with its key — a state in flight — and adds nothing to
+# the sidecar's own events: its debug lines stay off whatever `log.level` says.
+logging.getLogger("aiocache").setLevel(logging.INFO)
 
 FLOW_TTL = 600.0
 MAX_ENTRIES = 100_000
