@@ -33,6 +33,15 @@ log = structlog.get_logger("dcr_sidecar.resolver")  # one logger name for the pa
 audit = structlog.get_logger("dcr_sidecar.audit")
 
 
+def _lapsed(record: Record, wanted: str, now: float) -> Generation | None:
+    """The newest live generation of this configuration when its secret has expired and the
+    AS gave RFC 7592 management for it: renewable before anything is registered."""
+    for gen in sorted(record.generations, key=lambda g: g.generation, reverse=True):
+        if gen.fingerprint == wanted and gen.superseded_at is None:
+            return gen if gen.expired(now) and Rfc7592.manageable(gen) else None
+    return None
+
+
 class Generations(Core):
     """Obtaining and changing credentials (see the package docstring)."""
 
@@ -124,6 +133,11 @@ class Generations(Core):
             current = record.current(wanted, now)
             if current is not None and self._renewal_due(state, current, now):
                 current, record = await self._renew(state, record, current)
+            elif current is None and (lapsed := _lapsed(record, wanted, now)) is not None:
+                # Its secret expired (an AS outage outlasted the renewal margin): RFC 7592
+                # renews an expired secret too (§2.1, §2.2); only a client the AS says is
+                # gone, or one it gives no management for, is registered anew.
+                current, record = await self._renew(state, record, lapsed)
             if current is None:
                 current, record = await self._register(state, metadata, record, wanted)
         return record, current
@@ -289,7 +303,8 @@ class Generations(Core):
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
             self._metrics.renewal(config.name, "failure")
             return gen, record
-        reason = "gone" if answer.gone else "expiry unchanged"
+        reason = ("gone" if answer.gone else "management forbidden" if answer.forbidden
+                  else "expiry unchanged")
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
                  reason=reason)
         return None, record
