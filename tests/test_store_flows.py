@@ -4,6 +4,9 @@ the budget — one-time, TTL-bound, memory-bounded. (On Redis: tests/test_store_
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -61,6 +64,29 @@ async def test_live_records_are_never_evicted() -> None:
     assert await store.held() == 2_000
     for n in range(2_000):
         assert await store.take(f"state:{n}") == replace(RECORD, app_state=str(n))
+
+
+async def test_the_state_never_reaches_a_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    """aiocache logs each command's key at debug; with `log.level: debug` that would print the
+    state of every flow in progress. Its debug lines stay off."""
+    caplog.set_level(logging.DEBUG)
+    store = FlowCache.in_memory()
+    await store.put("state:visible-state-0123", RECORD)
+    assert await store.take("state:visible-state-0123") == RECORD
+    assert "visible-state-0123" not in caplog.text
+
+
+def test_a_sidecar_without_flows_in_progress_loads_neither_aiocache_nor_redis() -> None:
+    """aiocache's package imports redis-py (~5 MB of RSS): the in-memory flow cache makes its
+    backend on first use, so a memory or file store sidecar that mediates no login loads
+    neither."""
+    probe = ("import sys, dcr_sidecar.app\n"
+             "from dcr_sidecar.store.flows import FlowCache\n"
+             "FlowCache.in_memory()\n"
+             "print(sorted(m for m in ('aiocache', 'redis') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 async def _held(store: FlowCache, count: int) -> bool:

@@ -33,9 +33,9 @@ Guarantees:
 
 The package, by job: :mod:`.face` (what others read: :class:`Credentials`, the frozen
 :class:`Snapshot`, :class:`StoreHealth`), :mod:`.state` (the mutable state per upstream;
-private to the package), :mod:`.backoff` (the waiting schedule, pure),
-:mod:`.core` (shared flights, typed failures, store I/O, discovery), :mod:`.generations`
-(register, renew, recover, delete), :mod:`.maintenance` (renewal timers, re-reads, grace
+private to the package), :mod:`.backoff` (the waiting schedule, pure), :mod:`.core` (shared
+flights, typed failures, store I/O, discovery), :mod:`.generations` (register, renew, delete),
+:mod:`.recovery` (after invalid_client), :mod:`.maintenance` (renewal timers, re-reads, grace
 deletion), :mod:`.migration` (a resource moving to another AS); this module: the verbs.
 Everything it uses is given to the constructor (the clock: :mod:`dcr_sidecar.clock`).
 """

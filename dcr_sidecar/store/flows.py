@@ -4,8 +4,9 @@ sidecar pushed.
 
 :class:`FlowCache` keeps them in an aiocache backend — one implementation, two backends:
 aiocache's ``SimpleMemoryCache`` (:meth:`FlowCache.in_memory`: a single process finishes its
-own flows) and its ``RedisCache`` on the redis store's own client (store/aiocache_redis.py,
-``store.redis.flow_cache``: a login started on one replica finishes on another).
+own flows; made on first use) and its ``RedisCache`` on the redis store's own client
+(store/aiocache_redis.py, ``store.redis.flow_cache``: a login started on one replica finishes
+on another).
 :class:`BoundedFlowStore` is the budget every flow store is used behind.
 
 Invariants:
@@ -32,22 +33,20 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import json
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from aiocache import SimpleMemoryCache
-from aiocache.backends.redis import RedisBackend
-from aiocache.serializers import BaseSerializer
-
 from dcr_sidecar import errors
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.store import errors as store_errors
-from dcr_sidecar.store.records import PLAIN, Sealer
+
+# aiocache logs every command at debug with its key — a state in flight — and adds nothing to
+# the sidecar's own events: its debug lines stay off whatever `log.level` says.
+logging.getLogger("aiocache").setLevel(logging.INFO)
 
 FLOW_TTL = 600.0
 MAX_ENTRIES = 100_000
@@ -75,51 +74,34 @@ def record_cost(key: str, record: FlowRecord) -> int:
     return RECORD_OVERHEAD + sum(len(s) for s in strings)
 
 
-class FlowRecordSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
-    """A record as the JSON text a shared backend stores, sealed with `sealer` when it has
-    keys; a value that is not a record in a known form is :class:`StoreCorrupt`."""
-
-    def __init__(self, sealer: Sealer = PLAIN) -> None:
-        super().__init__()
-        self.sealer = sealer
-
-    def dumps(self, value: FlowRecord) -> str:
-        sealed = self.sealer.seal(json.dumps(dataclasses.asdict(value)))
-        return sealed if isinstance(sealed, str) else json.dumps(sealed)
-
-    def loads(self, value: str | None) -> FlowRecord | None:
-        if value is None:
-            return None
-        try:
-            text = self.sealer.unseal(json.loads(value), "a flow record") \
-                if self.sealer.enabled else value
-            data = json.loads(text)
-            # A record written before records were bound carries no binding: refused as foreign.
-            data.setdefault("upstream", "")
-            data.setdefault("issuer", "")
-            return FlowRecord(**data)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise store_errors.StoreCorrupt(
-                f"a flow record is malformed ({type(exc).__name__})") from None
-
-
 class FlowCache:
     """The one-time flow records on an aiocache backend (the module docstring states the
     guarantees). `unreachable`: the backend's own failures, raised as StoreUnreachable."""
 
-    def __init__(self, cache: Any, *, ttl: float = FLOW_TTL,
+    def __init__(self, cache: Any = None, *, ttl: float = FLOW_TTL, getdel: bool = False,
                  unreachable: tuple[type[Exception], ...] = ()) -> None:
-        self.cache = cache
+        """`cache`: an aiocache backend; None: aiocache's SimpleMemoryCache, made on first use
+        (importing aiocache imports redis-py, ~5 MB of RSS that a sidecar without callback
+        mediation never needs). `getdel`: the backend takes with one Redis GETDEL through
+        aiocache's raw command (aiocache's API has no atomic get-and-delete)."""
+        self._cache = cache
         self.ttl = float(ttl)
+        self._getdel = getdel
         self._unreachable = unreachable
-        # Redis takes with one GETDEL; aiocache's API has no atomic get-and-delete.
-        self._getdel = isinstance(cache, RedisBackend)
 
     @classmethod
     def in_memory(cls, ttl: float = FLOW_TTL) -> FlowCache:
         """In this process: records kept as objects under their own key (aiocache's
         NullSerializer, no namespace: no copy of either is made), no timeout."""
-        return cls(SimpleMemoryCache(timeout=None), ttl=ttl)
+        return cls(ttl=ttl)
+
+    @property
+    def cache(self) -> Any:
+        if self._cache is None:
+            from aiocache import SimpleMemoryCache
+
+            self._cache = SimpleMemoryCache(timeout=None)
+        return self._cache
 
     async def put(self, key: str, record: FlowRecord) -> None:
         with self._errors("storing a flow record"):

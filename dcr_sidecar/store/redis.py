@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -60,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from aiocache.serializers import BaseSerializer
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
@@ -76,6 +78,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.secret import MASK, Secret
 from dcr_sidecar.observability import scrub_patterns
 from dcr_sidecar.store.aiocache_redis import ClientRedisCache
@@ -87,7 +90,7 @@ from dcr_sidecar.store.errors import (
     StoreError,
     StoreUnreachable,
 )
-from dcr_sidecar.store.flows import FLOW_TTL, FlowCache, FlowRecordSerializer, hashed_key
+from dcr_sidecar.store.flows import FLOW_TTL, FlowCache, hashed_key
 from dcr_sidecar.store.records import (
     PLAIN,
     Record,
@@ -549,6 +552,34 @@ class RedisStore:
                 await client.aclose()
 
 
+class FlowRecordSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
+    """A record as the JSON text a shared backend stores, sealed with `sealer` when it has
+    keys; a value that is not a record in a known form is :class:`StoreCorrupt`."""
+
+    def __init__(self, sealer: Sealer = PLAIN) -> None:
+        super().__init__()
+        self.sealer = sealer
+
+    def dumps(self, value: FlowRecord) -> str:
+        sealed = self.sealer.seal(json.dumps(dataclasses.asdict(value)))
+        return sealed if isinstance(sealed, str) else json.dumps(sealed)
+
+    def loads(self, value: str | None) -> FlowRecord | None:
+        if value is None:
+            return None
+        try:
+            text = self.sealer.unseal(json.loads(value), "a flow record") \
+                if self.sealer.enabled else value
+            data = json.loads(text)
+            # A record written before records were bound carries no binding: refused as foreign.
+            data.setdefault("upstream", "")
+            data.setdefault("issuer", "")
+            return FlowRecord(**data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreCorrupt(
+                f"a flow record is malformed ({type(exc).__name__})") from None
+
+
 def flow_cache(store: RedisStore, ttl: float = FLOW_TTL) -> FlowCache:
     """Callback-mediation records (store/flows.py) through aiocache's RedisCache on this
     store's own client (store/aiocache_redis.py: TLS, ACL user, Sentinel, Cluster as the store
@@ -556,7 +587,7 @@ def flow_cache(store: RedisStore, ttl: float = FLOW_TTL) -> FlowCache:
     cache = ClientRedisCache(store.client, namespace=f"{store.prefix}:flow",
                              serializer=FlowRecordSerializer(store.sealer),
                              key_builder=hashed_key)
-    return FlowCache(cache, ttl=ttl, unreachable=(RedisError,))
+    return FlowCache(cache, ttl=ttl, getdel=True, unreachable=(RedisError,))
 
 
 def _text(raw: bytes | str) -> str:
