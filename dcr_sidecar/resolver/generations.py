@@ -84,7 +84,7 @@ class Generations(Core):
         if method == "private_key_jwt":
             state.step = "store_read"
             record = await self._cimd_keys.record(config.name)
-            signer = KeyRingSigner(record)
+            signer = KeyRingSigner(record, self._clock)
             audience = (metadata.issuer if config.assertion_audience == "issuer"
                         else metadata.token_endpoint or metadata.issuer)
         state.current = state.previous = None
