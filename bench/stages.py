@@ -92,6 +92,7 @@ SIDECAR_RULES: tuple[tuple[str, str, str], ...] = (
     ("dial.py", "authority*", SKIP),
     ("dial.py", "authority_text*", SKIP),
     ("oauth/text.py", "*", SKIP),
+    ("clock.py", "*", SKIP),
     # -- the forwarding module (issue 12)
     ("forward.py", "*parse*", PARSE),
     ("forward.py", "*read*", PARSE),
@@ -284,6 +285,11 @@ class Column:
     rps: float
 
 
+def signed(value: float) -> str:
+    """+1.0 / −1.0 (a typographic minus, as elsewhere in the report)."""
+    return f"{value:+.1f}".replace("-", "−")
+
+
 def table_rows(columns: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per stage (µs and share per column, the change from the first
     column to the last when there are two or more), then the totals."""
@@ -297,13 +303,13 @@ def table_rows(columns: Sequence[Column]) -> tuple[list[str], list[list[str]]]:
         row = [stage, *(f"{v[stage]:.1f} ({c.split.share(stage) * 100:.1f} %)"
                         for c, v in zip(columns, values, strict=True))]
         if delta:
-            row.append(f"{values[-1][stage] - values[0][stage]:+.1f}")
+            row.append(signed(values[-1][stage] - values[0][stage]))
         rows.append(row)
     total = ["total = measured CPU µs/request", *(f"{c.cpu_us:.1f}" for c in columns)]
     rps = ["req/s (same runs)", *(f"{c.rps:.0f}" for c in columns)]
     samples = ["py-spy samples", *(f"{c.split.samples:,}" for c in columns)]
     if delta:
-        total.append(f"{columns[-1].cpu_us - columns[0].cpu_us:+.1f}")
+        total.append(signed(columns[-1].cpu_us - columns[0].cpu_us))
         rps.append("")
         samples.append("")
     return header, [*rows, total, rps, samples]

@@ -41,7 +41,7 @@ from dcr_sidecar.proxy.boundary import boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import MAX_RECORD_AGE, Resolver
 from dcr_sidecar.store import CredentialStore, open_store
-from dcr_sidecar.store.flows import BoundedFlowStore, FlowStore, MemoryFlowStore
+from dcr_sidecar.store.flows import BoundedFlowStore, FlowCache, FlowStore
 
 log = structlog.get_logger(__name__)
 NAME = f"{{name:{NAME_PATTERN}}}"
@@ -180,11 +180,11 @@ def _flow_store(store: CredentialStore) -> FlowStore:
     """Callback-mediation records live in Redis with the redis store (any replica finishes a
     login), else in process memory (a single process finishes its own flows)."""
     if store.name == "redis":
-        from dcr_sidecar.store.redis import RedisFlowRecords, RedisFlowStore, RedisStore
+        from dcr_sidecar.store.redis import RedisStore, flow_cache
 
         assert isinstance(store, RedisStore)
-        return RedisFlowStore(RedisFlowRecords.sharing(store))
-    return MemoryFlowStore()
+        return flow_cache(store)
+    return FlowCache.in_memory()
 
 
 def _bounded(settings: Settings, flows: FlowStore) -> FlowStore:

@@ -63,9 +63,11 @@ def schedule(record: Record) -> list[ScheduledKey]:
 
 class KeyRingSigner:
     """A :class:`~dcr_sidecar.oauth.jose.Signer` source that picks, per assertion, the key the
-    schedule says signs at that moment (``at``)."""
+    schedule says signs at that moment (``at``); "now" for callers that do not schedule is the
+    injected clock's (the resolver's: :mod:`dcr_sidecar.clock`)."""
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._keys = schedule(record)
         self._signers = {gen.generation: CryptoSigner(load(gen.private_key))
                          for gen in record.generations if gen.private_key is not None}
@@ -79,14 +81,14 @@ class KeyRingSigner:
     # The Signer protocol, for callers that do not schedule: the key signing now.
     @property
     def alg(self) -> str:
-        return self.at(time.time()).alg
+        return self.at(self._clock.time()).alg
 
     @property
     def kid(self) -> str:
-        return self.at(time.time()).kid
+        return self.at(self._clock.time()).kid
 
     def compact_jws(self, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
-        return self.at(time.time()).compact_jws(header, claims)
+        return self.at(self._clock.time()).compact_jws(header, claims)
 
     def __repr__(self) -> str:
         return f"KeyRingSigner(keys={[k.kid for k in self._keys]})"

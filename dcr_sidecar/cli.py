@@ -73,7 +73,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dcr_sidecar.observability import Redactor, configure_logging
 
     redactor = Redactor()  # the process's one: its logging and every part that learns secrets
-    redactor.remember_settings(settings)
     configure_logging(redactor, settings.log.format, settings.log.level)
     _use_uvloop()
     interval = float(os.environ.get(POLL_ENV) or POLL_INTERVAL_S)

@@ -136,19 +136,16 @@ def _resource_report(upstream: Upstream, fetch: ResourceFetch, issuer: str) -> d
 async def _register(settings: Settings, name: str, report: dict[str, Any],
                     redactor: Redactor) -> int:
     from dcr_sidecar.app import Sidecar
-    from dcr_sidecar.store.errors import StoreError
+    from dcr_sidecar.store.errors import map_store_errors
 
     sidecar = Sidecar(settings, redactor=redactor)
     await sidecar.outbound.start()
     try:
-        await sidecar.store.open()
+        with map_store_errors("store_read"):  # wrong store.encryption_keys: nothing changed
+            await sidecar.store.open()
         creds = await sidecar.resolver.credentials(name)
-    except errors.UpstreamError as exc:
+    except errors.UpstreamError as exc:  # store failures too (store/errors.py, the one map)
         report["error"] = {"step": exc.step, "error": exc.error, "detail": exc.description}
-        return EXIT_FAILURE
-    except StoreError as exc:  # wrong store.encryption_keys: nothing was changed
-        report["error"] = {"step": "store_read", "error": "temporarily_unavailable",
-                           "detail": str(exc)}
         return EXIT_FAILURE
     finally:
         await sidecar.resolver.close()

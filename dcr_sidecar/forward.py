@@ -152,13 +152,34 @@ class Forwarder:
                    incoming: Mapping[str, str], request_id: str,
                    error_limit: int) -> tuple[Response, Credentials]:
         """The AS's answer to the app's form, sent with `creds` (and replayed once when
-        :func:`retry_decision` says so); with the credentials of the answer relayed."""
-        response = await self._send_once(self.plan_for(upstream, route, creds), pairs,
-                                         incoming, request_id, error_limit)
+        :func:`retry_decision` says so); with the credentials of the answer relayed. The warm
+        path awaits the transport directly (each coroutine frame is walked again on every
+        resumption)."""
+        plan = self.plan_for(upstream, route, creds)
+        headers, data = build_request(plan, pairs, incoming, request_id)
+        target = plan.target
+        if target is not None and target.epoch == self.outbound.epoch:
+            response = await self.outbound.send(target, headers=headers, data=data,
+                                                error_limit=error_limit)
+        else:
+            response = await self._send_general(plan, headers, data, error_limit)
+        status = response.status
+        if status in (400, 401):  # the only answers that carry an OAuth error code
+            return await self._answered_error(upstream, route, creds, pairs, response,
+                                              incoming=incoming, request_id=request_id,
+                                              error_limit=error_limit)
+        if 200 <= status < 300 and not creds.static:  # static: nothing to mark as served
+            await self.resolver.served(upstream.name, creds)
+        return response, creds
+
+    async def _answered_error(self, upstream: Upstream, route: str, creds: Credentials,
+                              pairs: Pairs, response: Response, *, incoming: Mapping[str, str],
+                              request_id: str,
+                              error_limit: int) -> tuple[Response, Credentials]:
+        """A 400/401: relay it, or recover / replay once as :func:`retry_decision` says."""
         error = oauth_error(response.status, response.body)
         decision = retry_decision(error, route=route, grant=grant_type(pairs),
-                                  static=creds.static, mediated=upstream.callback == "sidecar") \
-            if error is not None else Next.RELAY
+                                  static=creds.static, mediated=upstream.callback == "sidecar")
         retry_with: Credentials | None = None
         if decision in (Next.RECOVER, Next.RECOVER_AND_RETRY):
             fresh = await self.resolver.recover(upstream.name, creds)
@@ -167,24 +188,29 @@ class Forwarder:
             retry_with = self.resolver.previous(upstream.name)
         if retry_with is not None:
             creds = retry_with
-            response = await self._send_once(self.plan_for(upstream, route, creds), pairs,
-                                             incoming, request_id, error_limit)
+            plan = self.plan_for(upstream, route, creds)
+            headers, data = build_request(plan, pairs, incoming, request_id)
+            response = await self._send_general(plan, headers, data, error_limit)
             error = oauth_error(response.status, response.body)
-        if accepted(response.status, error):
+        if not creds.static and accepted(response.status, error):
             await self.resolver.served(upstream.name, creds)
         return response, creds
 
-    async def _send_once(self, plan: Plan, pairs: Pairs, incoming: Mapping[str, str],
-                         request_id: str, error_limit: int) -> Response:
-        auth_headers, tail = plan.auth_headers, plan.auth_tail
-        if tail is None:  # private_key_jwt: a fresh assertion for every request
-            auth = auth_parts(plan.creds.auth)
-            auth_headers, tail = auth.headers, encode_auth_form(auth.form, plan.client_id)
-        headers = build_headers(incoming, request_id, auth_headers)
-        data = build_form(pairs, tail)
-        if plan.target is not None and plan.target.epoch == self.outbound.epoch:
-            return await self.outbound.send(plan.target, headers=headers, data=data,
-                                            error_limit=error_limit)
+    async def _send_general(self, plan: Plan, headers: dict[str, str], data: bytes,
+                            error_limit: int) -> Response:
+        """Through :meth:`Outbound.request`: the egress proxy, a plan of a past epoch, a
+        replay (rare; the guarantees are the same)."""
         return await self.outbound.request(
             "POST", plan.url, step="forward", upstream=plan.upstream.name, headers=headers,
             data=data, error_limit=error_limit, endpoint=plan.route)
+
+
+def build_request(plan: Plan, pairs: Pairs, incoming: Mapping[str, str],
+                  request_id: str) -> tuple[dict[str, str], bytes]:
+    """The outbound headers and form of one request from its plan: a few joins, except a
+    private_key_jwt assertion, signed here for every request."""
+    auth_headers, tail = plan.auth_headers, plan.auth_tail
+    if tail is None:
+        auth = auth_parts(plan.creds.auth)
+        auth_headers, tail = auth.headers, encode_auth_form(auth.form, plan.client_id)
+    return build_headers(incoming, request_id, auth_headers), build_form(pairs, tail)

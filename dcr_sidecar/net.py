@@ -315,34 +315,45 @@ class Outbound:
         started = time.perf_counter()
         upstream = target.upstream
         slot = target.slot
+        settings = self.settings
         token = None
         acquired = False
         try:
-            async with asyncio.timeout(self.settings.timeouts.total):
-                await slot.acquire()
-                acquired = True
-                session = self._session
-                if session is None or session.closed:
-                    raise errors.Unavailable("the sidecar is shutting down", step="forward",
-                                             upstream=upstream)
-                token = name_destination(target.named)
-                async with session.request(
-                        "POST", target.dialled, headers=headers, data=data,
-                        allow_redirects=False, timeout=self._client_timeout,
-                        ssl=self.trust.context() if target.tls else True) as resp:
-                    status = resp.status
-                    cap = self.settings.limits.max_response_bytes if status < 400 \
-                        else (error_limit or self.settings.limits.max_error_body_bytes)
-                    body = await read_capped(resp, cap, target.url, step="forward",
-                                             upstream=upstream)
-                    return Response(status, resp.headers, body, target.url)
+            timeout = self._client_timeout
+            if slot.locked():  # wait for a slot within timeouts.total; the call gets the rest
+                total = settings.timeouts.total
+                async with asyncio.timeout(total):
+                    await slot.acquire()
+                timeout = aiohttp.ClientTimeout(
+                    total=max(0.001, total - (time.perf_counter() - started)),
+                    sock_connect=timeout.sock_connect, sock_read=timeout.sock_read)
+            else:
+                await slot.acquire()  # free: returns at once
+            acquired = True
+            session = self._session
+            if session is None or session.closed:
+                raise errors.Unavailable("the sidecar is shutting down", step="forward",
+                                         upstream=upstream)
+            token = name_destination(target.named)
+            # aiohttp's `total` covers the connection, the request and the body read.
+            async with session.request(
+                    "POST", target.dialled, headers=headers, data=data,
+                    allow_redirects=False, timeout=timeout,
+                    ssl=self.trust.context() if target.tls else True) as resp:
+                status = resp.status
+                limits = settings.limits
+                cap = limits.max_response_bytes if status < 400 \
+                    else (error_limit or limits.max_error_body_bytes)
+                body = await read_capped(resp, cap, target.url, step="forward",
+                                         upstream=upstream)
+                return Response(status, resp.headers, body, target.url)
         except errors.SidecarError:
             raise
         except AnchorError as exc:
             raise errors.CertificateRejected(f"cannot verify {safe_url(target.url)}: {exc}",
                                              step="forward", upstream=upstream) from exc
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise _translated(exc, target.url, "forward", upstream, self.settings) from exc
+            raise _translated(exc, target.url, "forward", upstream, settings) from exc
         finally:
             if token is not None:
                 unname_destination(token)
@@ -553,6 +564,10 @@ async def read_capped(
         resp.close()
         raise BodyTooLarge(f"{safe_url(url)} announced a {declared}-byte body; the limit is "
                            f"{cap}", step=step, upstream=upstream)
+    if declared is not None and "Content-Encoding" not in resp.headers:
+        # The parser stops at Content-Length, which is within the cap (and nothing is
+        # decompressed beyond it): one read.
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -195,6 +195,15 @@ class Redactor:
             del self._holders[text]
         if gone:
             self._secrets = tuple(self._holders)
+
+    def retain_generations(self, upstream: str, numbers: Collection[int]) -> None:
+        """The store holds only generations `numbers` of `upstream`: the others are gone
+        (deleted by another replica, or never stored), so forget them as
+        :meth:`forget_generation` does."""
+        gone = {holder for holders in self._holders.values() for holder in holders
+                if holder[0] == upstream and holder != PROCESS and holder[1] not in numbers}
+        for holder in gone:
+            self.forget_generation(*holder)
 
     # ------------------------------------------------------------------ masking
 

@@ -52,6 +52,7 @@ import aiohttp
 import structlog
 
 from dcr_sidecar.oauth.secret import Secret
+from dcr_sidecar.resolver import MAX_RECORD_AGE
 from dcr_sidecar.store.records import Record, RecordKey
 from dcr_sidecar.store.redis import RedisStore
 from tests.conftest import sidecar_config
@@ -63,7 +64,7 @@ from tests.support.serve_process import ServeProcess
 UPSTREAMS = [f"up{n}" for n in range(1, 6)]
 IAT = "chaos-initial-access-token-0123456789"
 SECRET_LIFETIME = 20
-STALENESS_BOUND = 30.0  # resolver.state.MAX_RECORD_AGE
+STALENESS_BOUND = MAX_RECORD_AGE  # the replicas run with the default bound
 WORKERS = 3
 PAUSE = 0.1  # seconds between one worker's requests: about 25 requests/s in all
 MAX_DURATION = 300.0

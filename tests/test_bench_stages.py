@@ -1,14 +1,22 @@
-"""The pure parts of bench/stages.py: which stage a py-spy sample goes to, and the arithmetic that
-turns shares into µs per request. (The measurement itself is `make bench`, never a test.)"""
+"""The pure parts of the benchmarks: which stage a py-spy sample goes to (bench/stages.py), the
+arithmetic that turns shares into µs per request, the targets table, and the inbound credential
+every bench sidecar demands. (The measurement itself is `make bench`, never a test.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from bench import stages
 from bench.model import Check, ScenarioResult, informational
 from bench.pyspy import Frame, parse
 from bench.report import targets
+from bench.sidecar import INBOUND_AUTHORIZATION, base_config, static_upstream
+from dcr_sidecar import errors
+from dcr_sidecar.config import parse_settings
+from dcr_sidecar.proxy.inbound import check as check_inbound
 
 LOOP_TOP = ("Runner.run (asyncio/runners.py);BaseEventLoop.run_forever (asyncio/base_events.py);"
             "BaseEventLoop._run_once (asyncio/base_events.py);Handle._run (asyncio/events.py)")
@@ -172,9 +180,9 @@ def test_the_table_has_a_row_per_stage_the_totals_and_the_change() -> None:
     assert len(header) == 4
     by_stage = {row[0]: row for row in rows}
     assert [row[0] for row in rows[:len(stages.STAGES)]] == list(stages.STAGES)
-    assert by_stage[stages.SEND][1:] == ["300.0 (75.0 %)", "100.0 (50.0 %)", "-200.0"]
+    assert by_stage[stages.SEND][1:] == ["300.0 (75.0 %)", "100.0 (50.0 %)", "\u2212200.0"]
     assert by_stage[stages.LOG][1:] == ["100.0 (25.0 %)", "100.0 (50.0 %)", "+0.0"]
-    assert by_stage["total = measured CPU µs/request"][1:] == ["400.0", "200.0", "-200.0"]
+    assert by_stage["total = measured CPU µs/request"][1:] == ["400.0", "200.0", "\u2212200.0"]
     header, rows = stages.table_rows([after])
     assert len(header) == 2
     text = stages.format_table(header, rows)
@@ -200,3 +208,16 @@ def test_a_failed_scenario_still_has_a_row_in_the_targets() -> None:
     row = next(line for line in listed.splitlines() if line.startswith("| its targets |"))
     assert row.endswith("| ⏸ not measured | failed: WrkFailed: a \\| b | Registration storm |")
     assert "Registration storm" not in "\n".join(targets([failed], info=True))
+
+
+def test_bench_sidecars_demand_inbound_credentials_and_the_bench_sends_them(
+        tmp_path: Path) -> None:
+    """All features on: the product's own inbound check accepts what wrk sends, and refuses a
+    request without it (so a sidecar that did not check would not be what is measured)."""
+    config = base_config(tmp_path, "x", [static_upstream("bench", "http://127.0.0.1:9")])
+    settings = parse_settings(yaml.safe_dump(config), "bench.yaml")
+    assert settings.inbound.client_secret is not None
+    form = [("grant_type", "client_credentials")]
+    check_inbound(settings.inbound, {"Authorization": INBOUND_AUTHORIZATION}, form)
+    with pytest.raises(errors.InboundUnauthorized):
+        check_inbound(settings.inbound, {}, form)

@@ -14,12 +14,12 @@ import pytest
 
 from dcr_sidecar.app import Sidecar
 from dcr_sidecar.oauth.pkce import make_verifier, s256_challenge
-from dcr_sidecar.store.flows import MemoryFlowStore
+from dcr_sidecar.store.flows import FlowCache
 from dcr_sidecar.store.records import RecordKey
 from tests.conftest import LeakGuard, ProviderFactory, RedisFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, browser_to_callback, follow_once
-from tests.support.clock import Clock
 from tests.support.recording_as import RecordingAS
+from tests.support.waiting import until
 
 
 def mediated(issuer: str, **extra: Any) -> dict[str, Any]:
@@ -189,20 +189,28 @@ async def test_unknown_and_replayed_state_are_refused(
 
 async def test_expired_records_are_refused(oidc: ProviderFactory,
                                            sidecar: SidecarFactory) -> None:
-    """After 600 s a state record, and a code's record, are gone (clock injected, no sleep)."""
+    """After their TTL a state record, and a code's record, are gone: the flow cache (aiocache
+    in memory) with a short TTL, waited on until it holds nothing (no sleep-and-hope)."""
     provider = await oidc()
-    clock = Clock()
-    side = await sidecar(mediated(provider.issuer), flows=MemoryFlowStore(clock=clock))
+    flows = FlowCache.in_memory(ttl=FLOW_TTL_SHORT)
+    side = await sidecar(mediated(provider.issuer), flows=flows)
     callback = await login(side)
-    clock.now += 600
+    await until(lambda: _empty(flows), "the state record expired")
     status, _, body = await follow_once(callback)
     assert status == 400
     assert "expired" in body["error_description"]
     callback = await login(side)
     code = query((await follow_once(callback))[1] or "")["code"][0]
-    clock.now += 601
+    await until(lambda: _empty(flows), "the code's record expired")
     status, answer = await token(side, {"grant_type": "authorization_code", "code": code})
     assert (status, answer["error"]) == (400, "invalid_grant")
+
+
+FLOW_TTL_SHORT = 2.0  # a login at the local provider (registered already) takes ~0.1 s
+
+
+async def _empty(flows: FlowCache) -> bool:
+    return await flows.held() == 0
 
 
 async def test_a_code_that_did_not_come_through_the_callback_is_refused(
@@ -434,7 +442,7 @@ async def test_redis_stopped_mid_flow_makes_the_code_exchange_a_503_with_retry_a
     async with RecordingAS() as rec:
         side = await sidecar({**mediated(rec.issuer),
                               "store": {"backend": "redis", "url": redis.url}},
-                             **({"flows": MemoryFlowStore()} if flows_in == "memory" else {}))
+                             **({"flows": FlowCache.in_memory()} if flows_in == "memory" else {}))
         state = await sidecar_state(side, "acme")
         await new_generation(side, rec.issuer)
         assert (await follow_once(f"{side.listen.url}/acme/client"))[2]["generation"] == 2

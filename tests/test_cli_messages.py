@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dcr_sidecar.cli import build_parser
+from tests.support.fakes import FakeServer
 from tests.test_demo_e2e import free_port
 
 CLI = [sys.executable, "-m", "dcr_sidecar"]
@@ -195,18 +195,14 @@ async def test_doctor_on_an_expired_certificate_says_so(tmp_path: Path) -> None:
     cert, key = _expired_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    app = web.Application()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = await FakeServer(tls=True).start(ssl_context=context)
+    port = server.port
     try:
         result = await asyncio.to_thread(
             run, "doctor", "--config", doctor_config(tmp_path, f"https://127.0.0.1:{port}"),
             "acme", SSL_CERT_FILE=str(cert))
     finally:
-        await runner.cleanup()
+        await server.stop()
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert f"TLS certificate check failed for 127.0.0.1:{port}" in out, out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import aiohttp
 import pytest
 
 from dcr_sidecar.store.records import Record, RecordKey
-from dcr_sidecar.store.redis import RedisStore
+from dcr_sidecar.store.redis import RedisStore, flow_cache
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
 from tests.support.redis_ha import ClusterGroup, StoreFactory, redis_stores
 from tests.test_lifecycle import cc_token
 from tests.test_store_records import record
+from tests.test_store_redis import FLOW
 
 KEY = RecordKey("https://as.example", "acme")
 
@@ -64,6 +66,29 @@ async def test_one_upstreams_keys_share_one_slot_and_live_on_its_master(
     got = await stores(cluster.url()).get(KEY)
     assert got is not None
     assert got.generations[0].client_id == "cid-1"
+
+
+async def test_flow_records_on_a_cluster_spread_over_slots_and_are_taken_once(
+        cluster: ClusterGroup, stores: StoreFactory) -> None:
+    """The flow cache (aiocache's RedisCache) runs on the store's RedisCluster client: records
+    put by one replica land on the masters that own their slots, and concurrent takes from
+    two replicas give each record to exactly one of them. Each store is opened first, as
+    `serve` does: redis-py's RedisCluster client can fail commands issued concurrently
+    before its first one has mapped the cluster (seen with redis-py 8.1)."""
+    replicas = [stores(cluster.url()), stores(cluster.url())]
+    for store in replicas:
+        await store.open()
+    one, two = flow_cache(replicas[0]), flow_cache(replicas[1])
+    flows = [replace(FLOW, app_state=f"s-{n}") for n in range(12)]
+    for n, flow in enumerate(flows):
+        await one.put(f"state:{n}", flow)
+    owners = {(await cluster.owner(await cluster.keyslot(one.backend_key(f"state:{n}")))).port
+              for n in range(12)}
+    assert len(owners) > 1  # not all on one node: the client follows each key's slot
+    got = await asyncio.gather(*(replica.take(f"state:{n}") for n in range(12)
+                                 for replica in (one, two, one, two)))
+    assert sorted((g for g in got if g is not None), key=lambda f: f.app_state or "") == sorted(
+        flows, key=lambda f: f.app_state or "")
 
 
 async def write_steadily(store: RedisStore, stop: asyncio.Event,

@@ -35,3 +35,24 @@ def test_the_rfc7592_module_is_not_called_management() -> None:
     """'management' means the management listener (management.py) only."""
     assert sorted(path.name for path in SOURCES if "management" in path.name) == [
         "management.py"]
+
+
+def test_configured_endpoints_are_url_members() -> None:
+    """config.Endpoints and oauth/metadata.URL_MEMBERS once diverged: every endpoint an
+    operator may configure is a URL member checked like a discovered one."""
+    from dcr_sidecar.config import ENDPOINT_URL_FIELDS, Endpoints
+    from dcr_sidecar.oauth.metadata import URL_MEMBERS
+
+    assert ENDPOINT_URL_FIELDS is URL_MEMBERS
+    configured = {name for name in Endpoints.model_fields if name.endswith("_endpoint")}
+    assert configured <= set(URL_MEMBERS)
+
+
+def test_test_servers_are_started_by_the_one_fake_server() -> None:
+    """Fault-injecting servers in tests are tests/support/fakes.FakeServer (the demo e2e test
+    serves the product's own demo app)."""
+    tests = Path(__file__).parent
+    starters = sorted(str(path.relative_to(tests)) for path in tests.rglob("*.py")
+                      if "node_modules" not in path.parts
+                      and "web." + "TCPSite(" in path.read_text(encoding="utf-8"))
+    assert starters == ["support/fakes.py", "test_demo_e2e.py"]

@@ -5,6 +5,7 @@ new key keeps the same client (old records read, resealed under the new key); a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -148,5 +149,13 @@ async def test_wrong_key_is_exit_1_and_changes_nothing(
         assert code == 1, err
         assert "startup_failed" in err
         assert says in err
+        assert await backend.raw() == before
+        code, out, err = await run_command("doctor", "acme", "--register", "--json",
+                                           "--config", str(path), deadline=30)
+        leak_guard.add_text(out + err)
+        assert code == 1, err
+        failed = json.loads(out)["error"]
+        assert (failed["step"], failed["error"]) == ("store_read", "temporarily_unavailable")
+        assert says in failed["detail"]
         assert await backend.raw() == before
     assert (await provider.stats())["registrations"] == 1

@@ -6,12 +6,18 @@ Nothing here connects: plans are checked and encoded, not sent (the token-route 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gzip
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
 from dcr_sidecar import errors
 from dcr_sidecar.client_keys import CryptoSigner, generate
@@ -23,7 +29,14 @@ from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.resolver import Credentials, Resolver
 from dcr_sidecar.store.memory import MemoryStore
-from tests.conftest import LeakGuard, sidecar_config
+from tests.conftest import LeakGuard, SidecarFactory, sidecar_config
+from tests.support.fakes import (
+    TOKEN_RESPONSE,
+    FakeServers,
+    MapResolver,
+    json_handler,
+    never_answer,
+)
 
 ISSUER = "http://127.0.0.1:9/as"
 SECRET = "plan-secret-0123456789"
@@ -116,7 +129,9 @@ async def test_generations_have_their_own_plans(forwarder: Forwarder) -> None:
 async def test_a_reload_makes_every_plan_again(forwarder: Forwarder, tmp_path: Path) -> None:
     upstream, creds = upstream_of(forwarder), credentials()
     plan = forwarder.plan_for(upstream, "token", creds)
-    forwarder.outbound.update(settings_for(tmp_path, timeouts={"total": 3}))
+    reloaded = settings_for(tmp_path, timeouts={"total": 3})
+    forwarder.outbound.update(reloaded)  # as Sidecar.reload does: adjust, then swap
+    forwarder.outbound.live.current = reloaded
     again = forwarder.plan_for(upstream, "token", creds)
     assert again is not plan
     assert again.epoch == forwarder.outbound.epoch
@@ -152,3 +167,95 @@ async def test_plans_are_bounded(forwarder: Forwarder) -> None:
     for generation in range(MAX_PLANS + 10):
         forwarder.plan_for(upstream, "token", credentials(generation=generation))
         assert len(forwarder) <= MAX_PLANS
+
+
+async def test_a_compressed_request_body_is_counted_as_it_decompresses(
+        sidecar: SidecarFactory) -> None:
+    """Content-Length counts compressed bytes: such a body is read against the limit as it
+    decompresses (413), never read in one go on the strength of its Content-Length."""
+    side = await sidecar({"limits": {"max_request_bytes": 2048}, "upstreams": [
+        {"name": "acme", "issuer": "http://127.0.0.1:9", "grant_types": ["client_credentials"]}]})
+    body = gzip.compress(b"grant_type=client_credentials&pad=" + b"a" * 100_000)
+    assert len(body) < 2048
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{side.listen.url}/acme/token", data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded",
+                     "Content-Encoding": "gzip"}) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"] == "invalid_request"
+
+
+# ---------------------------------------------------------------- the planned send's guarantees
+
+def pinned(name: str, token_endpoint: str) -> dict[str, Any]:
+    return {"name": name, "issuer": "http://127.0.0.1:9/as", "client_id": f"{name}-client",
+            "client_secret": SECRET, "grant_types": ["client_credentials"],
+            "endpoints": {"token_endpoint": token_endpoint}}
+
+
+async def post_token(base: str, name: str) -> tuple[int, dict[str, Any], float]:
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{base}/{name}/token", data={"grant_type": "client_credentials"}) as resp:
+        return resp.status, await resp.json(), time.perf_counter() - started
+
+
+async def test_a_planned_name_is_still_checked_when_it_is_dialled(
+        servers: FakeServers, sidecar: SidecarFactory) -> None:
+    """The plan checks the URL once, but a name's addresses are judged at every dial, for the
+    authority the plan names: a configured name on the allow-listed address is served (which
+    the server-supplied policy would refuse), one resolving outside the allow-list is refused
+    (502) and the server behind that address sees nothing."""
+    allowed = await servers.start([("POST", "/token", json_handler(TOKEN_RESPONSE))])
+    internal = await servers.start([("POST", "/token", json_handler(TOKEN_RESPONSE))],
+                                   host="127.0.0.2")
+    side = await sidecar(
+        {"upstreams": [pinned("good", f"http://as.test:{allowed.port}/token"),
+                       pinned("bad", f"http://internal.test:{internal.port}/token")],
+         "security": {"allow_http": ["127.0.0.1", "as.test", "internal.test"]}},
+        resolver=MapResolver({"as.test": "127.0.0.1", "internal.test": "127.0.0.2"}))
+    for _ in range(2):  # the first request plans, the second uses the plan
+        status, _, _ = await post_token(side.listen.url, "good")
+        assert status == 200
+        status, body, _ = await post_token(side.listen.url, "bad")
+        assert (status, body["error"]) == (502, "server_error")
+    assert len(allowed.hits) == 2
+    assert internal.hits == []
+
+
+async def test_waiting_for_a_slot_counts_against_the_total_timeout(
+        servers: FakeServers, sidecar: SidecarFactory) -> None:
+    """connections_per_upstream = 1, timeouts.total = 1.5 s, an AS that never answers. A second
+    request sent 0.5 s after the first waits ~1 s for the slot, then gets only the 0.5 s left:
+    it ends ~1.5 s after it was sent (504), not after its wait plus a whole total (2.5 s)."""
+    arrived: list[float] = []
+    on_the_wire = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        arrived.append(time.perf_counter())
+        on_the_wire.set()
+        return await never_answer(request)
+
+    server = await servers.start([("POST", "/token", silent)])
+    side = await sidecar({"upstreams": [pinned("acme", f"{server.base}/token")],
+                          "limits": {"connections_per_upstream": 1},
+                          "timeouts": {"connect": 1, "read": 10, "total": 1.5}})
+    first = asyncio.create_task(post_token(side.listen.url, "acme"))
+    await on_the_wire.wait()
+    await asyncio.sleep(0.5)  # the scenario's offset, not a wait for something to happen
+    status, _, elapsed = await post_token(side.listen.url, "acme")
+    assert (await first)[0] == 504
+    assert status == 504
+    assert len(arrived) == 2  # it did get the slot, with time left
+    assert 1.2 < elapsed < 2.1, elapsed
+
+
+async def test_a_silent_as_trips_the_read_timeout_on_the_planned_path(
+        servers: FakeServers, sidecar: SidecarFactory) -> None:
+    server = await servers.start([("POST", "/token", never_answer)])
+    side = await sidecar({"upstreams": [pinned("acme", f"{server.base}/token")],
+                          "timeouts": {"connect": 1, "read": 0.5, "total": 5}})
+    status, body, elapsed = await post_token(side.listen.url, "acme")
+    assert status == 504
+    assert "timeouts.read" in body["error_description"]
+    assert 0.4 < elapsed < 2

@@ -435,10 +435,14 @@ async def test_a_reload_that_narrows_the_policy_retires_pooled_connections(
     narrowed = sidecar_config(tmp_path, {
         "security": {"allow_http": ALLOW_HTTP, "allow_private_networks": []},
         "upstreams": [upstream(f"http://as.test:{server.port}")]})
-    client.update(parse_settings(yaml.safe_dump(narrowed), "reloaded.yaml"))
+    reloaded = parse_settings(yaml.safe_dump(narrowed), "reloaded.yaml")
+    client.update(reloaded)  # as Sidecar.reload does: adjust, then swap the one reference
+    client.live.current = reloaded
     with pytest.raises(errors.PolicyRefused, match="loopback"):
         await get(client, url)
     assert len(server.hits) == 1
     unchanged = client.session
-    client.update(parse_settings(yaml.safe_dump(narrowed), "again.yaml"))
+    again = parse_settings(yaml.safe_dump(narrowed), "again.yaml")
+    client.update(again)
+    client.live.current = again
     assert client.session is unchanged  # the same policy keeps the pool

@@ -119,18 +119,20 @@ def test_record_repr_hides_the_verifier() -> None:
     assert "verifier-x" not in repr(RECORD)
 
 
-@pytest.mark.parametrize(("upstream", "issuer", "ok"), [
-    ("acme", "https://as.example", True),
-    ("evil", "https://as.example", False),          # another upstream's flow
-    ("acme", "https://other.example", False),       # the upstream now names another issuer
-    ("", "", False),
+@pytest.mark.parametrize(("upstream", "issuer", "refusal"), [
+    ("acme", "https://as.example", None),
+    ("evil", "https://as.example", "another upstream"),  # another upstream's flow
+    # the upstream moved to another AS since the flow started (design.md §3.1)
+    ("acme", "https://other.example", "made at https://as.example, and upstream 'acme' has "
+                                      "since moved to https://other.example"),
+    ("", "", "another upstream"),
 ])
 def test_a_record_is_honoured_only_by_the_upstream_and_issuer_it_was_made_for(
-        upstream: str, issuer: str, ok: bool) -> None:
-    if ok:
+        upstream: str, issuer: str, refusal: str | None) -> None:
+    if refusal is None:
         check_binding(RECORD, upstream, issuer, "state")
     else:
-        with pytest.raises(ProtocolError, match="another upstream"):
+        with pytest.raises(ProtocolError, match=refusal):
             check_binding(RECORD, upstream, issuer, "state")
 
 

@@ -143,3 +143,15 @@ async def test_the_resolver_prunes_the_registry_when_it_deletes_a_generation(
     (second,) = stored_generations(tmp_path)
     assert {second["client_secret"], second["registration_access_token"]} <= (
         side.redactor.known)
+
+
+def test_generations_missing_from_the_record_are_forgotten_on_adoption() -> None:
+    """Another replica deleted generation 1: adopting a record of generations 2 and 3 forgets
+    generation 1's secrets (not another upstream's, not the configuration's)."""
+    redactor = Redactor()
+    for number in (1, 2):
+        redactor.remember_generation("acme", generation(number, f"gen{number}-secret-0001"))
+    redactor.remember_generation("other", generation(1, "other-secret-0001"))
+    redactor.remember("configured-secret-01")
+    redactor.retain_generations("acme", [2, 3])
+    assert redactor.known == {"gen2-secret-0001", "other-secret-0001", "configured-secret-01"}

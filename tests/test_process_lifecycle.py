@@ -23,6 +23,7 @@ from dcr_sidecar.app import Sidecar
 from dcr_sidecar.config import load_settings
 from dcr_sidecar.lifecycle import ConfigWatcher
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory, sidecar_config
+from tests.support.fakes import FakeServer
 from tests.support.recording_as import RecordingAS
 from tests.support.serve_process import ServeProcess
 from tests.test_cli import wait_http
@@ -75,15 +76,9 @@ class SlowTokenServer:
 @pytest.fixture
 async def slow_as() -> AsyncIterator[tuple[SlowTokenServer, str]]:
     server = SlowTokenServer()
-    app = web.Application()
-    app.add_routes([web.post("/token", server.token)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield server, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    fake = await FakeServer().start([("POST", "/token", server.token)])
+    yield server, fake.base
+    await fake.stop()
 
 
 async def test_sigterm_keeps_serving_then_drains_every_in_flight_request_and_exits_0(

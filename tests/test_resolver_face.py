@@ -56,7 +56,8 @@ async def test_snapshot_of_an_unknown_upstream_is_not_found(
 
 
 PRIVATE = {"dcr_sidecar.resolver.state", "dcr_sidecar.resolver.core",
-           "dcr_sidecar.resolver.generations", "dcr_sidecar.resolver.maintenance"}
+           "dcr_sidecar.resolver.generations", "dcr_sidecar.resolver.recovery",
+           "dcr_sidecar.resolver.maintenance"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,8 +90,8 @@ def _reaches_in(tree: ast.AST) -> Iterator[str]:
 
 def test_nothing_outside_the_resolver_reaches_into_it() -> None:
     """Issue 12's acceptance, kept: no module outside dcr_sidecar/resolver/ imports its private
-    modules (state, core, generations, maintenance) or names UpstreamState, and none reads a
-    private attribute of a resolver; they use the face (Snapshot, Credentials and the verbs)."""
+    modules (state, core, generations, recovery, maintenance) or names UpstreamState, and none
+    reads a private attribute of a resolver; they use the face (Snapshot, Credentials, verbs)."""
     found = {str(path.relative_to(ROOT)): hits for path in _outside_the_resolver()
              if (hits := sorted(set(_reaches_in(ast.parse(path.read_text())))))}
     assert found == {}

@@ -23,6 +23,7 @@ from dcr_sidecar.oauth.resource import validate_resource_metadata, with_default_
 from dcr_sidecar.resolver import migration
 from tests.conftest import FakeFactory, SidecarFactory
 from tests.flows import REDIRECT_URI, follow_once, get_json
+from tests.support.clock import HandClock
 from tests.support.fakes import FakeServer
 from tests.support.recording_as import RecordingAS
 from tests.test_discovery_sources import run_doctor
@@ -316,19 +317,22 @@ async def authorize_at(base: str) -> str:
 
 
 async def test_recheck_is_conditional_and_at_most_once_per_interval(
-        fake_server: FakeFactory, sidecar: SidecarFactory,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_server: FakeFactory, sidecar: SidecarFactory) -> None:
     """The first start uses what discovery just read; the next asks with If-None-Match (304);
-    starts within the interval ask nothing; after it, one more conditional request."""
-    monkeypatch.setattr(migration, "RECHECK_INTERVAL", 0.3)
+    starts within the interval ask nothing; after it (on the resolver's clock), one more
+    conditional request."""
+    clock = HandClock()
     fake = await fake_server()
     async with RecordingAS() as rec:
         resource = MovingResource(fake, rec.issuer)
-        side = await sidecar(unpinned(fake))
+        side = await sidecar(unpinned(fake), clock=clock)
         for _ in range(4):
             await authorize_at(side.listen.url)
         assert resource.conditional == [None, '"v1"']
-        await asyncio.sleep(0.35)  # the interval elapses (a bound, not a hope)
+        clock.advance(migration.RECHECK_INTERVAL - 0.01)
+        await authorize_at(side.listen.url)
+        assert resource.conditional == [None, '"v1"']
+        clock.advance(0.01)
         await authorize_at(side.listen.url)
     assert resource.conditional == [None, '"v1"', '"v1"']
     assert len(rec.clients) == 1

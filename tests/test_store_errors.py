@@ -16,7 +16,7 @@ from dcr_sidecar.store import errors as store_errors
 from dcr_sidecar.store.file import FileStore
 from dcr_sidecar.store.flows import BoundedFlowStore
 from dcr_sidecar.store.records import Record, RecordKey
-from dcr_sidecar.store.redis import RedisFlowRecords, RedisFlowStore, RedisStore
+from dcr_sidecar.store.redis import RedisStore, flow_cache
 from tests.conftest import RedisFactory
 
 KEY = RecordKey("https://as.example", "acme")
@@ -83,16 +83,21 @@ async def test_file_store_raises_only_store_errors(tmp_path: Path) -> None:
 
 async def test_redis_flow_store_failures_leave_the_budget_as_503s(
         redis_server: RedisFactory) -> None:
-    """The Redis flow store raises store errors; the bounded store in front of every flow
-    store answers them by the one map (a malformed record, then Redis down)."""
+    """The Redis flow cache raises store errors; the bounded store in front of every flow
+    store answers them by the one map (malformed records, then Redis down)."""
     server = await redis_server()
-    records = RedisFlowRecords.sharing(RedisStore(Secret(server.url)))
-    bounded = BoundedFlowStore(RedisFlowStore(records))
+    store = RedisStore(Secret(server.url))
+    flows = flow_cache(store)
+    bounded = BoundedFlowStore(flows)
+    bad = flows.backend_key("state:bad")
     try:
-        await records.set("state:bad", json.dumps(["not", "a", "record"]), 60)
+        await store.client.set(bad, json.dumps(["not", "a", "record"]), px=60_000)
         with pytest.raises(store_errors.StoreCorrupt):
-            await RedisFlowStore(records).take("state:bad")
-        await records.set("state:bad", json.dumps({"unknown_field": 1}), 60)
+            await flows.take("state:bad")
+        await store.client.set(bad, b"\xff not UTF-8", px=60_000)
+        with pytest.raises(store_errors.StoreCorrupt):
+            await flows.take("state:bad")
+        await store.client.set(bad, json.dumps({"unknown_field": 1}), px=60_000)
         with pytest.raises(errors.StoreUnavailable) as caught:
             await bounded.take("state:bad")
         assert caught.value.step == "store_read"
@@ -102,4 +107,4 @@ async def test_redis_flow_store_failures_leave_the_budget_as_503s(
         assert (caught.value.step, caught.value.retry_after) == ("store_write", 5)
         assert len(bounded) == 0  # a refused write admits nothing
     finally:
-        await records.client.aclose()
+        await store.close()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import ipaddress
-import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.store.errors import (
     KeyMismatch,
@@ -28,10 +30,11 @@ from dcr_sidecar.store.errors import (
     StoreUnreachable,
 )
 from dcr_sidecar.store.records import Record, RecordKey, Sealer
-from dcr_sidecar.store.redis import RedisFlowRecords, RedisStore
+from dcr_sidecar.store.redis import RedisStore, flow_cache
 from dcr_sidecar.store.redis_url import parse_redis_url
 from tests.conftest import LeakGuard, RedisFactory
-from tests.support.redis_server import RedisServer, command
+from tests.support.redis_server import command
+from tests.support.waiting import until
 from tests.test_store_records import RAT, SECRET, record, secrets_of
 
 KEY = RecordKey("https://as.example", "acme")
@@ -257,6 +260,10 @@ async def test_sentinel_url_reaches_the_master(redis_server: RedisFactory,
     assert await store.check() is None
     direct = stores(master.url.replace("/0", "/3"))
     assert await direct.client.exists(store.record_key(KEY)) == 1
+    flows = flow_cache(store)  # aiocache on the store's Sentinel client: the master, db 3
+    await flows.put("state:sentinel", FLOW)
+    assert await direct.client.exists(flows.backend_key("state:sentinel")) == 1
+    assert await flows.take("state:sentinel") == FLOW
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -299,66 +306,80 @@ def test_redis_url_errors_never_repeat_the_url(url: str) -> None:
 
 # ---------------------------------------------------------------------------- flow records
 
-async def flows(server: RedisServer, *keys: str) -> RedisFlowRecords:
-    store = RedisStore(Secret(server.url), sealer=Sealer([Secret(k) for k in keys]))
-    return RedisFlowRecords.sharing(store)
+FLOW = FlowRecord("https://app/cb", "app-state", "code-verifier-0123456789", 2,
+                  upstream="acme", issuer="https://as.example", client="127.0.0.1")
 
 
-async def test_flow_record_is_popped_once(redis_server: RedisFactory) -> None:
+async def test_flow_record_is_taken_once(redis_server: RedisFactory,
+                                         stores: StoreFactory) -> None:
+    flows = flow_cache(stores((await redis_server()).url))
+    await flows.put("state:abc", FLOW)
+    assert await flows.take("state:abc") == FLOW
+    assert await flows.take("state:abc") is None
+    assert await flows.take("state:never-set") is None
+
+
+async def test_flow_record_expires_after_its_ttl(redis_server: RedisFactory,
+                                                 stores: StoreFactory) -> None:
+    store = stores((await redis_server()).url)
+    flows = flow_cache(store, ttl=0.2)
+    await flows.put("state:short", FLOW)
+    key = flows.backend_key("state:short")
+    assert 0 < await store.client.pttl(key) <= 200  # PX, set by aiocache's RedisCache
+
+    async def gone() -> bool:
+        return await store.client.exists(key) == 0
+
+    await until(gone, "the flow record's PX ran out", deadline_s=5)
+    assert await flows.take("state:short") is None
+
+
+async def test_two_replicas_taking_one_record_at_once_yield_exactly_one_winner(
+        redis_server: RedisFactory, stores: StoreFactory) -> None:
+    """The take is one GETDEL through aiocache's raw command: of twelve concurrent takes from
+    four replicas (each its own client and connections), exactly one gets each record."""
     server = await redis_server()
-    records = await flows(server)
-    try:
-        await records.set("state-abc", json.dumps({"redirect_uri": "https://app/cb"}), 600)
-        assert json.loads(await records.pop("state-abc") or "") == {
-            "redirect_uri": "https://app/cb"}
-        assert await records.pop("state-abc") is None
-        assert await records.pop("never-set") is None
-    finally:
-        await records.client.aclose()
+    replicas = [flow_cache(stores(server.url)) for _ in range(4)]
+    for round_ in range(20):
+        record_ = replace(FLOW, app_state=f"state-{round_}")
+        await replicas[0].put(f"state:{round_}", record_)
+        got = await asyncio.gather(*(r.take(f"state:{round_}") for r in replicas * 3))
+        assert [g for g in got if g is not None] == [record_]
 
 
-async def test_flow_record_expires_after_its_ttl(redis_server: RedisFactory) -> None:
+async def test_flow_records_are_sealed_and_keys_hashed(redis_server: RedisFactory,
+                                                       stores: StoreFactory) -> None:
+    store = stores((await redis_server()).url, fernet_key())
+    flows = flow_cache(store)
+    await flows.put("state:visible", FLOW)
+    names = [n.decode() if isinstance(n, bytes) else n for n in await store.client.keys("*")]
+    digest = hashlib.sha256(b"state:visible").hexdigest()
+    assert names == [f"dcr-sidecar:flow:{digest}"]
+    raw = await store.client.get(names[0])
+    assert isinstance(raw, bytes)
+    assert b"code-verifier-0123456789" not in raw
+    assert b"app-state" not in raw
+    assert await flows.take("state:visible") == FLOW
+
+
+async def test_flow_records_use_the_stores_client_with_an_acl_user(
+        redis_server: RedisFactory, stores: StoreFactory, leak_guard: LeakGuard) -> None:
+    """aiocache 0.12's own RedisCache connects with a password only; the flow cache runs on the
+    store's client, so an ACL user limited to the store's keys works, and another key
+    pattern is refused (the commands really run as that user)."""
+    password = "flows-user-pass-0123456789"
+    leak_guard.add(password)
     server = await redis_server()
-    records = await flows(server)
-    try:
-        await records.set("short", "v", 0.2)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while await records.client.exists(records._key("short")):
-            assert loop.time() < deadline, "the flow record outlived its TTL"
-            await asyncio.sleep(0.05)
-        assert await records.pop("short") is None
-    finally:
-        await records.client.aclose()
-
-
-async def test_concurrent_pops_from_replicas_get_the_record_exactly_once(
-        redis_server: RedisFactory) -> None:
-    server = await redis_server()
-    replicas = [await flows(server) for _ in range(4)]
-    try:
-        for round_ in range(20):
-            await replicas[0].set(f"state-{round_}", "payload", 60)
-            got = await asyncio.gather(*(r.pop(f"state-{round_}") for r in replicas * 3))
-            assert [g for g in got if g is not None] == ["payload"]
-    finally:
-        for replica in replicas:
-            await replica.client.aclose()
-
-
-async def test_flow_records_are_sealed_and_keys_hashed(redis_server: RedisFactory) -> None:
-    server = await redis_server()
-    records = await flows(server, fernet_key())
-    try:
-        await records.set("state-visible", "code-verifier-0123456789", 60)
-        names = [str(k) for k in await records.client.keys("*")]
-        assert all("state-visible" not in n for n in names)
-        raw = await records.client.get(records._key("state-visible"))
-        assert isinstance(raw, bytes)
-        assert b"code-verifier-0123456789" not in raw
-        assert await records.pop("state-visible") == "code-verifier-0123456789"
-    finally:
-        await records.client.aclose()
+    assert await command(server.port, "ACL", "SETUSER", "sidecar", "on", f">{password}",
+                         "~dcr-sidecar:*", "+@all") == "+OK"
+    store = stores(f"redis://sidecar:{password}@127.0.0.1:{server.port}/0")
+    flows = flow_cache(store)
+    await flows.put("state:acl", FLOW)
+    assert await flows.take("state:acl") == FLOW
+    outside = flow_cache(stores(f"redis://sidecar:{password}@127.0.0.1:{server.port}/0",
+                                key_prefix="elsewhere"))
+    with pytest.raises(StoreUnreachable, match="NoPermission"):
+        await outside.put("state:acl", FLOW)
 
 
 def make_tls(directory: Path) -> tuple[Path, Path, Path]:
@@ -406,3 +427,8 @@ async def test_rediss_url_speaks_tls_with_the_given_ca(
     untrusted = stores(server.url.split("?")[0])  # the system CAs do not know this one
     with pytest.raises(StoreUnreachable):
         await untrusted.get(KEY)
+    flows = flow_cache(store)  # aiocache on the store's TLS client, CA from the URL
+    await flows.put("state:tls", FLOW)
+    assert await flows.take("state:tls") == FLOW
+    with pytest.raises(StoreUnreachable):
+        await flow_cache(untrusted).put("state:tls", FLOW)

@@ -117,7 +117,7 @@ async def run(ctx: Context) -> ScenarioResult:
     result.raw = {"latency": {k: [r.as_dict() for r in v] for k, v in lat.items()},
                   "peak": {k: [r.as_dict() for r in v] for k, v in peak.items()}}
     result.checks = [
-        at_most("in front of oidc-provider: ≤ +0.5 ms p50", added, 0.5, "{:+.2f}", " ms"),
+        at_most("in front of oidc-provider: ≤ +0.5 ms p50", added, 0.5, "{:.2f}", " ms"),
         at_least("sidecar's max rate ≥ 1.0 × the provider's own", ratio, 1.0, "{:.2f}", "×"),
     ]
     return result

@@ -94,9 +94,14 @@ def is_par_reference(pairs: Pairs) -> bool:
 def check_binding(record: FlowRecord, upstream: str, issuer: str, what: str) -> None:
     """A record is honoured only by the upstream, and the issuer, whose flow made it; `what`
     names the thing presented (``"state"``, ``"code"``) in the refusal."""
-    if record.upstream != upstream or record.issuer != issuer:
+    if record.upstream != upstream:
         raise ProtocolError(f"the {what} belongs to another upstream's authorization request "
                             "(mix-up refused)")
+    if record.issuer != issuer:  # the upstream moved to another AS since (design.md §3.1)
+        raise ProtocolError(f"the {what} belongs to an authorization request made at "
+                            f"{record.issuer}, and upstream {upstream!r} has since moved to "
+                            f"{issuer}: its client there cannot finish it; start the "
+                            "authorization again")
 
 
 def check_lengths(pairs: Pairs) -> None:

@@ -95,28 +95,6 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
                                                       or transport.is_closing())
 
 
-class _ClientGone(Exception):
-    """Raised inside the boundary to skip the answer, its log line and its metrics."""
-
-
-async def _answer(request: web.Request, handler: Handler, request_id: str,
-                  redactor: Redactor | None) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except errors.SidecarError as exc:
-        return error_response(exc, redactor)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return error_response(_from_http_exception(exc), redactor)
-    except Exception as exc:
-        if _client_gone(request, exc):
-            raise _ClientGone from exc
-        log.exception("request_crashed", path=request.path)
-        return error_response(errors.SidecarError("internal error; see the sidecar's log "
-                                                  f"for request id {request_id}"), redactor)
-
-
 @web.middleware
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -127,19 +105,29 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     route = _route_label(request)
     name = request.match_info.get("name")
     known = runtime is not None and name is not None and runtime.settings.upstream(name)
+    redactor = runtime.redactor if runtime is not None else None
     try:
         if runtime is not None:
             _check_headers(request, runtime.settings.limits.max_header_bytes)
-        response = await _answer(request, handler, request_id,
-                                 runtime.redactor if runtime is not None else None)
-    except _ClientGone:
-        # Nobody is left to answer: one info line, no status, nothing counted.
-        log.info("client_disconnected", method=request.method, route=route,
-                 upstream=name if known else None,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
-        return web.Response(status=400)
+        # The handler is awaited here, not through a helper: every frame of the await chain
+        # is walked again each time the request resumes.
+        response = await handler(request)
     except errors.SidecarError as exc:
-        response = error_response(exc, runtime.redactor if runtime is not None else None)
+        response = error_response(exc, redactor)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(_from_http_exception(exc), redactor)
+    except Exception as exc:
+        if _client_gone(request, exc):
+            # Nobody is left to answer: one info line, no status, nothing counted.
+            log.info("client_disconnected", method=request.method, route=route,
+                     upstream=name if known else None,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            return web.Response(status=400)
+        log.exception("request_crashed", path=request.path)
+        response = error_response(errors.SidecarError("internal error; see the sidecar's log "
+                                                      f"for request id {request_id}"), redactor)
     response.headers[REQUEST_ID] = request_id
     elapsed = time.perf_counter() - started
     log.info("request_handled", method=request.method, route=route,

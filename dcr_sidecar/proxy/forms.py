@@ -8,6 +8,7 @@ rules: UTF-8 after percent-decoding, every ``%`` followed by two hex digits, eve
 
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import parse_qsl
 
@@ -24,6 +25,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise errors.PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    if declared == 0:
+        return b""
+    if declared is not None and "Content-Encoding" not in request.headers:
+        # aiohttp's parser stops at Content-Length (within the limit), nothing decompressed
+        # beyond it: one read. A client gone before the end fails the read as below.
+        try:
+            return await request.content.readexactly(declared)
+        except asyncio.IncompleteReadError as exc:  # only when the connection was lost
+            raise ConnectionResetError("the client left before the end of its body") from exc
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):

@@ -9,9 +9,10 @@ Guarantees:
   register, renew, recover, delete — and the store is re-read after taking it, so processes
   sharing a store register at most once per key (barring a lost Redis lease).
 - Shared stores (Redis): what a replica serves from, and decides renewals on, is a record at most
-  ``max_record_age`` seconds old (30): the maintenance loop re-reads it before that, a request
-  finding it older re-reads it first. So a renewal, rotation or new generation written by one
-  replica is served by the others within the bound.
+  ``max_record_age`` seconds old (30): the maintenance loop re-reads it before that; a request
+  finding it older starts the re-read (one at a time) and is served the held, still-valid
+  credentials meanwhile, so a store failing over never stalls a request. So a renewal,
+  rotation or new generation written by one replica is served by the others within the bound.
 - A holder whose lease was lost mid-change has its write refused (LeaseLost); it deletes the
   client it just registered (RFC 7592, when it can), re-reads and adopts the winner's record.
 - Credentials are persisted before they are used; a registration whose write fails is deleted
@@ -32,15 +33,18 @@ Guarantees:
   ``BackingOff`` (503 + Retry-After) at once. One upstream never delays another.
 
 The package, by job: :mod:`.face` (what others read: :class:`Credentials`, the frozen
-:class:`Snapshot`), :mod:`.state` (the mutable state per upstream and the injected
-:class:`Clock`; private to the package), :mod:`.backoff` (the waiting schedule, pure),
-:mod:`.core` (shared flights, typed failures, store I/O, discovery), :mod:`.generations`
-(register, renew, recover, delete), :mod:`.maintenance` (renewal timers, re-reads, grace
+:class:`Snapshot`, :class:`StoreHealth`), :mod:`.state` (the mutable state per upstream;
+private to the package), :mod:`.backoff` (the waiting schedule, pure), :mod:`.core` (shared
+flights, typed failures, store I/O, discovery), :mod:`.generations` (register, renew, delete),
+:mod:`.recovery` (after invalid_client), :mod:`.maintenance` (renewal timers, re-reads, grace
 deletion), :mod:`.migration` (a resource moving to another AS); this module: the verbs.
+Everything it uses is given to the constructor (the clock: :mod:`dcr_sidecar.clock`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import MappingProxyType
 
 import structlog
@@ -168,6 +172,8 @@ class Resolver(Maintenance):
         state = self._state(name)
         creds = state.credentials
         if creds is not None and not self._stale(state, creds):
+            if self._aged(state):  # shared record past the bound: re-read, serve held
+                self._reread_behind(state, self._resolve)
             return creds
         if creds is not None and self._clock.monotonic() < state.backoff_until \
                 and not _expired(creds, self._clock.time()):
@@ -235,6 +241,10 @@ class Resolver(Maintenance):
     async def close(self) -> None:
         await self._flight.cancel_all()
         for state in self._states.values():
+            if state.reread is not None:
+                state.reread.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state.reread
             await state.watch.flight.cancel_all()
             if state.client_id_file_write is not None:
                 await state.client_id_file_write

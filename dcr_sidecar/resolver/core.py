@@ -4,6 +4,7 @@ of the package build on; nothing outside the package uses it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -124,14 +125,38 @@ class Core:
 
     def _stale(self, state: UpstreamState, creds: Credentials) -> bool:
         """Must this request wait for a resolution? Renewal before expiry never makes it wait:
-        the maintenance loop renews in the background while the current secret stays valid."""
+        the maintenance loop renews in the background while the current secret stays valid;
+        nor does a shared record older than the bound (:meth:`_aged`): it is re-read behind
+        the request (:meth:`_reread_behind`)."""
         keys_stale = (creds.mechanism == "cimd" and self._store.shared
                       and creds.method == "private_key_jwt"
                       and self._cimd_keys.read_age(state.config.name) >= self._max_record_age)
         moved = state.discovery is not None and creds.issuer != state.discovery.metadata.issuer
         return (self._clock.monotonic() >= state.metadata_expires
-                or _expired(creds, self._clock.time())
-                or self._record_age(state) >= self._max_record_age or keys_stale or moved)
+                or _expired(creds, self._clock.time()) or keys_stale or moved)
+
+    def _aged(self, state: UpstreamState) -> bool:
+        """The held shared record is older than the staleness bound (design.md §3.4)."""
+        return self._record_age(state) >= self._max_record_age
+
+    def _reread_behind(self, state: UpstreamState,
+                       work: Callable[[UpstreamState], Awaitable[object]]) -> None:
+        """Start `work` (the re-read) in the background, shared with the maintenance loop's
+        (one flight), unless one is running or the upstream is backing off. The request that
+        found the record old goes on with the credentials held, which are still valid: a
+        store failing over (a re-read retried up to `store.lease.wait`) never stalls it. A
+        failure is accounted (logged, backed off) by the flight; nobody awaits it."""
+        running = state.reread
+        if running is not None and not running.done():
+            return
+        if self._clock.monotonic() < state.backoff_until:
+            return
+
+        async def reread() -> None:
+            with contextlib.suppress(errors.SidecarError):
+                await self._shared(state, "credentials", work)
+
+        state.reread = asyncio.get_running_loop().create_task(reread())
 
     def _record_age(self, state: UpstreamState) -> float:
         """Seconds since the held record was read; 0 for stores no other process writes to

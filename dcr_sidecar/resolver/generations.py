@@ -1,6 +1,6 @@
 """Client generations (design.md §3.4, §3.5, §3.11): choose the mechanism, adopt what the store
-holds, register, renew (RFC 7592), recover after invalid_client, delete. Every change happens
-under the store's per-key lock, after a fresh read."""
+holds, register, renew (RFC 7592), delete (recovery after invalid_client: :mod:`.recovery`).
+Every change happens under the store's per-key lock, after a fresh read."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from dcr_sidecar.oauth.client_auth import ClientCredentials
 from dcr_sidecar.oauth.lifetime import management_fields, renewal_margin
 from dcr_sidecar.oauth.metadata import Metadata
 from dcr_sidecar.oauth.secret import Secret
-from dcr_sidecar.resolver import backoff
 from dcr_sidecar.resolver.core import Core
 from dcr_sidecar.resolver.face import Credentials
 from dcr_sidecar.resolver.state import (
@@ -32,6 +31,15 @@ from dcr_sidecar.store.records import Generation, Record, RecordKey
 
 log = structlog.get_logger("dcr_sidecar.resolver")  # one logger name for the package
 audit = structlog.get_logger("dcr_sidecar.audit")
+
+
+def _lapsed(record: Record, wanted: str, now: float) -> Generation | None:
+    """The newest live generation of this configuration when its secret has expired and the
+    AS gave RFC 7592 management for it: renewable before anything is registered."""
+    for gen in sorted(record.generations, key=lambda g: g.generation, reverse=True):
+        if gen.fingerprint == wanted and gen.superseded_at is None:
+            return gen if gen.expired(now) and Rfc7592.manageable(gen) else None
+    return None
 
 
 class Generations(Core):
@@ -76,7 +84,7 @@ class Generations(Core):
         if method == "private_key_jwt":
             state.step = "store_read"
             record = await self._cimd_keys.record(config.name)
-            signer = KeyRingSigner(record)
+            signer = KeyRingSigner(record, self._clock)
             audience = (metadata.issuer if config.assertion_audience == "issuer"
                         else metadata.token_endpoint or metadata.issuer)
         state.current = state.previous = None
@@ -125,6 +133,11 @@ class Generations(Core):
             current = record.current(wanted, now)
             if current is not None and self._renewal_due(state, current, now):
                 current, record = await self._renew(state, record, current)
+            elif current is None and (lapsed := _lapsed(record, wanted, now)) is not None:
+                # Its secret expired (an AS outage outlasted the renewal margin): RFC 7592
+                # renews an expired secret too (§2.1, §2.2); only a client the AS says is
+                # gone, or one it gives no management for, is registered anew.
+                current, record = await self._renew(state, record, lapsed)
             if current is None:
                 current, record = await self._register(state, metadata, record, wanted)
         return record, current
@@ -143,7 +156,10 @@ class Generations(Core):
     def _adopt(self, state: UpstreamState, metadata: Metadata, key: RecordKey, record: Record,
                current: Generation) -> None:
         now = self._clock.time()
-        for gen in record.generations:  # what the record holds may be logged or sent
+        # What the record holds may be logged or sent; what it no longer holds is gone.
+        self._redactor.retain_generations(state.config.name,
+                                          [gen.generation for gen in record.generations])
+        for gen in record.generations:
             self._redactor.remember_generation(state.config.name, gen)
         previous = record.previous(current, state.config.generation_grace, now)
         state.key, state.current = key, current
@@ -287,7 +303,8 @@ class Generations(Core):
                         detail=exc.description, keeping_until=gen.client_secret_expires_at)
             self._metrics.renewal(config.name, "failure")
             return gen, record
-        reason = "gone" if answer.gone else "expiry unchanged"
+        reason = ("gone" if answer.gone else "management forbidden" if answer.forbidden
+                  else "expiry unchanged")
         log.info("renewal_needs_new_generation", upstream=config.name, client_id=gen.client_id,
                  reason=reason)
         return None, record
@@ -322,69 +339,6 @@ class Generations(Core):
         record = record.replace(updated)
         await self._write(state, record)
         return updated, record
-
-    async def _recover(self, state: UpstreamState, failed: Credentials) -> Credentials | None:
-        metadata = await self._fresh_metadata(state)
-        key = RecordKey(metadata.issuer, state.config.name)
-        wanted = self._fingerprint(state.config)
-        try:
-            return await self._recover_locked(state, metadata, key, wanted, failed)
-        except errors.LeaseLost as exc:
-            record, current = await self._winner(state, metadata, key, wanted, exc)
-        self._adopt(state, metadata, key, record, current)
-        return state.credentials
-
-    async def _recover_locked(self, state: UpstreamState, metadata: Metadata, key: RecordKey,
-                              wanted: str, failed: Credentials) -> Credentials | None:
-        config = state.config
-        async with self._locked(state, key):
-            record = await self._read(state, key)
-            now = self._clock.time()
-            current = record.current(wanted, now)
-            if current is not None and current.generation != failed.generation:
-                self._adopt(state, metadata, key, record, current)  # another process recovered
-                return state.credentials
-            gen = record.get(failed.generation)
-            if gen is not None and Rfc7592.manageable(gen):
-                state.step = "renew"
-                answer = await self._rfc7592.read(config, gen)
-                if answer.forbidden:
-                    self._hold_off_recovery(state, "registration management is not permitted")
-                    return None
-                if answer.document is not None:
-                    before = gen.client_secret
-                    gen, record = await self._apply_management(state, record, gen,
-                                                               answer.document)
-                    if not gen.expired(now):
-                        if gen.client_secret != before:  # the AS rotated the secret
-                            self._adopt(state, metadata, key, record, gen)
-                            return state.credentials
-                        self._hold_off_recovery(state, "the client exists and its secret is "
-                                                       "valid: the error is not the sidecar's")
-                        return None
-                # gone (401/404), or an expired secret the AS did not renew: re-register.
-            state.stats["recoveries"] += 1
-            audit.info("client_invalidated", upstream=config.name, client_id=failed.client_id,
-                       generation=failed.generation)
-            current, record = await self._register(state, metadata, record, wanted)
-            self._recovery_window(state)
-        self._adopt(state, metadata, key, record, current)
-        return state.credentials
-
-    def _recovery_window(self, state: UpstreamState) -> None:
-        """At most one re-registration per window: `backoff.base`, doubling up to `backoff.cap`
-        for each recovery in a row whose generation never served a request. Inside it an
-        invalid_client is relayed to the app, registering nothing."""
-        state.recoveries_unserved += 1
-        window = backoff.recovery_window(state.recoveries_unserved, self.settings.backoff)
-        state.recover_until = self._clock.monotonic() + window
-        log.info("recovery_window_started", upstream=state.config.name, window_s=window,
-                 recoveries_unserved=state.recoveries_unserved)
-
-    def _hold_off_recovery(self, state: UpstreamState, why: str) -> None:
-        state.recover_until = self._clock.monotonic() + backoff.recovery_hold_off(
-            state.failures, self.settings.backoff)
-        log.warning("invalid_client_not_recovered", upstream=state.config.name, reason=why)
 
     async def _delete_generation(self, state: UpstreamState, record: Record, gen: Generation,
                                  why: str) -> Record:

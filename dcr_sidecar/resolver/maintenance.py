@@ -13,7 +13,7 @@ from dcr_sidecar import errors
 from dcr_sidecar.cimd import schedule
 from dcr_sidecar.oauth import cimd as cimd_rules
 from dcr_sidecar.oauth.lifetime import renew_at, renewal_margin
-from dcr_sidecar.resolver.generations import Generations
+from dcr_sidecar.resolver.recovery import Recovery
 from dcr_sidecar.resolver.state import (
     MAINTENANCE_IDLE,
     REREAD_AT,
@@ -24,7 +24,7 @@ log = structlog.get_logger("dcr_sidecar.resolver")  # one logger name for the pa
 audit = structlog.get_logger("dcr_sidecar.audit")
 
 
-class Maintenance(Generations):
+class Maintenance(Recovery):
     """Background upkeep (see the module docstring)."""
 
     async def maintain(self, name: str) -> None:

@@ -48,6 +48,7 @@ class UpstreamState:
     step: errors.Step = "discover"
     last_renewal: float | None = None  # monotonic
     record_read_at: float = 0.0  # monotonic: when the adopted record was read (or written)
+    reread: asyncio.Task[None] | None = None  # a re-read started behind a request (core)
     recover_until: float = 0.0  # monotonic: no re-registration on invalid_client before it
     recoveries_unserved: int = 0  # recovery generations in a row that never served
     registered_here: set[int] = field(default_factory=set)

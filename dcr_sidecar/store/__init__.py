@@ -13,8 +13,10 @@ Contract the resolver relies on:
   never overwrites the winner.
 - ``shared``: other processes change records at any time (redis), so what a replica holds is
   re-read when older than the resolver's staleness bound.
-- Every failure is a :class:`~dcr_sidecar.store.errors.StoreError` (or ``OSError`` from the
-  file store); ``check()`` describes current trouble for ``/readyz`` (None: fine).
+- Every failure is a :class:`~dcr_sidecar.store.errors.StoreError` (the file store turns an
+  ``OSError`` into ``StoreUnreachable``); callers turn them into HTTP errors only through
+  ``store.errors.map_store_errors``. ``check()`` describes current trouble for ``/readyz``
+  (None: fine).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ one Lua script may touch both::
     {prefix}:{<upstream>:<sha256(issuer)[:16]>}:revision counts the record's writes
     {prefix}:key-check                                    the encryption key check (JSON)
     {prefix}:flow:<sha256(key)>                           one-time records, PX their TTL
+                                                          (aiocache: flow_cache below)
 
 Invariants:
 - ``lock(key)`` takes the lease: SET NX PX with a fresh random token. Waiters poll (jittered,
@@ -23,6 +24,9 @@ Invariants:
   compare-and-swap on their exact bytes (safe beside a concurrent lease holder's write). When
   Redis is unreachable at start, this runs on first use instead.
 - Every redis-py failure becomes :class:`StoreUnreachable`; no message holds the URL's password.
+- The lease, the compare-and-set writes and the key check stay on redis-py (Lua scripts,
+  WAIT): aiocache has no such primitive. The flow records go through aiocache's RedisCache on
+  this store's client (:func:`flow_cache`).
 
 Failover (sentinel and cluster targets; design.md §3.4):
 - Lease takes and record writes wait for ``replica_acks`` replicas (``WAIT`` on the connection
@@ -57,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from aiocache.serializers import BaseSerializer
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
@@ -76,6 +81,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dcr_sidecar.oauth.callback import FlowRecord
 from dcr_sidecar.oauth.secret import MASK, Secret
 from dcr_sidecar.observability import scrub_patterns
+from dcr_sidecar.store.aiocache_redis import ClientRedisCache
 from dcr_sidecar.store.errors import (
     KeyMismatch,
     LeaseLost,
@@ -84,7 +90,7 @@ from dcr_sidecar.store.errors import (
     StoreError,
     StoreUnreachable,
 )
-from dcr_sidecar.store.flows import FLOW_TTL
+from dcr_sidecar.store.flows import FLOW_TTL, FlowCache, hashed_key
 from dcr_sidecar.store.records import (
     PLAIN,
     Record,
@@ -546,53 +552,42 @@ class RedisStore:
                 await client.aclose()
 
 
-class RedisFlowRecords:
-    """Short-lived one-time records in Redis: callback-mediation state (design.md §3.6).
+class FlowRecordSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
+    """A record as the JSON text a shared backend stores, sealed with `sealer` when it has
+    keys; a value that is not a record in a known form is :class:`StoreCorrupt`."""
 
-    ``set(key, value, ttl)`` stores `value` for `ttl` seconds; ``pop(key)`` returns it once
-    (atomic GETDEL, Redis ≥ 6.2): of two replicas popping one key, exactly one gets the value.
-    Keys are stored hashed; values are sealed when ``store.encryption_keys`` is set (they may
-    hold a PKCE verifier). Failures raise :class:`StoreUnreachable`.
-    """
-
-    def __init__(self, client: Client, *, key_prefix: str = "dcr-sidecar",
-                 sealer: Sealer = PLAIN) -> None:
-        self.client = client
-        self.prefix = key_prefix
+    def __init__(self, sealer: Sealer = PLAIN) -> None:
+        super().__init__()
         self.sealer = sealer
 
-    @classmethod
-    def sharing(cls, store: RedisStore) -> RedisFlowRecords:
-        """Flow records on the credential store's connection, prefix and keys."""
-        return cls(store.client, key_prefix=store.prefix, sealer=store.sealer)
+    def dumps(self, value: FlowRecord) -> str:
+        sealed = self.sealer.seal(json.dumps(dataclasses.asdict(value)))
+        return sealed if isinstance(sealed, str) else json.dumps(sealed)
 
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}:flow:{hashlib.sha256(key.encode()).hexdigest()}"
-
-    async def set(self, key: str, value: str, ttl: float) -> None:
-        sealed = self.sealer.seal(value)
-        stored = sealed if isinstance(sealed, str) else json.dumps(sealed)
-        try:
-            await self.client.set(self._key(key), stored, px=max(1, int(ttl * 1000)))
-        except RedisError as exc:
-            raise StoreUnreachable(f"redis failed (storing a flow record): "
-                                   f"{type(exc).__name__}") from exc
-
-    async def pop(self, key: str) -> str | None:
-        try:
-            raw = await self.client.getdel(self._key(key))
-        except RedisError as exc:
-            raise StoreUnreachable(f"redis failed (taking a flow record): "
-                                   f"{type(exc).__name__}") from exc
-        if raw is None:
+    def loads(self, value: str | None) -> FlowRecord | None:
+        if value is None:
             return None
-        text = _text(raw)
-        if not self.sealer.enabled:
-            return text
         try:
-            return self.sealer.unseal(json.loads(text), "a flow record")
-        except ValueError:
-            raise StoreCorrupt("a flow record is not in a known form") from None
+            text = self.sealer.unseal(json.loads(value), "a flow record") \
+                if self.sealer.enabled else value
+            data = json.loads(text)
+            # A record written before records were bound carries no binding: refused as foreign.
+            data.setdefault("upstream", "")
+            data.setdefault("issuer", "")
+            return FlowRecord(**data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreCorrupt(
+                f"a flow record is malformed ({type(exc).__name__})") from None
+
+
+def flow_cache(store: RedisStore, ttl: float = FLOW_TTL) -> FlowCache:
+    """Callback-mediation records (store/flows.py) through aiocache's RedisCache on this
+    store's own client (store/aiocache_redis.py: TLS, ACL user, Sentinel, Cluster as the store
+    connects), under ``{prefix}:flow:<sha256(key)>``, sealed with the store's keys."""
+    cache = ClientRedisCache(store.client, namespace=f"{store.prefix}:flow",
+                             serializer=FlowRecordSerializer(store.sealer),
+                             key_builder=hashed_key)
+    return FlowCache(cache, ttl=ttl, getdel=True, unreachable=(RedisError,))
 
 
 def _text(raw: bytes | str) -> str:
@@ -611,29 +606,3 @@ def _loads(raw: bytes | str) -> dict[str, Any]:
 
 def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-class RedisFlowStore:
-    """The callback-mediation :class:`~dcr_sidecar.store.flows.FlowStore` on Redis, so a login
-    started on one replica can finish on another (design.md §3.4: the records live in Redis with
-    the redis store). It raises only store errors; BoundedFlowStore maps them to 503s."""
-
-    def __init__(self, records: RedisFlowRecords, ttl: float = FLOW_TTL) -> None:
-        self.records = records
-        self.ttl = ttl
-
-    async def put(self, key: str, record: FlowRecord) -> None:
-        await self.records.set(key, json.dumps(dataclasses.asdict(record)), self.ttl)
-
-    async def take(self, key: str) -> FlowRecord | None:
-        raw = await self.records.pop(key)
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-            # A record written before records were bound carries no binding: refused as foreign.
-            data.setdefault("upstream", "")
-            data.setdefault("issuer", "")
-            return FlowRecord(**data)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise StoreCorrupt(f"a flow record is malformed ({type(exc).__name__})") from None

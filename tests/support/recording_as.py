@@ -1,5 +1,6 @@
-"""A small in-process authorization server on 127.0.0.1 that records every request it gets:
-headers as sent on the wire and the parsed form or JSON body. For looking at exactly what the
+"""A small in-process authorization server on 127.0.0.1 (a :class:`~tests.support.fakes.FakeServer`
+with AS routes) that records every request it gets: headers as sent on the wire and the parsed
+form or JSON body. For looking at exactly what the
 sidecar sends, which a real AS does not show.
 
     async with RecordingAS(metadata={"token_endpoint_auth_methods_supported": [...]}) as rec:
@@ -17,6 +18,8 @@ from typing import Any, Self
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from tests.support.fakes import FakeServer, Handler
 
 ENDPOINTS = {
     "authorization_endpoint": "/authorize",
@@ -59,8 +62,11 @@ class RecordingAS:
         self.clients: list[dict[str, Any]] = []
         # path -> (status, body, headers): a canned answer instead of the default one
         self.answers: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.server = FakeServer()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def issuer(self) -> str:
@@ -78,29 +84,22 @@ class RecordingAS:
         return [r for r in self.recorded if r.path == path]
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/.well-known/oauth-authorization-server", self._metadata)
-        app.router.add_get("/.well-known/openid-configuration", self._metadata)
-        app.router.add_post("/register", self._register)
-        # RFC 9728: the AS's own origin also stands for a protected resource at /api.
-        app.router.add_get("/.well-known/oauth-protected-resource/api", self._resource_metadata)
-        for member, path in ENDPOINTS.items():
-            if member not in ("registration_endpoint", "authorization_endpoint"):
-                app.router.add_post(path, self._endpoint)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "/.well-known/oauth-authorization-server", self._metadata),
+            ("GET", "/.well-known/openid-configuration", self._metadata),
+            ("POST", "/register", self._register),
+            # RFC 9728: the AS's own origin also stands for a protected resource at /api.
+            ("GET", "/.well-known/oauth-protected-resource/api", self._resource_metadata)]
+        routes += [("POST", path, self._endpoint) for member, path in ENDPOINTS.items()
+                   if member not in ("registration_endpoint", "authorization_endpoint")]
+        await self.server.start(routes)
 
     async def _resource_metadata(self, _: web.Request) -> web.StreamResponse:
         return web.json_response({"resource": f"{self.issuer}/api",
                                   "authorization_servers": [self.issuer]})
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.server.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -124,10 +123,10 @@ class RecordingAS:
         self.recorded.append(recorded)
         return recorded
 
-    async def _metadata(self, request: web.Request) -> web.Response:
+    async def _metadata(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.metadata())
 
-    async def _register(self, request: web.Request) -> web.Response:
+    async def _register(self, request: web.Request) -> web.StreamResponse:
         body = (await self._record(request)).json
         if request.path in self.answers:
             status, raw, headers = self.answers[request.path]
@@ -138,7 +137,7 @@ class RecordingAS:
         self.clients.append(client)
         return web.json_response(client, status=201)
 
-    async def _endpoint(self, request: web.Request) -> web.Response:
+    async def _endpoint(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         if request.path in self.answers:
             status, body, headers = self.answers[request.path]
