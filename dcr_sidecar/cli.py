@@ -70,13 +70,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     digest = content_digest(path)  # before loading: a change in between is seen by the poll
     settings = load_settings(path)
-    from dcr_sidecar.observability import Redactor, configure_logging
+    from dcr_sidecar.observability import Redactor, configure_logging, flush_logs
 
     redactor = Redactor()  # the process's one: its logging and every part that learns secrets
     configure_logging(redactor, settings.log.format, settings.log.level)
     _use_uvloop()
     interval = float(os.environ.get(POLL_ENV) or POLL_INTERVAL_S)
-    return asyncio.run(_serve(settings, path, digest, interval, redactor))
+    try:
+        return asyncio.run(_serve(settings, path, digest, interval, redactor))
+    finally:
+        flush_logs()  # the lines of the loop's last iteration (also registered with atexit)
 
 
 def _use_uvloop() -> None:

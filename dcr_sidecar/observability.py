@@ -19,11 +19,15 @@ offending line; those bytes (possibly a credential) are dropped before rendering
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import re
 import sys
+import threading
+import time
+from asyncio import events
 from collections.abc import Collection, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -31,6 +35,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+from structlog._config import _CONFIG
 
 from dcr_sidecar.oauth.secret import MASK, Secret
 from dcr_sidecar.oauth.text import safe_url, strip_controls
@@ -288,6 +293,28 @@ def _renderer(fmt: str) -> Any:
             else structlog.dev.ConsoleRenderer(colors=False))
 
 
+class _UtcTimestamp:
+    """``timestamp``: ISO 8601 in UTC with microseconds, byte for byte what structlog's
+    ``TimeStamper(fmt="iso", utc=True)`` writes (``2026-12-06T00:35:28.123456Z``; no fraction
+    when it is zero, as ``datetime.isoformat`` does), the date and time of the second formatted
+    once per second rather than on every line."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one attribute: threads read it consistently
+
+    def __call__(self, _: Any, __: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        cached, prefix = self._second
+        if cached != second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
+        return event_dict
+
+
 def processors(fmt: str, redactor: Redactor) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -295,9 +322,112 @@ def processors(fmt: str, redactor: Redactor) -> list[Any]:
         redactor,
         # After redaction: both are made here and hold nothing to scan.
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _UtcTimestamp(),
         _renderer(fmt),
     ]
+
+
+# Lines waiting for the end of the event loop's iteration are written at the latest when they
+# reach this many characters.
+_PENDING_LIMIT = 64 * 1024
+
+
+class LineWriter:
+    """Writes rendered log lines to one stream, a line never split nor interleaved with another.
+
+    A debug or info line logged on a thread running an event loop waits in a buffer that is
+    written with one ``write`` and one ``flush`` at the end of the loop's current iteration
+    (a callback scheduled with ``call_soon``), or as soon as the buffer holds
+    :data:`_PENDING_LIMIT` characters: under load, many requests' lines share one system call
+    instead of one each. A warning or worse, a line from a thread without a running loop,
+    :meth:`flush` (logging reconfigured, shutdown, process exit) write the buffer, in order,
+    at once. A crash loses at most the lines of the iteration it happens in (design.md §3.10)."""
+
+    __slots__ = ("_lock", "_pending", "_scheduled", "_size", "stream")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._size = 0
+        self._scheduled: object = None  # the loop a flush is scheduled on
+
+    def later(self, line: str) -> None:
+        """`line` (with its newline) at the end of this loop iteration; at once without a
+        running loop."""
+        loop = events._get_running_loop()
+        if loop is None:
+            self.now(line)
+            return
+        with self._lock:
+            self._pending.append(line)
+            self._size += len(line)
+            if self._size >= _PENDING_LIMIT:
+                self._write_pending()
+            elif self._scheduled is not loop:
+                self._scheduled = loop
+                loop.call_soon(self.flush)
+
+    def now(self, line: str) -> None:
+        """`line`, after whatever waits, written and flushed now."""
+        with self._lock:
+            self._pending.append(line)
+            self._write_pending()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._scheduled = None
+            if self._pending:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        self.stream.write(text)
+        self.stream.flush()
+
+
+class _LineLogger:
+    """structlog's wrapped logger (as its ``PrintLogger``, one per output): debug and info
+    lines written at the end of the loop iteration, the others at once (:class:`LineWriter`)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def info(self, message: str) -> None:
+        self._writer.later(message + "\n")
+
+    debug = msg = log = info
+
+    def warning(self, message: str) -> None:
+        self._writer.now(message + "\n")
+
+    warn = error = err = critical = fatal = exception = failure = warning
+
+
+class _LineLoggerFactory:
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: LineWriter) -> None:
+        self.writer = writer
+
+    def __call__(self, *_: Any) -> _LineLogger:
+        return _LineLogger(self.writer)
+
+
+_writers: list[LineWriter] = []  # the one in use (the last configured), if any
+
+
+def flush_logs() -> None:
+    """Write every log line still waiting (shutdown; also at process exit)."""
+    for writer in _writers:
+        writer.flush()
+
+
+atexit.register(flush_logs)
 
 
 class CachedLogger:
@@ -317,14 +447,16 @@ class CachedLogger:
         self._logger: Any = None
 
     def bound(self) -> Any:
-        config = structlog.get_config()
-        if (config["processors"] is not self._processors
-                or config["wrapper_class"] is not self._wrapper
-                or config["logger_factory"] is not self._factory):
+        # structlog's own configuration object, read directly: get_config() builds a dict of
+        # it on every call.
+        config = _CONFIG
+        if (config.default_processors is not self._processors
+                or config.default_wrapper_class is not self._wrapper
+                or config.logger_factory is not self._factory):
             self._logger = structlog.get_logger(self.name).bind()
-            self._processors = config["processors"]
-            self._wrapper = config["wrapper_class"]
-            self._factory = config["logger_factory"]
+            self._processors = config.default_processors
+            self._wrapper = config.default_wrapper_class
+            self._factory = config.logger_factory
         return self._logger
 
     def __getattr__(self, method: str) -> Any:  # info, warning, exception ...
@@ -346,23 +478,41 @@ class _DropParserInput(logging.Filter):
 
 
 class _Bridge(logging.StreamHandler):  # type: ignore[type-arg]
-    """The root handler that renders standard-library records; at most one is installed."""
+    """The root handler that renders standard-library records; at most one is installed. It
+    writes through the structlog lines' :class:`LineWriter`, so the two stay in order."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__(writer.stream)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if record.levelno >= logging.WARNING:
+                self.writer.now(line)
+            else:
+                self.writer.later(line)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
 
 def _bridges() -> list[logging.Handler]:
     return [h for h in logging.getLogger().handlers if isinstance(h, _Bridge)]
 
 
-def _bridge_stdlib(fmt: str, level: int, stream: TextIO, redactor: Redactor) -> None:
+def _bridge_stdlib(fmt: str, level: int, writer: LineWriter, redactor: Redactor) -> None:
     """Render the standard library's log records (aiohttp's) through the same chain."""
-    handler = _Bridge(stream)
+    handler = _Bridge(writer)
     handler.setLevel(level)
     handler.addFilter(_DropParserInput())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name,
                            structlog.contextvars.merge_contextvars,
                            structlog.processors.add_log_level,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+                           _UtcTimestamp()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, redactor,
                     _renderer(fmt)]))
@@ -375,15 +525,20 @@ def _bridge_stdlib(fmt: str, level: int, stream: TextIO, redactor: Redactor) -> 
 
 def configure_logging(redactor: Redactor, fmt: str = "json", level: str = "info",
                       stream: TextIO | None = None) -> None:
-    """structlog, and the standard library's records, rendered through `redactor`."""
+    """structlog, and the standard library's records, rendered through `redactor` and written by
+    one :class:`LineWriter` to `stream` (standard error by default). Lines still waiting for
+    the previous configuration's writer are written first."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    flush_logs()
+    writer = LineWriter(stream or sys.stderr)
+    _writers[:] = [writer]
     structlog.configure(
         processors=processors(fmt, redactor),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=_LineLoggerFactory(writer),
         cache_logger_on_first_use=False,
     )
-    _bridge_stdlib(fmt, numeric, stream or sys.stderr, redactor)
+    _bridge_stdlib(fmt, numeric, writer, redactor)
 
 
 def set_level(level: str) -> None:

@@ -91,13 +91,14 @@ class LeakGuard:
         self.texts.append(text)
 
     def log_text(self) -> str:
+        observability.flush_logs()  # the lines waiting for the end of the loop iteration
         return self.stream.getvalue()
 
     def known(self) -> set[str]:
         return self.secrets | self.redactor.ever
 
     def leaks(self) -> list[str]:
-        text = self.stream.getvalue() + "".join(self.texts)
+        text = self.log_text() + "".join(self.texts)
         return sorted(s[:6] + "…" for s in self.known() if s in text)
 
     def management_leaks(self) -> list[str]:
