@@ -32,7 +32,7 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ from dcr_sidecar.dial import (
 from dcr_sidecar.metrics import Metrics
 from dcr_sidecar.oauth import ProtocolError
 from dcr_sidecar.oauth.text import safe_url
+from dcr_sidecar.slot import Slot
 from dcr_sidecar.tls import AnchorError, TrustAnchors, describe_failure
 
 __all__ = ["BodyTooLarge", "Outbound", "Response", "authority", "read_capped"]
@@ -89,7 +90,7 @@ class Target:
     named: Authority
     upstream: str
     tls: bool
-    slot: asyncio.Semaphore
+    slot: Slot
     timer: Any  # the upstream-call histogram child for (upstream, endpoint)
     epoch: int
 
@@ -129,11 +130,12 @@ class Outbound:
         self._resolver = resolver
         self._targets = PolicyResolver(self.policy, resolver)  # targets behind the proxy
         self._session: aiohttp.ClientSession | None = None
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, Slot] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._passed: set[str] = set()  # URLs check_url accepted under the current settings
         self.epoch = 0  # bumped by update(): a Target of another epoch is planned again
         self._client_timeout = self._timeout()
+        self._call_timeout = self._timeout(total=False)  # under send's own deadline
 
     @property
     def settings(self) -> Settings:
@@ -170,10 +172,11 @@ class Outbound:
             self._session = None
         await self._targets.close()
 
-    def _timeout(self, settings: Settings | None = None) -> aiohttp.ClientTimeout:
+    def _timeout(self, settings: Settings | None = None, *,
+                 total: bool = True) -> aiohttp.ClientTimeout:
         timeouts = (settings or self.settings).timeouts
-        return aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read)
+        return aiohttp.ClientTimeout(total=timeouts.total if total else None,
+                                     sock_connect=timeouts.connect, sock_read=timeouts.read)
 
     def update(self, settings: Settings) -> None:
         """Prepare for `settings`, about to be put in force (the caller swaps the settings
@@ -192,6 +195,7 @@ class Outbound:
         if settings.security.tls != self.settings.security.tls:
             self.trust = TrustAnchors(settings.security.tls)
         self._client_timeout = self._timeout(settings)
+        self._call_timeout = self._timeout(settings, total=False)
         self.epoch += 1
         self._passed = set()  # security settings may have changed: judge every URL again
         self.policy.replace(fresh)
@@ -307,38 +311,53 @@ class Outbound:
                       self._slot_for(upstream), self.metrics.upstream_call_timer(
                           upstream, endpoint), self.epoch)
 
-    async def send(self, target: Target, *, headers: Mapping[str, str], data: bytes,
-                   error_limit: int | None = None) -> Response:
+    def send(self, target: Target, *, headers: Mapping[str, str], data: bytes,
+             error_limit: int | None = None) -> Coroutine[Any, Any, Response]:
         """POST `data` to a planned target: :meth:`request`'s guarantees (the slot, the
         dial-time policy for `target.named`, timeouts.total over the wait and the call, no
-        redirects, capped reads, translated errors) with nothing recomputed per request."""
+        redirects, capped reads, translated errors) with nothing recomputed per request.
+
+        A free slot: the call at once under the client timeouts (aiohttp's `total` covers the
+        connection, the request and the body read). No free slot: one deadline
+        (timeouts.total) over the wait and the call, and the call under the client timeouts
+        without a `total` of their own — one timer, not two. A plain function: the free path
+        adds no coroutine frame (the caller awaits the call itself, which takes the free slot
+        before anything else runs)."""
+        if target.slot.locked():
+            return self._send_waiting(target, headers, data, error_limit)
+        return self._send(target, headers, data, error_limit=error_limit,
+                          client_timeout=self._client_timeout, started=time.perf_counter())
+
+    async def _send_waiting(self, target: Target, headers: Mapping[str, str], data: bytes,
+                            error_limit: int | None) -> Response:
         started = time.perf_counter()
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.timeouts.total):
+                return await self._send(target, headers, data, error_limit=error_limit,
+                                        client_timeout=self._call_timeout, started=started)
+        except TimeoutError as exc:  # the deadline, in the wait or the call
+            raise _translated(exc, target.url, "forward", target.upstream, settings) from exc
+
+    async def _send(self, target: Target, headers: Mapping[str, str], data: bytes, *,
+                    error_limit: int | None, client_timeout: aiohttp.ClientTimeout,
+                    started: float) -> Response:
         upstream = target.upstream
         slot = target.slot
         settings = self.settings
         token = None
         acquired = False
         try:
-            timeout = self._client_timeout
-            if slot.locked():  # wait for a slot within timeouts.total; the call gets the rest
-                total = settings.timeouts.total
-                async with asyncio.timeout(total):
-                    await slot.acquire()
-                timeout = aiohttp.ClientTimeout(
-                    total=max(0.001, total - (time.perf_counter() - started)),
-                    sock_connect=timeout.sock_connect, sock_read=timeout.sock_read)
-            else:
-                await slot.acquire()  # free: returns at once
+            await slot.acquire()
             acquired = True
             session = self._session
             if session is None or session.closed:
                 raise errors.Unavailable("the sidecar is shutting down", step="forward",
                                          upstream=upstream)
             token = name_destination(target.named)
-            # aiohttp's `total` covers the connection, the request and the body read.
             async with session.request(
                     "POST", target.dialled, headers=headers, data=data,
-                    allow_redirects=False, timeout=timeout,
+                    allow_redirects=False, timeout=client_timeout,
                     ssl=self.trust.context() if target.tls else True) as resp:
                 status = resp.status
                 limits = settings.limits
@@ -414,10 +433,10 @@ class Outbound:
                                      upstream=upstream)
         return self._session
 
-    def _slot_for(self, key: str) -> asyncio.Semaphore:
+    def _slot_for(self, key: str) -> Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = asyncio.Semaphore(self.settings.limits.connections_per_upstream)
+            slot = Slot(self.settings.limits.connections_per_upstream)
             self._slots[key] = slot
         return slot
 
