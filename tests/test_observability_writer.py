@@ -5,6 +5,7 @@ shutdown write at once; nothing is lost or reordered. And the timestamp's format
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import io
 import json
@@ -179,3 +180,34 @@ def test_the_timestamp_drops_a_zero_fraction_as_isoformat_does(monkeypatch: Any)
         monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
         stamp = stamper(None, "info", {})["timestamp"]
         assert stamp == expected_dt.isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------- request context
+
+async def test_a_new_request_context_clears_the_last_and_binds_the_id(
+        leak_guard: LeakGuard) -> None:
+    """What the boundary does per request: the previous request's bound values are gone, the
+    new id is on every line of the request (the canonical one and the others)."""
+    stream = own_output(leak_guard)
+    structlog.contextvars.bind_contextvars(request_id="previous-id", upstream="acme")
+    observability.new_request_context("next-request-id")
+    assert structlog.contextvars.get_contextvars() == {"request_id": "next-request-id"}
+    structlog.contextvars.bind_contextvars(failed_step="discovery")
+    log.info("inner_line")
+    log.info("canonical_line", request_id="explicit-wins")  # an event's own value is kept
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["request_id"], line.get("upstream")) for line in lines] == [
+        ("next-request-id", None), ("explicit-wins", None)]
+    assert lines[0]["failed_step"] == "discovery"
+
+
+def test_a_new_request_context_binds_the_id_in_a_fresh_context(
+        leak_guard: LeakGuard) -> None:
+    """A context where no request id was ever bound (a new connection's task)."""
+
+    def fresh() -> dict[str, Any]:
+        observability.new_request_context("first-id")
+        return structlog.contextvars.get_contextvars()
+
+    assert contextvars.Context().run(fresh)["request_id"] == "first-id"

@@ -9,12 +9,11 @@ import re
 import secrets
 import time
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from dcr_sidecar import errors
-from dcr_sidecar.observability import CachedLogger, Redactor, scrub_patterns
+from dcr_sidecar.observability import CachedLogger, Redactor, new_request_context, scrub_patterns
 from dcr_sidecar.proxy.runtime import RUNTIME
 
 log = CachedLogger("dcr_sidecar.request")  # the canonical line: assembled once, not per request
@@ -99,8 +98,7 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request[REQUEST_ID_KEY] = request_id_of(request)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    new_request_context(request_id)  # clear the context, bind the id
     runtime = request.app.get(RUNTIME)
     route = _route_label(request)
     name = request.match_info.get("name")
