@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
 import pytest
 from aiohttp import web
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from dcr_sidecar import errors
 from dcr_sidecar.config import Inbound, parse_settings
 from dcr_sidecar.forward import parse_request
-from dcr_sidecar.oauth.client_auth import basic_authorization
+from dcr_sidecar.oauth.client_auth import CLIENT_AUTH_PARAMS, basic_authorization
+from dcr_sidecar.oauth.forwarding import build_form, form_quote
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.proxy import forms
 from dcr_sidecar.proxy.inbound import canonical_digest, check, full_check
@@ -217,3 +218,33 @@ async def test_the_content_type_shortcut_decides_as_the_mime_parse(content_type:
     else:
         assert accepted
         assert pairs == [("grant_type", "client_credentials")]
+
+
+# ---------------------------------------------------------------------- the outbound form
+
+@given(st.text() | st.sampled_from(["", "client_credentials", "a b", "a+b", "~._-", "é", "/",
+                                    "\udcff", "a\x00", "AZaz09"]))
+def test_form_quote_is_quote_plus(text: str) -> None:
+    def result(quote: object) -> str | type[Exception]:
+        try:
+            return quote(text)  # type: ignore[operator,no-any-return]
+        except UnicodeEncodeError:  # a lone surrogate, as quote_plus says
+            return UnicodeEncodeError
+    assert result(form_quote) == result(quote_plus)
+
+
+@given(st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=5),
+       st.sampled_from(["", "client_id=x", "client_assertion_type=a&client_assertion=b"]))
+def test_the_outbound_form_is_what_urlencode_gives(pairs: list[tuple[str, str]],
+                                                   tail: str) -> None:
+    head = urlencode([(k, v) for k, v in pairs if k not in CLIENT_AUTH_PARAMS])
+    expected = f"{head}&{tail}" if head and tail else head or tail
+    try:
+        want: bytes | type[Exception] = expected.encode("ascii")
+    except UnicodeEncodeError:
+        want = UnicodeEncodeError
+    try:
+        got: bytes | type[Exception] = build_form(pairs, tail)
+    except UnicodeEncodeError:
+        got = UnicodeEncodeError
+    assert got == want
