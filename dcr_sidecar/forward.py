@@ -87,7 +87,9 @@ async def parse_request(request: web.Request, settings: Settings) -> Pairs:
     """The app's form, within limits, its inbound client authentication checked."""
     if "DPoP" in request.headers:
         raise errors.BadRequest("DPoP is not supported by dcr-sidecar version 1")
-    if request.content_type != FORM_TYPE:
+    # The header exactly as the form type: what content_type (a MIME parse per request) would
+    # say; anything else (parameters, case) goes through that parse.
+    if request.headers.get("Content-Type") != FORM_TYPE and request.content_type != FORM_TYPE:
         raise errors.BadRequest(f"the body must be {FORM_TYPE} (RFC 6749 §3.2)")
     pairs = parse_form(await read_body(request, settings.limits.max_request_bytes))
     check_inbound(settings.inbound, request.headers, pairs)

@@ -4,15 +4,23 @@ the full check. Random input, bad escapes, non-UTF-8, ``+`` and empty fields inc
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
+import pytest
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import TestServer, make_mocked_request
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dcr_sidecar import errors
-from dcr_sidecar.config import Inbound
-from dcr_sidecar.oauth.client_auth import basic_authorization
+from dcr_sidecar.config import Inbound, parse_settings
+from dcr_sidecar.forward import parse_request
+from dcr_sidecar.oauth.client_auth import CLIENT_AUTH_PARAMS, basic_authorization
+from dcr_sidecar.oauth.forwarding import build_form, form_quote
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.proxy import forms
 from dcr_sidecar.proxy.inbound import canonical_digest, check, full_check
@@ -132,3 +140,111 @@ def test_the_fast_path_holds_a_fixed_length_digest_only() -> None:
     long = Inbound(client_id="a", client_secret=Secret("s" * 500))
     assert len(canonical_digest(short) or b"") == len(canonical_digest(long) or b"") == 32
     assert canonical_digest(ANY_ID) is None
+
+
+# ---------------------------------------------------------------------- the request itself
+
+def body_stream() -> StreamReader:
+    """aiohttp's own body stream, fed by the test (a protocol without a transport)."""
+    loop = asyncio.get_running_loop()
+    return StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+
+
+async def test_a_body_arriving_in_two_parts_is_read_whole() -> None:
+    """Part of the body buffered when the handler reads it, the rest sent only once the
+    handler runs: read_body returns both parts (a real server, a raw client socket)."""
+    body = b"grant_type=client_credentials&scope=a+b"
+    handler_running = asyncio.Event()
+    read: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        handler_running.set()
+        read.append(await forms.read_body(request, 65536))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/t", handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        await writer.drain()
+        await asyncio.wait_for(handler_running.wait(), 5)
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert read == [body]
+
+
+async def test_a_client_gone_before_the_end_of_its_body_is_a_reset() -> None:
+    content = body_stream()
+    content.feed_data(b"grant_type=")
+    content.feed_eof()
+    request = make_mocked_request("POST", "/acme/token", payload=content, headers={
+        "Content-Type": forms_type(), "Content-Length": "40"})
+    with pytest.raises(ConnectionResetError):
+        await forms.read_body(request, 65536)
+
+
+def forms_type() -> str:
+    return "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(("content_type", "accepted"), [
+    ("application/x-www-form-urlencoded", True),
+    ("application/x-www-form-urlencoded; charset=UTF-8", True),
+    ("Application/X-WWW-Form-Urlencoded", True),
+    ("application/x-www-form-urlencodedx", False),
+    ("text/plain", False),
+    ("", False),
+])
+async def test_the_content_type_shortcut_decides_as_the_mime_parse(content_type: str,
+                                                                   accepted: bool) -> None:
+    body = b"grant_type=client_credentials"
+    content = body_stream()
+    content.feed_data(body)
+    content.feed_eof()
+    request = make_mocked_request("POST", "/acme/token", payload=content, headers={
+        "Content-Type": content_type, "Content-Length": str(len(body))})
+    settings = parse_settings("version: 1\n", "test.yaml")
+    try:
+        pairs = await parse_request(request, settings)
+    except errors.BadRequest:
+        assert not accepted
+    else:
+        assert accepted
+        assert pairs == [("grant_type", "client_credentials")]
+
+
+# ---------------------------------------------------------------------- the outbound form
+
+@given(st.text() | st.sampled_from(["", "client_credentials", "a b", "a+b", "~._-", "é", "/",
+                                    "\udcff", "a\x00", "AZaz09"]))
+def test_form_quote_is_quote_plus(text: str) -> None:
+    def result(quote: object) -> str | type[Exception]:
+        try:
+            return quote(text)  # type: ignore[operator,no-any-return]
+        except UnicodeEncodeError:  # a lone surrogate, as quote_plus says
+            return UnicodeEncodeError
+    assert result(form_quote) == result(quote_plus)
+
+
+@given(st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=5),
+       st.sampled_from(["", "client_id=x", "client_assertion_type=a&client_assertion=b"]))
+def test_the_outbound_form_is_what_urlencode_gives(pairs: list[tuple[str, str]],
+                                                   tail: str) -> None:
+    head = urlencode([(k, v) for k, v in pairs if k not in CLIENT_AUTH_PARAMS])
+    expected = f"{head}&{tail}" if head and tail else head or tail
+    try:
+        want: bytes | type[Exception] = expected.encode("ascii")
+    except UnicodeEncodeError:
+        want = UnicodeEncodeError
+    try:
+        got: bytes | type[Exception] = build_form(pairs, tail)
+    except UnicodeEncodeError:
+        got = UnicodeEncodeError
+    assert got == want

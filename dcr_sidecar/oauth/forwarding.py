@@ -18,9 +18,10 @@ Invariants:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from enum import Enum
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 from dcr_sidecar.oauth.client_auth import CLIENT_AUTH_PARAMS
 
@@ -33,6 +34,7 @@ RELAYED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Pragma", "WWW-Auth
                             "Retry-After")
 CLIENT_CREDENTIALS = "client_credentials"
 GRACE_GRANTS = frozenset({"authorization_code", "refresh_token"})
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote_plus leaves as it is (safe="")
 
 
 def encode_auth_form(form: Iterable[tuple[str, str]], client_id: str | None = None) -> str:
@@ -44,10 +46,17 @@ def encode_auth_form(form: Iterable[tuple[str, str]], client_id: str | None = No
     return urlencode(pairs)
 
 
+def form_quote(text: str) -> str:
+    """``quote_plus(text)`` (what :func:`urllib.parse.urlencode` applies to each name and
+    value), with the common case — only characters it never escapes — answered by one match."""
+    return text if _PLAIN.fullmatch(text) else quote_plus(text)
+
+
 def build_form(pairs: Iterable[tuple[str, str]], auth_tail: str) -> bytes:
     """The app's form without its client authentication, then `auth_tail`
-    (:func:`encode_auth_form`)."""
-    head = urlencode([(k, v) for k, v in pairs if k not in CLIENT_AUTH_PARAMS])
+    (:func:`encode_auth_form`): the bytes ``urlencode`` gives for the same pairs."""
+    head = "&".join([f"{form_quote(k)}={form_quote(v)}" for k, v in pairs
+                     if k not in CLIENT_AUTH_PARAMS])
     if head and auth_tail:
         return f"{head}&{auth_tail}".encode("ascii")
     return (head or auth_tail).encode("ascii")

@@ -30,8 +30,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if declared is not None and "Content-Encoding" not in request.headers:
         # aiohttp's parser stops at Content-Length (within the limit), nothing decompressed
         # beyond it: one read. A client gone before the end fails the read as below.
+        content = request.content
+        head = content.read_nowait(declared)  # usually all of it, already buffered
+        if len(head) == declared:
+            return head
         try:
-            return await request.content.readexactly(declared)
+            return head + await content.readexactly(declared - len(head))
         except asyncio.IncompleteReadError as exc:  # only when the connection was lost
             raise ConnectionResetError("the client left before the end of its body") from exc
     chunks: list[bytes] = []
