@@ -11,7 +11,8 @@ own and, through the standard library bridge, aiohttp's:
 The canonical request line costs a few µs (docs/benchmarks.md, "The canonical log line"): its
 bound logger is assembled once per logging configuration (:class:`CachedLogger`), orjson renders
 it, numbers and ``None`` skip the string scans, and level and timestamp are added after
-redaction (they are made here, never secret).
+redaction (they are made here, never secret). Lines are written by a :class:`LineWriter`: those
+at info and below logged on the event loop share one write per loop iteration (design.md §3.10).
 
 Requests that aiohttp's HTTP parser rejects are logged by aiohttp with the first bytes of the
 offending line; those bytes (possibly a credential) are dropped before rendering.
