@@ -65,7 +65,7 @@ def build_form(pairs: Iterable[tuple[str, str]], auth_tail: str) -> bytes:
 def build_headers(incoming: Mapping[str, str], request_id: str,
                   auth_headers: Mapping[str, str]) -> dict[str, str]:
     """The outbound headers: the allow-listed ones the app sent, then the sidecar's."""
-    headers = {name: incoming[name] for name in FORWARDED_REQUEST_HEADERS if name in incoming}
+    headers = _present(incoming, FORWARDED_REQUEST_HEADERS)
     headers[REQUEST_ID] = request_id
     headers["Content-Type"] = FORM_TYPE
     if auth_headers:
@@ -75,7 +75,17 @@ def build_headers(incoming: Mapping[str, str], request_id: str,
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The AS's response headers the app gets (an allow-list)."""
-    return {name: headers[name] for name in RELAYED_RESPONSE_HEADERS if name in headers}
+    return _present(headers, RELAYED_RESPONSE_HEADERS)
+
+
+def _present(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """`names` that `headers` holds, with their (first) values: one lookup per name."""
+    found = {}
+    for name in names:
+        value = headers.get(name)
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def oauth_error(status: int, body: bytes) -> str | None:
