@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -388,6 +389,14 @@ class LineWriter:
         self._size = 0
         self._scheduled: object = None  # the loop a flush is scheduled on
 
+    def _after_fork(self) -> None:
+        """In a forked child: the waiting lines are the parent's to write, the lock may have
+        been held by a thread the child does not have."""
+        self._lock = threading.Lock()
+        self._pending = []
+        self._size = 0
+        self._scheduled = None
+
     def later(self, line: str) -> None:
         """`line` (with its newline) at the end of this loop iteration; at once without a
         running loop."""
@@ -463,7 +472,13 @@ def flush_logs() -> None:
         writer.flush()
 
 
+def _writers_after_fork() -> None:
+    for writer in _writers:
+        writer._after_fork()
+
+
 atexit.register(flush_logs)
+os.register_at_fork(after_in_child=_writers_after_fork)
 
 
 class CachedLogger:

@@ -211,3 +211,25 @@ def test_a_new_request_context_binds_the_id_in_a_fresh_context(
         return structlog.contextvars.get_contextvars()
 
     assert contextvars.Context().run(fresh)["request_id"] == "first-id"
+
+
+def test_a_forked_child_does_not_write_the_parents_waiting_lines() -> None:
+    """A line waiting in the parent when it forks is written once, by the parent."""
+    program = (
+        "import asyncio, os, structlog, sys\n"
+        "from dcr_sidecar.observability import Redactor, configure_logging, flush_logs\n"
+        "configure_logging(Redactor(), 'json', 'info', sys.stdout)\n"
+        "async def main():\n"
+        "    structlog.get_logger('x').info('before_fork')\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        structlog.get_logger('x').warning('in_child')\n"
+        "        flush_logs()\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", program], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert sorted(json.loads(line)["event"] for line in done.stdout.splitlines()) == [
+        "before_fork", "in_child"]
