@@ -242,13 +242,16 @@ class Redactor:
     def __call__(self, _: Any, __: str,
                  event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """The structlog processor: every value of the event redacted."""
-        # The two commonest cases inline (as in _redact_value): a string found clean before
-        # under a plain key, a number or None under a key that is not secret.
+        # The commonest cases inline (as in _redact_value): a string found clean before under
+        # a plain key, another string under a plain key (a request id: no key checks), a
+        # number or None under a key that is not secret.
         clean, plain_keys, redact = self._clean, self._plain_keys, self._redact_value
         for key, value in list(event_dict.items()):
             cls = value.__class__
             if cls is str:
-                if value in clean and key in plain_keys:
+                if key in plain_keys:
+                    if value not in clean:
+                        event_dict[key] = self._redact_plain(key, value)
                     continue
             elif cls in _UNSCANNED and (value is None or key.lower() not in SECRET_KEYS):
                 continue
@@ -277,16 +280,23 @@ class Redactor:
             return strip_controls(self.scrub(safe_url(value)))
         if key in MULTILINE_KEYS:
             return strip_controls(self.scrub(value), keep="\n\t")
+        return self._redact_plain(key, value)
+
+    def _redact_plain(self, key: str, value: str) -> str:
+        """A string under a key that is not secret-, URL- or traceback-named."""
         if _PLAIN_TOKEN.fullmatch(value) is not None:
             redacted = self._mask_known(value)
         else:
             redacted = strip_controls(self.scrub(value))
-        if redacted == value and len(value) <= _CLEAN_LENGTH:
+        if redacted == value:
             self._remember_clean(key, value)
         return redacted
 
     def _remember_clean(self, key: str, value: str) -> None:
-        for known, item in ((self._clean, value), (self._plain_keys, key)):
+        """`key` is plain (whatever the value's length); a short `value` is clean."""
+        pairs = ((self._clean, value), (self._plain_keys, key)) if len(value) <= _CLEAN_LENGTH \
+            else ((self._plain_keys, key),)
+        for known, item in pairs:
             if len(known) >= _CLEAN_LIMIT:
                 known.clear()
             known.add(item)

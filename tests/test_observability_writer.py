@@ -21,6 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from dcr_sidecar import observability
+from dcr_sidecar.oauth.secret import MASK
 from tests.conftest import LeakGuard
 
 log = structlog.get_logger("tests.writer")
@@ -233,3 +234,21 @@ def test_a_forked_child_does_not_write_the_parents_waiting_lines() -> None:
                           text=True, timeout=60, check=True)
     assert sorted(json.loads(line)["event"] for line in done.stdout.splitlines()) == [
         "before_fork", "in_child"]
+
+
+# ---------------------------------------------------------------------------- redaction fast path
+
+async def test_a_plain_key_seen_before_still_masks_secrets_and_scrubs_text(
+        leak_guard: LeakGuard) -> None:
+    """Once a key held a clean value (a long request id makes it plain), later values under it
+    skip the key checks but not the scans: a known secret, a URL's query, a credential."""
+    leak_guard.add("plain-key-secret-0123456789")
+    leak_guard.redactor.remember("plain-key-secret-0123456789")
+    stream = own_output(leak_guard)
+    log.info("first", request_id="a" * 40)
+    log.info("second", request_id="x-plain-key-secret-0123456789-y")
+    log.info("third", request_id="see https://127.0.0.2/cb?code=abcdef123 now")
+    log.info("fourth", request_id="Bearer abc.def.ghi")
+    await asyncio.sleep(0)
+    ids = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+    assert ids == ["a" * 40, f"x-{MASK}-y", "see https://127.0.0.2/cb now", f"Bearer {MASK}"]
