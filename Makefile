@@ -26,9 +26,10 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 # pytest-xdist workers for `make test`: the suite mostly waits on real processes (node, redis,
-# `serve`) and timers, so two workers on two cores overlap the waits. PYTEST_WORKERS=0 runs it
-# in one process (as `pytest tests/test_x.py` does).
-PYTEST_WORKERS ?= 2
+# `serve`) and timers, so three workers on two cores overlap the waits (measured: one process
+# 518 s, -n 2 322 s, -n 3 275-283 s). PYTEST_WORKERS=0 runs it in one process (as `pytest
+# tests/test_x.py` does).
+PYTEST_WORKERS ?= 3
 
 .PHONY: install lint typecheck test conformance demo bench clean
 
