@@ -138,6 +138,7 @@ SIDECAR_RULES: tuple[tuple[str, str, str], ...] = (
     # -- send
     ("proxy/token.py", "*.send*", SEND),
     ("net.py", "*", SEND),
+    ("slot.py", "*", SEND),
     ("dial.py", "*", SEND),
     ("tls.py", "*", SEND),
     # -- relay

@@ -50,7 +50,7 @@ from dcr_sidecar.oauth.forwarding import (
 )
 from dcr_sidecar.provenance import check_secret_destination
 from dcr_sidecar.proxy.forms import parse_form, read_body
-from dcr_sidecar.proxy.inbound import check as check_inbound
+from dcr_sidecar.proxy.inbound import InboundCheck
 from dcr_sidecar.resolver import Credentials, Resolver
 
 # route suffix -> AS metadata member
@@ -83,7 +83,8 @@ class Plan:
     epoch: int
 
 
-async def parse_request(request: web.Request, settings: Settings) -> Pairs:
+async def parse_request(request: web.Request, settings: Settings,
+                        check_inbound: InboundCheck) -> Pairs:
     """The app's form, within limits, its inbound client authentication checked."""
     if "DPoP" in request.headers:
         raise errors.BadRequest("DPoP is not supported by dcr-sidecar version 1")
@@ -115,6 +116,7 @@ class Forwarder:
         self.outbound = outbound
         self.resolver = resolver
         self._plans: dict[tuple[str, str, int], Plan] = {}
+        self.check_inbound = InboundCheck()  # the inbound fast path's digest, per settings
 
     def __len__(self) -> int:
         """Plans held (at most :data:`MAX_PLANS`)."""

@@ -64,6 +64,8 @@ def stage(text: str) -> str:
      "_SelectorSocketTransport.write (asyncio/selector_events.py)", stages.SEND),
     (";handler.<locals>.forward.<locals>.send (dcr_sidecar/proxy/token.py);"
      "Outbound.request (dcr_sidecar/net.py);authority (dcr_sidecar/dial.py)", stages.SEND),
+    (";Forwarder.send (dcr_sidecar/forward.py);Outbound.send (dcr_sidecar/net.py);"
+     "Slot.acquire (dcr_sidecar/slot.py)", stages.SEND),
     (";handler.<locals>.forward.<locals>.send (dcr_sidecar/proxy/token.py);"
      "Outbound.request (dcr_sidecar/net.py);read_capped (dcr_sidecar/net.py)", stages.SEND),
     (";handler.<locals>.forward.<locals>.send (dcr_sidecar/proxy/token.py);"

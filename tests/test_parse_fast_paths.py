@@ -23,7 +23,7 @@ from dcr_sidecar.oauth.client_auth import CLIENT_AUTH_PARAMS, basic_authorizatio
 from dcr_sidecar.oauth.forwarding import build_form, form_quote
 from dcr_sidecar.oauth.secret import Secret
 from dcr_sidecar.proxy import forms
-from dcr_sidecar.proxy.inbound import canonical_digest, check, full_check
+from dcr_sidecar.proxy.inbound import InboundCheck, canonical_digest, check, full_check
 
 
 def reference_parse(text: str, what: str) -> list[tuple[str, str]]:
@@ -125,13 +125,14 @@ def test_the_canonical_header_is_still_refused_beside_a_form_secret() -> None:
 
 
 def test_a_reload_takes_the_new_secret_at_once() -> None:
-    """The canonical value is kept per settings object: the old header is refused under the
-    new settings, the new one accepted."""
-    check(WITH_ID, {"Authorization": CANONICAL}, [])
+    """The canonical value is kept per settings object: one checker (as the forwarder holds)
+    refuses the old header under the new settings and accepts the new one."""
+    checker = InboundCheck()
+    checker(WITH_ID, {"Authorization": CANONICAL}, [])
     reloaded = Inbound(client_id="app", client_secret=Secret(SECRET + "-rotated"))
-    assert verdict(check, reloaded, {"Authorization": CANONICAL}, []) == "InboundUnauthorized"
-    check(reloaded, {"Authorization": basic_authorization("app", SECRET + "-rotated")}, [])
-    assert verdict(check, WITH_ID, {"Authorization": CANONICAL}, []) == "accepted"
+    assert verdict(checker, reloaded, {"Authorization": CANONICAL}, []) == "InboundUnauthorized"
+    checker(reloaded, {"Authorization": basic_authorization("app", SECRET + "-rotated")}, [])
+    assert verdict(checker, WITH_ID, {"Authorization": CANONICAL}, []) == "accepted"
 
 
 def test_the_fast_path_holds_a_fixed_length_digest_only() -> None:
@@ -212,7 +213,7 @@ async def test_the_content_type_shortcut_decides_as_the_mime_parse(content_type:
         "Content-Type": content_type, "Content-Length": str(len(body))})
     settings = parse_settings("version: 1\n", "test.yaml")
     try:
-        pairs = await parse_request(request, settings)
+        pairs = await parse_request(request, settings, InboundCheck())
     except errors.BadRequest:
         assert not accepted
     else:

@@ -43,21 +43,15 @@ from dcr_sidecar.oauth.secret import constant_time_equal
 
 _sha256 = hashlib.sha256
 _compare = hmac.compare_digest
-# The last settings object seen and the digest of its canonical Basic value (None: no fast
-# path — no inbound secret or any client_id accepted). One entry: a reload brings a new object.
-_canonical: list[tuple[Inbound, bytes | None]] = []
 
 
 def canonical_digest(inbound: Inbound) -> bytes | None:
-    """SHA-256 of the canonical Basic value of `inbound` (see the module), cached per object."""
-    if _canonical and _canonical[0][0] is inbound:
-        return _canonical[0][1]
-    digest = None
-    if inbound.client_secret is not None and inbound.client_id is not None:
-        value = basic_authorization(inbound.client_id, inbound.client_secret.reveal())
-        digest = _sha256(value.encode("ascii")).digest()
-    _canonical[:] = [(inbound, digest)]
-    return digest
+    """SHA-256 of the canonical Basic value of `inbound` (see the module); None when there is
+    no fast path (no inbound secret, or any client_id accepted)."""
+    if inbound.client_secret is None or inbound.client_id is None:
+        return None
+    value = basic_authorization(inbound.client_id, inbound.client_secret.reveal())
+    return _sha256(value.encode("ascii")).digest()
 
 
 def presented(headers: Mapping[str, str],
@@ -94,15 +88,33 @@ def _fast_accept(digest: bytes, header: str, form: list[tuple[str, str]]) -> boo
     return _compare(_sha256(header.encode("utf-8", "surrogatepass")).digest(), digest)
 
 
-def check(inbound: Inbound, headers: Mapping[str, str], form: list[tuple[str, str]]) -> None:
-    if inbound.client_secret is None:
-        return
-    digest = canonical_digest(inbound)
-    if digest is not None:
-        header = headers.get("Authorization")
-        if header is not None and _fast_accept(digest, header, form):
+class InboundCheck:
+    """The inbound check with the fast path's digest made once per settings object (a reload
+    brings a new object, hence a new digest). One per forwarder; nothing module-wide."""
+
+    __slots__ = ("_digest", "_for")
+
+    def __init__(self) -> None:
+        self._for: Inbound | None = None
+        self._digest: bytes | None = None
+
+    def __call__(self, inbound: Inbound, headers: Mapping[str, str],
+                 form: list[tuple[str, str]]) -> None:
+        if inbound.client_secret is None:
             return
-    full_check(inbound, headers, form)
+        if inbound is not self._for:
+            self._digest, self._for = canonical_digest(inbound), inbound
+        digest = self._digest
+        if digest is not None:
+            header = headers.get("Authorization")
+            if header is not None and _fast_accept(digest, header, form):
+                return
+        full_check(inbound, headers, form)
+
+
+def check(inbound: Inbound, headers: Mapping[str, str], form: list[tuple[str, str]]) -> None:
+    """One check, fast path included (the digest made for this call)."""
+    InboundCheck()(inbound, headers, form)
 
 
 def full_check(inbound: Inbound, headers: Mapping[str, str],

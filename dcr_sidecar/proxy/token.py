@@ -66,7 +66,7 @@ def handler(route: str) -> Handler:
         runtime = request.app[RUNTIME]
         settings = runtime.settings
         upstream = runtime.upstream(request.match_info["name"])
-        pairs = await parse_request(request, settings)
+        pairs = await parse_request(request, settings, runtime.forwarder.check_inbound)
         creds = await runtime.resolver.credentials(upstream.name)
         # A pushed authorization request starts a login too: follow a resource that moved.
         if route == "par" and await runtime.resolver.recheck_resource(upstream.name):
