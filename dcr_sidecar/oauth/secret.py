@@ -18,15 +18,21 @@ if TYPE_CHECKING:
 MASK = "**********"
 
 
-def _digest(value: str) -> bytes:
+def digest(value: str) -> bytes:
+    """SHA-256 of any text a client sends (lone surrogates included): always 32 bytes."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def matches_digest(expected: bytes, given: str) -> bool:
+    """`given`'s digest against a digest made once (:func:`digest`): two 32-byte values, so
+    constant time whatever the lengths. The one constant-time comparison of the sidecar."""
+    return hmac.compare_digest(expected, digest(given))
 
 
 def constant_time_equal(expected: str, given: str) -> bool:
     """Constant time in the content and the length of both (digests of equal length are
-    compared), and safe for any text a client sends (lone surrogates included). The one
-    comparison of inbound credentials and tokens."""
-    return hmac.compare_digest(_digest(expected), _digest(given))
+    compared). The comparison of inbound credentials and tokens."""
+    return matches_digest(digest(expected), given)
 
 
 class Secret:

@@ -17,10 +17,11 @@ The fast path (the warm hop). With ``inbound.client_id`` set, the canonical Basi
 :func:`~dcr_sidecar.oauth.client_auth.basic_authorization` builds — is computed once per
 settings object, and only its SHA-256 digest is kept. A presented ``Authorization`` header (with
 no ``client_secret`` in the form, no repeated parameter) whose digest equals it is accepted
-after ONE ``hmac.compare_digest`` of two 32-byte digests. Why this leaks nothing:
+after ONE constant-time comparison of two 32-byte digests
+(:func:`~dcr_sidecar.oauth.secret.matches_digest`). Why this leaks nothing:
 
 - the two compared values always have the same length (32 bytes), whatever the header's and
-  the secret's lengths, so compare_digest never takes its unequal-length exit (which would tell
+  the secret's lengths, so the comparison never takes its unequal-length exit (which would tell
   the expected length, hence roughly the secret's); hashing the presented header costs time in
   proportion to the *presented* length only, which the client already knows;
 - id and secret are compared together (one digest), so nothing tells which part was wrong;
@@ -32,17 +33,12 @@ after ONE ``hmac.compare_digest`` of two 32-byte digests. Why this leaks nothing
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 
 from dcr_sidecar import errors
 from dcr_sidecar.config import Inbound
 from dcr_sidecar.oauth.client_auth import basic_authorization, parse_basic
-from dcr_sidecar.oauth.secret import constant_time_equal
-
-_sha256 = hashlib.sha256
-_compare = hmac.compare_digest
+from dcr_sidecar.oauth.secret import constant_time_equal, digest, matches_digest
 
 
 def canonical_digest(inbound: Inbound) -> bytes | None:
@@ -51,7 +47,7 @@ def canonical_digest(inbound: Inbound) -> bytes | None:
     if inbound.client_secret is None or inbound.client_id is None:
         return None
     value = basic_authorization(inbound.client_id, inbound.client_secret.reveal())
-    return _sha256(value.encode("ascii")).digest()
+    return digest(value)
 
 
 def presented(headers: Mapping[str, str],
@@ -73,7 +69,7 @@ def presented(headers: Mapping[str, str],
     return (ids[0] if ids else None), (secrets[0] if secrets else None)
 
 
-def _fast_accept(digest: bytes, header: str, form: list[tuple[str, str]]) -> bool:
+def _fast_accept(expected: bytes, header: str, form: list[tuple[str, str]]) -> bool:
     """True when `header` is the canonical Basic value and the form carries no client_secret
     and no repeated client_id (what :func:`presented` refuses); False sends the request to the
     full path, which decides."""
@@ -85,7 +81,7 @@ def _fast_accept(digest: bytes, header: str, form: list[tuple[str, str]]) -> boo
             ids += 1
     if ids > 1:
         return False
-    return _compare(_sha256(header.encode("utf-8", "surrogatepass")).digest(), digest)
+    return matches_digest(expected, header)
 
 
 class InboundCheck:
@@ -104,10 +100,10 @@ class InboundCheck:
             return
         if inbound is not self._for:
             self._digest, self._for = canonical_digest(inbound), inbound
-        digest = self._digest
-        if digest is not None:
+        expected = self._digest
+        if expected is not None:
             header = headers.get("Authorization")
-            if header is not None and _fast_accept(digest, header, form):
+            if header is not None and _fast_accept(expected, header, form):
                 return
         full_check(inbound, headers, form)
 
