@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,50 @@ async def test_client_id_file_is_written_off_the_event_loop_before_the_answer(
         assert id_file.read_text() == f"{body['client_id']}\n"
     assert threads
     assert threading.get_ident() not in threads
+
+
+async def test_closing_while_the_client_id_file_is_being_written_waits_for_it(
+        sidecar: SidecarFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutting down while the resolution that registered a client waits for its
+    client_id_file: the write finishes (the file holds the client_id) and close() returns.
+    Before: cancelling the resolution cancelled the shared write, and close() raised
+    CancelledError awaiting it (a teardown error seen once under load)."""
+    started, release = threading.Event(), threading.Event()
+    real = files.write_atomic
+
+    def held(path: Path, content: str | bytes, **kwargs: Any) -> None:
+        if Path(path) != id_file:  # the credential store's own writes go through
+            real(path, content, **kwargs)
+            return
+        started.set()
+        if not release.wait(30):
+            raise TimeoutError("the test never released the write")
+        real(path, content, **kwargs)
+
+    id_file = tmp_path / "acme-client-id"
+    monkeypatch.setattr(files, "write_atomic", held)
+    async with RecordingAS() as rec:
+        side = await sidecar({"upstreams": [{
+            "name": "acme", "issuer": rec.issuer, "redirect_uris": [REDIRECT_URI],
+            "client_id_file": str(id_file)}]})
+
+        async def ask() -> None:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{side.listen.url}/acme/client") as resp:
+                await resp.read()
+
+        asking = asyncio.create_task(ask())
+        try:
+            assert await asyncio.to_thread(started.wait, 10), "the write never started"
+            closing = asyncio.create_task(side.resolver.close())
+            for _ in range(50):  # loop turns, not time: close() cancels the resolution
+                await asyncio.sleep(0)
+            assert not closing.done(), closing
+            release.set()
+            await asyncio.wait_for(closing, 10)
+        finally:
+            release.set()
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+        registered = rec.clients[0]
+    assert id_file.read_text() == registered["client_id"] + "\n"

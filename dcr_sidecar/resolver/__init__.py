@@ -247,7 +247,8 @@ class Resolver(Maintenance):
                     await state.reread
             await state.watch.flight.cancel_all()
             if state.client_id_file_write is not None:
-                await state.client_id_file_write
+                # A write in progress finishes; its failure was the resolution's to report.
+                await asyncio.gather(state.client_id_file_write, return_exceptions=True)
 
     def reload(self, settings: Settings) -> list[str]:
         """Apply a reloaded configuration (design.md §3.10), about to be put in force (the

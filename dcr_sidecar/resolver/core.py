@@ -83,7 +83,8 @@ class Core:
         try:
             result = await work(state)
             if state.client_id_file_write is not None:  # written before it is served
-                await state.client_id_file_write
+                # Shielded: a cancelled resolution (shutdown) leaves the write to finish.
+                await asyncio.shield(state.client_id_file_write)
         except errors.UpstreamError as exc:
             # Nested flights (credentials awaiting metadata) see one failure once.
             if not exc.accounted:
