@@ -41,15 +41,21 @@ def handler_args(settings: Settings) -> dict[str, Any]:
 
 
 class _ClientDeadlines(RequestHandler):
-    """aiohttp's request handler with the header and body deadlines of the module docstring."""
+    """aiohttp's request handler with the header and body deadlines of the module docstring.
 
-    __slots__ = ("_body", "_body_timer", "_deadlines", "_header_timer")
+    The deadlines are timestamps; one timer per connection checks them when it fires, and
+    re-arms itself for a deadline that moved later. Arming or clearing a deadline is an
+    attribute write: a kept-alive connection does not create and cancel timer handles per
+    request (a timer fires at most once per `client_header` seconds while it is busy)."""
+
+    __slots__ = ("_body", "_body_due", "_deadlines", "_header_due", "_timer")
 
     def __init__(self, manager: web.Server, *, deadlines: Timeouts, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._deadlines = deadlines
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._header_due: float | None = None
+        self._body_due: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,49 +67,62 @@ class _ClientDeadlines(RequestHandler):
         in_body = self._body is not None and not self._body.is_eof()
         super().data_received(data)
         if self._request_count > seen:  # a header completed
-            self._cancel(self._header_timer)
-            self._header_timer = None
+            self._header_due = None
             payload = self._messages[-1][1] if self._messages else None
             if isinstance(payload, StreamReader) and not payload.is_eof():
                 self._watch_body(payload)
-        elif data and self._header_timer is None and not in_body:
+        elif data and self._header_due is None and not in_body:
             self._arm_header()  # the first bytes of the next request on this connection
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel(self._header_timer)
-        self._cancel(self._body_timer)
-        self._header_timer = self._body_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._header_due = self._body_due = None
         self._body = None
         super().connection_lost(exc)
 
     def _arm_header(self) -> None:
-        self._header_timer = self._loop.call_later(self._deadlines.client_header,
-                                                   self._expired, "header")
+        self._header_due = due = self._loop.time() + self._deadlines.client_header
+        self._wake_by(due)
 
     def _watch_body(self, payload: StreamReader) -> None:
-        self._cancel(self._body_timer)
         self._body = payload
-        self._body_timer = self._loop.call_later(self._deadlines.client_body,
-                                                 self._body_expired, payload)
+        self._body_due = due = self._loop.time() + self._deadlines.client_body
+        self._wake_by(due)
 
-    def _body_expired(self, payload: StreamReader) -> None:
-        self._body_timer = None
-        if not payload.is_eof():
+    def _wake_by(self, due: float) -> None:
+        """The timer fires no later than `due` (an earlier one re-arms itself when it fires)."""
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(due, self._check)
+        elif timer.when() > due:
+            timer.cancel()
+            self._timer = self._loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        if self._body is not None and self._body.is_eof():
+            self._body = self._body_due = None
+        header, body = self._header_due, self._body_due
+        if header is not None and header <= now:
+            self._header_due = None
+            self._expired("header")
+        elif body is not None and body <= now:
+            self._body_due = None
             self._expired("body")
+        else:
+            pending = [due for due in (header, body) if due is not None]
+            if pending:
+                self._timer = self._loop.call_at(min(pending), self._check)
 
     def _expired(self, phase: str) -> None:
-        if phase == "header":
-            self._header_timer = None
         limit = getattr(self._deadlines, f"client_{phase}")
         log.info("client_too_slow", phase=phase, limit_s=limit,
                  detail=f"the client did not send its request {phase} within "
                         f"timeouts.client_{phase}; connection closed")
         self.force_close()
-
-    @staticmethod
-    def _cancel(timer: asyncio.TimerHandle | None) -> None:
-        if timer is not None:
-            timer.cancel()
 
 
 class _Server(web.Server):
