@@ -12,9 +12,10 @@ Invariants:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -25,6 +26,66 @@ UNKNOWN = "unknown"
 MAX_CACHED_SERIES = 4096  # the label sets are bounded anyway; this bounds the cache's keys
 # Seconds; the sidecar's own work is fast, an AS call can take the whole `timeouts.total`.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+
+
+class _PlainValue:
+    """prometheus_client's value without its mutex: every recording runs on the event loop's
+    thread (the request boundary, the forwarder, the resolver), and so does the scrape."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float) -> None:
+        self.value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.value = value
+
+    def get(self) -> float:
+        return self.value
+
+    def set_exemplar(self, exemplar: Any) -> None:  # no exemplars are recorded
+        pass
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+class _Counter(Counter):
+    """A Counter whose series count in a plain float; exposition is prometheus_client's own
+    (``_total``, ``_created``)."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._value = _PlainValue()
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar is not None or amount < 0 or not self._labelvalues:
+            super().inc(amount, exemplar)  # prometheus_client's checks and errors
+            return
+        self._value.value += amount
+
+
+class _Histogram(Histogram):
+    """A Histogram whose series keep plain floats and find their bucket by bisection
+    (prometheus_client scans the bounds and takes a mutex per value); exposition is
+    prometheus_client's own (cumulative ``_bucket``, ``_count``, ``_sum``, ``_created``)."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._sum = _PlainValue()
+        self._buckets = [_PlainValue() for _ in self._upper_bounds]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar is not None or not self._labelvalues or amount != amount:  # noqa: PLR0124
+            # prometheus_client's checks and errors; a NaN lands in no bucket
+            super().observe(amount, exemplar)
+            return
+        self._sum.value += amount
+        # The first bound >= amount: the bucket prometheus_client's scan picks (+Inf last).
+        self._buckets[bisect_left(self._upper_bounds, amount)].value += 1
 
 
 class HasClientId(Protocol):
@@ -98,13 +159,13 @@ class Metrics:
         # Label children per label tuple: .labels() validates and locks on every call.
         self._request_series: dict[tuple[str | None, str | None, int],
                                    tuple[Counter, Histogram]] = {}
-        self.requests = Counter(
+        self.requests = _Counter(
             "dcr_sidecar_requests", "Requests answered, by upstream, route and status code.",
             ["upstream", "route", "code"], registry=registry)
-        self.request_duration = Histogram(
+        self.request_duration = _Histogram(
             "dcr_sidecar_request_duration_seconds", "Time to answer a request.",
             ["upstream", "route"], buckets=REQUEST_BUCKETS, registry=registry)
-        self.upstream_call_duration = Histogram(
+        self.upstream_call_duration = _Histogram(
             "dcr_sidecar_upstream_call_duration_seconds",
             "Time of one outbound call to an authorization server, by endpoint (the "
             "resolution step: discover, register, renew; or the token-like route forwarded).",
