@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
-from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from dcr_sidecar import errors
@@ -37,7 +36,7 @@ from dcr_sidecar.metrics import Metrics, UpstreamGauges
 from dcr_sidecar.net import Outbound
 from dcr_sidecar.observability import Redactor, set_level
 from dcr_sidecar.proxy import authorize, callback, cimd, metadata, token
-from dcr_sidecar.proxy.boundary import boundary
+from dcr_sidecar.proxy.boundary import InFlight, boundary, counted_boundary
 from dcr_sidecar.proxy.runtime import RUNTIME, Runtime
 from dcr_sidecar.resolver import MAX_RECORD_AGE, Resolver
 from dcr_sidecar.store import CredentialStore, open_store
@@ -50,38 +49,9 @@ RESTART_KEYS = ("listen", "front", "management", "store", "public_base_url",
                 "backchannel_base_url")
 
 
-class InFlight:
-    """Counts requests being handled, so shutdown can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.count += 1
-        self._idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def wait_idle(self, deadline_s: float) -> bool:
-        """True when no request is in flight, False when `deadline_s` ran out first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), deadline_s)
-        except TimeoutError:
-            return False
-        return True
-
-
 def create_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Application:
     """The back-channel (and, without `front`, front-channel) application."""
-    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
-    app = web.Application(middlewares=middlewares,
+    app = web.Application(middlewares=[counted_boundary(in_flight)],
                           client_max_size=runtime.settings.limits.max_request_bytes)
     app[RUNTIME] = runtime
     app.add_routes([
@@ -113,8 +83,7 @@ def front_routes() -> list[web.RouteDef]:
 
 def create_front_app(runtime: Runtime, in_flight: InFlight | None = None) -> web.Application:
     """The `front` listener's application: only the front-channel routes, no request body."""
-    middlewares = [boundary] if in_flight is None else [in_flight.middleware, boundary]
-    app = web.Application(middlewares=middlewares, client_max_size=1024)
+    app = web.Application(middlewares=[counted_boundary(in_flight)], client_max_size=1024)
     app[RUNTIME] = runtime
     app.add_routes(front_routes())
     return app

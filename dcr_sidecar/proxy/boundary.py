@@ -3,6 +3,8 @@ header limits and one canonical log line per request."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import os
 import re
@@ -10,7 +12,7 @@ import secrets
 import time
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from dcr_sidecar import errors
 from dcr_sidecar.observability import CachedLogger, Redactor, new_request_context, scrub_patterns
@@ -45,8 +47,8 @@ _request_ids = _RequestIds()
 
 
 def request_id_of(request: web.Request) -> str:
-    given = request.headers.get(REQUEST_ID, "")
-    return given if _REQUEST_ID_RE.match(given) else _request_ids.next()
+    given = request.headers.get(REQUEST_ID)
+    return given if given is not None and _REQUEST_ID_RE.match(given) else _request_ids.next()
 
 
 def error_response(exc: errors.SidecarError, redactor: Redactor | None) -> web.Response:
@@ -73,16 +75,17 @@ def _from_http_exception(exc: web.HTTPException) -> errors.SidecarError:
 def _check_headers(request: web.Request, limit: int) -> None:
     """`limits.max_header_bytes` over all fields, and at most MAX_HEADER_COUNT fields. aiohttp's
     parser limits (app.py) sit above both, so these JSON 431s answer first."""
-    if len(request.raw_headers) > MAX_HEADER_COUNT:
+    raw = request.raw_headers
+    if len(raw) > MAX_HEADER_COUNT:
         raise errors.HeadersTooLarge(f"more than {MAX_HEADER_COUNT} request header fields")
-    size = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+    size = sum(len(k) + len(v) + 4 for k, v in raw)
     if size > limit:
         raise errors.HeadersTooLarge(f"request headers exceed {limit} bytes")
 
 
-def _route_label(request: web.Request) -> str:
+def _route_label(match_info: web.UrlMappingMatchInfo) -> str:
     """The route template (``/{name}/token``), never the path a client sent."""
-    resource = request.match_info.route.resource
+    resource = match_info.route.resource
     return resource.canonical if resource is not None else "unknown"
 
 
@@ -94,43 +97,95 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
                                                       or transport.is_closing())
 
 
-@web.middleware
-async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    request_id = request[REQUEST_ID_KEY] = request_id_of(request)
-    new_request_context(request_id)  # clear the context, bind the id
-    runtime = request.app.get(RUNTIME)
-    route = _route_label(request)
-    name = request.match_info.get("name")
-    known = runtime is not None and name is not None and runtime.settings.upstream(name)
-    redactor = runtime.redactor if runtime is not None else None
+class InFlight:
+    """Counts requests being handled, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, deadline_s: float) -> bool:
+        """True when no request is in flight, False when `deadline_s` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def counted_boundary(in_flight: InFlight | None) -> Middleware:
+    """The boundary, counting its requests in `in_flight` itself: one middleware where
+    `[in_flight.middleware, boundary]` were two (every middleware is one more frame resumed
+    each time a request's coroutine chain wakes)."""
+    if in_flight is None:
+        return boundary
+    counted = functools.partial(_boundary, in_flight=in_flight)
+    return web.middleware(counted)
+
+
+async def _boundary(request: web.Request, handler: Handler,
+                    in_flight: InFlight | None = None) -> web.StreamResponse:
+    if in_flight is not None:
+        in_flight.count += 1
+        in_flight._idle.clear()
     try:
+        started = time.perf_counter()
+        request_id = request[REQUEST_ID_KEY] = request_id_of(request)
+        new_request_context(request_id)  # clear the context, bind the id
+        runtime = request.app.get(RUNTIME)
+        match_info = request.match_info
+        route = _route_label(match_info)
+        name = match_info.get("name")
+        known = runtime is not None and name is not None and runtime.settings.upstream(name)
+        redactor = runtime.redactor if runtime is not None else None
+        try:
+            if runtime is not None:
+                _check_headers(request, runtime.settings.limits.max_header_bytes)
+            # The handler is awaited here, not through a helper: every frame of the await chain
+            # is walked again each time the request resumes.
+            response = await handler(request)
+        except errors.SidecarError as exc:
+            response = error_response(exc, redactor)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(_from_http_exception(exc), redactor)
+        except Exception as exc:
+            if _client_gone(request, exc):
+                # Nobody is left to answer: one info line, no status, nothing counted.
+                log.info("client_disconnected", method=request.method, route=route,
+                         upstream=name if known else None,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                return web.Response(status=400)
+            log.exception("request_crashed", path=request.path)
+            response = error_response(errors.SidecarError("internal error; see the sidecar's log "
+                                                          f"for request id {request_id}"), redactor)
+        response.headers[REQUEST_ID] = request_id
+        elapsed = time.perf_counter() - started
+        log.info("request_handled", method=request.method, route=route,
+                 upstream=name if known else None, status=response.status,
+                 duration_ms=round(elapsed * 1000, 2))
         if runtime is not None:
-            _check_headers(request, runtime.settings.limits.max_header_bytes)
-        # The handler is awaited here, not through a helper: every frame of the await chain
-        # is walked again each time the request resumes.
-        response = await handler(request)
-    except errors.SidecarError as exc:
-        response = error_response(exc, redactor)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = error_response(_from_http_exception(exc), redactor)
-    except Exception as exc:
-        if _client_gone(request, exc):
-            # Nobody is left to answer: one info line, no status, nothing counted.
-            log.info("client_disconnected", method=request.method, route=route,
-                     upstream=name if known else None,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
-            return web.Response(status=400)
-        log.exception("request_crashed", path=request.path)
-        response = error_response(errors.SidecarError("internal error; see the sidecar's log "
-                                                      f"for request id {request_id}"), redactor)
-    response.headers[REQUEST_ID] = request_id
-    elapsed = time.perf_counter() - started
-    log.info("request_handled", method=request.method, route=route,
-             upstream=name if known else None, status=response.status,
-             duration_ms=round(elapsed * 1000, 2))
-    if runtime is not None:
-        runtime.metrics.request(name, route, response.status, elapsed)
-    return response
+            runtime.metrics.request(name, route, response.status, elapsed)
+        return response
+    finally:
+        if in_flight is not None:
+            in_flight.done()
+
+
+boundary = web.middleware(_boundary)
