@@ -153,3 +153,23 @@ async def test_prompt_requests_on_a_kept_alive_connection_are_unaffected(
             await asyncio.sleep(0.6)  # idle between requests, within aiohttp's keep-alive
     finally:
         writer.close()
+
+
+async def test_a_header_dripped_after_a_prompt_request_is_cut_a_client_header_after_its_start(
+        sidecar: SidecarFactory, leak_guard: LeakGuard) -> None:
+    """A prompt request, then, half a `client_header` later on the same connection, a header
+    dripped byte by byte: cut `client_header` after that header's first byte — not when the
+    connection's first deadline would have run out, and not never."""
+    side = await sidecar(SLOW)
+    reader, writer = await asyncio.open_connection("127.0.0.1", side.management.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), DEADLINE)
+    assert status.startswith(b"HTTP/1.1 200"), status
+    await asyncio.wait_for(reader.readuntil(b'{"status": "ok"}'), DEADLINE)
+    await asyncio.sleep(0.5)  # the next request starts half a client_header later
+    elapsed, sent = await drip_more(reader, writer, REQUEST)
+    assert sent < len(REQUEST) // 2
+    assert 0.9 <= elapsed < 6, elapsed  # 1 s from its first byte, plus a loaded loop's lag
+    slow = [e for e in events(leak_guard) if e["event"] == "client_too_slow"]
+    assert [e["phase"] for e in slow] == ["header"]
