@@ -27,6 +27,7 @@ from dcr_sidecar.observability import PROCESS, Holder, Redactor
 from dcr_sidecar.store.records import Record
 from tests.support.fakes import TOKEN_RESPONSE, FakeServer, FakeServers
 from tests.support.oidc import OidcProvider
+from tests.support.redis_ha import SentinelGroup
 from tests.support.redis_server import RedisServer
 
 
@@ -246,3 +247,13 @@ async def servers(leak_guard: LeakGuard) -> AsyncIterator[FakeServers]:
     started = FakeServers()
     yield started
     await started.stop()
+
+
+@pytest.fixture
+async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
+    """A started Redis master with replicas and sentinels (tests/support/redis_ha.py)."""
+    group = SentinelGroup(tmp_path)
+    try:
+        yield await group.start()
+    finally:
+        await group.stop()

@@ -20,7 +20,6 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,15 +41,6 @@ from tests.test_store_records import SECRET, record, secrets_of
 KEY = RecordKey("https://as.example", "acme")
 ROTATED = "rotated-secret-0123456789"
 LEASE_TTL = 10.0
-
-
-@pytest.fixture
-async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
-    group = SentinelGroup(tmp_path)
-    try:
-        yield await group.start()
-    finally:
-        await group.stop()
 
 
 @pytest.fixture

@@ -11,12 +11,9 @@ the re-read would take the whole wait."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import LeakGuard, ProviderFactory, SidecarFactory
 from tests.support.redis_ha import SentinelGroup
@@ -27,15 +24,6 @@ from tests.test_lifecycle import cc_token
 LEASE_WAIT = 10.0  # store.lease.wait: how long a re-read retries while no master answers
 BOUND = 0.5  # the staleness bound (max_record_age), lowered from 30 s
 REQUESTS = 8
-
-
-@pytest.fixture
-async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
-    group = SentinelGroup(tmp_path)
-    try:
-        yield await group.start()
-    finally:
-        await group.stop()
 
 
 def config(group: SentinelGroup, issuer: str) -> dict[str, Any]:
